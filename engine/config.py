@@ -1,0 +1,177 @@
+"""One typed, frozen training config: a preset plus ``--set key=value`` overrides.
+
+Presets are JSON files in ``engine/presets/`` (JSON, not YAML, so that the training
+path runs on a machine that has nothing but PyTorch installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+MODEL_NAMES = ("densenet121", "densenet169", "densenet201", "densenet-tiny")
+SCHEDULES = ("onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+SWITCHES = ("auto", "on", "off")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+class ConfigError(ValueError):
+    """A preset or override that does not describe a valid config."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # model
+    model: str = "densenet121"
+    weights: str = "none"  # "none", "imagenet" (from the local torch cache only) or a file path
+    dropout: float = 0.0
+    # data
+    image_size: int = 224
+    max_train_images: int = 0  # 0 = all; a stratified subset for quick experiments
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_base_batch: int = 0  # >0: scale lr linearly by batch_size / lr_base_batch
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    warmup_frac: float = 0.15
+    label_smoothing: float = 0.1
+    class_weighted: bool = False
+    augment: float = 1.0  # 0 = none; 1 = flips, 90-degree and free rotation, colour jitter
+    early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
+    min_epochs: int = 1
+    # hardware
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # bf16 autocast; auto = on for CUDA
+    channels_last: str = "auto"  # auto = on for CUDA
+    data_on_device: str = "auto"  # keep the decoded uint8 cache on the GPU when it fits
+    fused_optimizer: str = "auto"  # fused AdamW kernel; auto = on for CUDA
+    compile: str = "off"
+    eval_batch_size: int = 128
+    num_threads: int = 0  # CPU threads for torch; 0 = torch's default
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.model in MODEL_NAMES, f"model must be one of {MODEL_NAMES}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            (self.compile in COMPILE_MODES, f"compile must be one of {COMPILE_MODES}"),
+            (self.image_size >= 32, "image_size must be at least 32"),
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+            (0 < self.warmup_frac < 1, "warmup_frac must be in (0, 1)"),
+            (0 <= self.augment <= 2, "augment must be in [0, 2]"),
+        ]
+        for name in ("amp", "channels_last", "data_on_device", "fused_optimizer"):
+            checks.append((getattr(self, name) in SWITCHES, f"{name} must be one of {SWITCHES}"))
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def effective_lr(self) -> float:
+        if self.lr_base_batch > 0:
+            return self.lr * self.batch_size / self.lr_base_batch
+        return self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _field_types() -> dict[str, type]:
+    hints = get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Turn a JSON value or a command-line string into the field's type, or fail clearly."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def _read_preset(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PRESET_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name_or_path!r}; available: {', '.join(list_presets())}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a preset must be a JSON object")
+    data.pop("description", None)
+    return data
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def build_config(
+    preset: str | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
+    """Resolve a config: dataclass defaults, then the preset, then the overrides."""
+    values: dict[str, Any] = _read_preset(preset) if preset else {}
+    values.update(overrides or {})
+    types = _field_types()
+    unknown = sorted(set(values) - set(types))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(types))}"
+        )
+    return Config(**{k: _coerce(k, v, types[k]) for k, v in values.items()})
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Load a saved, fully resolved config (``config.json`` of a run)."""
+    return build_config(None, values)

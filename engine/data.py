@@ -1,0 +1,373 @@
+"""Data handling: find the class folders, validate every file, deduplicate, split, cache.
+
+``prepare(data_dir, out)`` writes ``out/manifest.csv`` (the one source of the split),
+``out/data_report.json`` and a few sample thumbnails. ``load_cache(out, size)`` returns the
+decoded uint8 images at a training resolution, built once and kept in ``out/cache/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import warnings
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .progress import progress
+from .runs import CLASSES, atomic_write_bytes, atomic_write_text, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+REPORT = "data_report.json"
+MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "height")
+SPLITS = ("train", "val", "test")
+ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
+# 40 megapixels is far above any smear photograph; more is treated as a decompression bomb.
+MAX_PIXELS = 40_000_000
+NEAR_DUPLICATE_BITS = 4  # perceptual-hash Hamming distance that counts as a near-duplicate
+SAMPLES_PER_CLASS = 8
+
+
+class DataError(ValueError):
+    """The data folder cannot be turned into a data set; the message says why."""
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _class_of(folder_name: str) -> str | None:
+    name = folder_name.lower()
+    if name.startswith("all_"):
+        name = name[4:]
+    return name if name in CLASSES else None
+
+
+def _class_dirs(folder: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith("."):
+            cls = _class_of(child.name)
+            if cls is not None:
+                if cls in found:
+                    raise DataError(f"{folder}: two folders for class {cls}: {found[cls].name}, {child.name}")
+                found[cls] = child
+    return found
+
+
+def find_class_dirs(data_dir: Path) -> dict[str, Path]:
+    """Map each class to its folder, for the Kaggle, lower-case and Multi Cancer layouts."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"data folder not found: {data_dir}")
+    found = _class_dirs(data_dir)
+    if not found:
+        original = [c for c in data_dir.iterdir() if c.is_dir() and c.name.lower() == "original"]
+        if original:
+            found = _class_dirs(original[0])
+    if len(found) < len(CLASSES):
+        present = sorted(c.name for c in data_dir.iterdir() if not c.name.startswith("."))
+        missing = [c for c in CLASSES if c not in found]
+        raise DataError(
+            f"{data_dir}: missing class folder(s) {', '.join(missing)}. Found: "
+            f"{', '.join(present) or 'nothing'}. Expected one folder per class: "
+            "benign, early, pre, pro (any case, optionally prefixed all_), directly or under Original/."
+        )
+    return {c: found[c] for c in CLASSES}
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every non-hidden file below ``folder``, in a stable order."""
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def open_rgb(source: Path | bytes) -> Image.Image:
+    """Decode an image file fully and return it as RGB; raise ValueError with a reason."""
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    if not data:
+        raise ValueError("empty file (0 bytes)")
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                image = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError:
+                raise ValueError("not an image (no known image format)") from None
+            if image.format not in ACCEPTED_FORMATS:
+                raise ValueError(f"unsupported format {image.format}; accepted: JPEG, PNG, BMP, TIFF")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ValueError(f"decompression bomb: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"corrupt or truncated image: {exc}") from None
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        # Composite transparency on white rather than black, which would read as stain.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop: the one preprocessing for all paths."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_image(path: Path | bytes, size: int) -> np.ndarray:
+    """An image file as the model sees it: RGB, ``size`` x ``size``, uint8 HWC."""
+    return resize_square(open_rgb(path), size)
+
+
+@dataclass(frozen=True)
+class Checked:
+    path: str
+    cls: str
+    sha256: str
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    phash: int = 0
+    reason: str = ""
+
+
+def _check_file(args: tuple[str, str, str]) -> Checked:
+    full, rel, cls = args
+    try:
+        data = Path(full).read_bytes()
+    except OSError as exc:
+        return Checked(rel, cls, "", reason=f"unreadable: {exc.strerror}")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        original_mode = Image.open(io.BytesIO(data)).mode if data else ""
+    except Exception:  # noqa: BLE001 - open_rgb reports the real reason below
+        original_mode = ""
+    try:
+        image = open_rgb(data)
+    except ValueError as exc:
+        return Checked(rel, cls, sha, reason=str(exc))
+    import imagehash
+
+    phash = int(str(imagehash.phash(image)), 16)
+    return Checked(rel, cls, sha, image.width, image.height, original_mode, phash)
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def split_groups(
+    groups: dict[str, str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+) -> dict[str, str]:
+    """Assign each duplicate group (id -> class) to a split, stratified by class."""
+    from sklearn.model_selection import train_test_split
+
+    ids = sorted(groups)
+    labels = [groups[g] for g in ids]
+    train_frac, val_frac, test_frac = fractions
+    if abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
+        raise DataError(f"split fractions must be positive and sum to 1, got {fractions}")
+    train_ids, rest_ids, _, rest_labels = train_test_split(
+        ids, labels, test_size=val_frac + test_frac, stratify=labels, random_state=seed
+    )
+    val_ids, test_ids = train_test_split(
+        rest_ids, test_size=test_frac / (val_frac + test_frac), stratify=rest_labels,
+        random_state=seed,
+    )
+    assignment = {g: "train" for g in train_ids}
+    assignment.update({g: "val" for g in val_ids})
+    assignment.update({g: "test" for g in test_ids})
+    return assignment
+
+
+def near_duplicate_pairs(hashes: list[int], max_bits: int = NEAR_DUPLICATE_BITS) -> list[tuple[int, int, int]]:
+    """Index pairs whose 64-bit perceptual hashes differ in at most ``max_bits`` bits."""
+    if len(hashes) < 2:
+        return []
+    values = np.array(hashes, dtype=np.uint64)
+    pairs = []
+    for i in range(len(values) - 1):
+        distance = np.bitwise_count(values[i + 1:] ^ values[i])
+        for j in np.nonzero(distance <= max_bits)[0]:
+            pairs.append((i, i + 1 + int(j), int(distance[j])))
+    return pairs
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def prepare(data_dir: Path, out: Path, seed: int = 0,
+            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
+    """Validate, deduplicate and split ``data_dir``; write the manifest and the report."""
+    data_dir, out = Path(data_dir).resolve(), Path(out)
+    class_dirs = find_class_dirs(data_dir)
+    jobs = []
+    for cls, folder in class_dirs.items():
+        files = list_files(folder)
+        if not files:
+            raise DataError(f"class folder {folder} is empty: every class needs images")
+        jobs += [(str(f), f.relative_to(data_dir).as_posix(), cls) for f in files]
+
+    with ProcessPoolExecutor(_workers()) as pool:
+        checked = list(progress(pool.map(_check_file, jobs, chunksize=32), total=len(jobs),
+                                desc="prepare: hash and decode", unit="img"))
+
+    good = [c for c in checked if not c.reason]
+    rejected = [{"path": c.path, "class": c.cls, "reason": c.reason} for c in checked if c.reason]
+    for cls in CLASSES:
+        if not any(c.cls == cls for c in good):
+            raise DataError(
+                f"class {cls} ({class_dirs[cls]}) has no usable image; rejected: "
+                + "; ".join(f"{r['path']}: {r['reason']}" for r in rejected if r["class"] == cls)
+            )
+
+    by_hash: dict[str, list[Checked]] = defaultdict(list)
+    for c in good:
+        by_hash[c.sha256].append(c)
+    # A group is one distinct content; its class is the majority label (ties: class order).
+    group_class = {}
+    conflicts = []
+    for sha, members in by_hash.items():
+        counts = Counter(m.cls for m in members)
+        group_class[sha[:16]] = min(counts, key=lambda k: (-counts[k], CLASSES.index(k)))
+        if len(counts) > 1:
+            conflicts.append({"sha256": sha, "paths": [m.path for m in members],
+                              "classes": sorted(counts)})
+    split_of = split_groups(group_class, seed, fractions)
+
+    rows = sorted(
+        ({"path": c.path, "class": c.cls, "sha256": c.sha256, "group": c.sha256[:16],
+          "split": split_of[c.sha256[:16]], "width": c.width, "height": c.height} for c in good),
+        key=lambda r: (CLASSES.index(r["class"]), r["path"]),
+    )
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MANIFEST, buffer.getvalue())
+
+    unique = sorted(by_hash)
+    near = [
+        {"a": by_hash[unique[i]][0].path, "b": by_hash[unique[j]][0].path, "distance": d}
+        for i, j, d in near_duplicate_pairs([by_hash[s][0].phash for s in unique])
+    ]
+    counts = {cls: {s: 0 for s in SPLITS} for cls in CLASSES}
+    for r in rows:
+        counts[r["class"]][r["split"]] += 1
+    report = {
+        "data_dir": str(data_dir),
+        "class_dirs": {c: str(p) for c, p in class_dirs.items()},
+        "seed": seed,
+        "fractions": dict(zip(SPLITS, fractions)),
+        "files_found": len(jobs),
+        "images": len(rows),
+        "counts": counts,
+        "modes_converted": dict(Counter(c.mode for c in good if c.mode != "RGB")),
+        "duplicate_groups": [
+            {"sha256": sha, "paths": [m.path for m in ms], "split": split_of[sha[:16]]}
+            for sha, ms in sorted(by_hash.items()) if len(ms) > 1
+        ],
+        "label_conflicts": conflicts,
+        "near_duplicates": near,
+        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+        "rejected": rejected,
+    }
+    write_json(out / REPORT, report)
+    _write_samples(data_dir, rows, out / "samples")
+    log.info("prepare: %d images, %d rejected, %d duplicate groups, %d near-duplicate pairs -> %s",
+             len(rows), len(rejected), len(report["duplicate_groups"]), len(near), out)
+    return report
+
+
+def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
+    """A few thumbnails per class, so the dashboard shows data without reading the raw folder."""
+    for cls in CLASSES:
+        picked = [r for r in rows if r["class"] == cls][:: max(1, sum(r["class"] == cls for r in rows) // SAMPLES_PER_CLASS)]
+        for i, row in enumerate(picked[:SAMPLES_PER_CLASS]):
+            image = Image.fromarray(load_image(data_dir / row["path"], 224))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            atomic_write_bytes(folder / cls / f"{i:02d}.png", buffer.getvalue())
+
+
+def read_manifest(prepared: Path) -> list[dict[str, Any]]:
+    path = Path(prepared) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `python -m engine prepare` first")
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+def data_root(prepared: Path) -> Path:
+    return Path(read_json(Path(prepared) / REPORT)["data_dir"])
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _decode_for_cache(args: tuple[str, int]) -> np.ndarray:
+    path, size = args
+    return load_image(Path(path), size)
+
+
+def load_cache(prepared: Path, size: int) -> np.ndarray:
+    """The decoded images of the manifest, in its order, as uint8 (N, size, size, 3).
+
+    Built once per resolution with all cores and stored as ``cache/<size>px.npy`` next to
+    a key of the manifest's hash, so a changed manifest rebuilds it.
+    """
+    prepared = Path(prepared)
+    manifest_bytes = (prepared / MANIFEST).read_bytes()
+    key = hashlib.sha256(manifest_bytes).hexdigest()
+    array_path = prepared / "cache" / f"{size}px.npy"
+    key_path = prepared / "cache" / f"{size}px.key"
+    if array_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
+        return np.load(array_path, mmap_mode="r")
+    rows = read_manifest(prepared)
+    root = data_root(prepared)
+    jobs = [(str(root / r["path"]), size) for r in rows]
+    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+    with ProcessPoolExecutor(_workers()) as pool:
+        decoded = pool.map(_decode_for_cache, jobs, chunksize=32)
+        for i, image in enumerate(progress(decoded, total=len(jobs), desc=f"cache {size}px", unit="img")):
+            images[i] = image
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    atomic_write_bytes(array_path, buffer.getvalue())
+    atomic_write_text(key_path, key + "\n")
+    return images

@@ -1,0 +1,45 @@
+"""``python -m engine prepare --data-dir DIR --out OUT``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .data import prepare
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine prepare",
+                                     description="Validate, deduplicate and split an ALL image folder.")
+    parser.add_argument("--data-dir", type=Path, required=True,
+                        help="Kaggle ALL folder (Original/<Class>), or a folder of class folders")
+    parser.add_argument("--out", type=Path, default=Path("outputs/prepared"), help="where to write the manifest")
+    parser.add_argument("--seed", type=int, default=0, help="split seed")
+    parser.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
+    parser.add_argument("--cache-size", type=int, action="append", default=[],
+                        help="also build the decoded cache at this resolution (repeatable)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+
+    try:
+        fractions = tuple(float(x) for x in args.split.split(","))
+    except ValueError:
+        raise ConfigError(f"--split expects three fractions like 0.7,0.15,0.15, got {args.split!r}") from None
+    if len(fractions) != 3:
+        raise ConfigError(f"--split expects three fractions, got {args.split!r}")
+    report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions)
+    if args.cache_size:
+        from .data import load_cache
+
+        for size in args.cache_size:
+            load_cache(args.out, size)
+    print(f"{report['images']} images ({report['files_found']} files, {len(report['rejected'])} rejected, "
+          f"{len(report['duplicate_groups'])} duplicate groups, {len(report['near_duplicates'])} near-duplicate pairs)")
+    for item in report["rejected"]:
+        print(f"rejected {item['path']}: {item['reason']}")
+    print(args.out)
+    return 0

@@ -1,0 +1,147 @@
+"""The run folder: the contract between the engine, tuning and the dashboard.
+
+``outputs/runs/<run-id>/`` (and one per trial inside a sweep) holds::
+
+    config.json          the fully resolved Config, plus "data_dir" and "preset"
+    env.json             versions, device, git commit, seed, host, start time
+    history.csv          one row per finished epoch (HISTORY_COLUMNS)
+    checkpoints/best.pt  {"model", "epoch", "val_macro_f1", "config"}   (weights_only loadable)
+    checkpoints/last.pt  best.pt plus optimizer/scheduler/RNG state for --resume
+    metrics.json         written by `evaluate`: {"classes", "checkpoint", "splits": {"val": M, "test": M}}
+    predictions.csv      written by `evaluate`: split, path, sha256, true, pred, confidence, prob_<class>...
+    cams/                written by `explain` (see engine/explain)
+    COMPLETE             JSON marker, written last by `train` (status "complete" or "stopped")
+
+Every file is written atomically (temporary file, then rename), so a reader never sees
+half a file. A folder without COMPLETE is a run still training, or one that was interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+CLASSES = ("benign", "early", "pre", "pro")
+
+CONFIG = "config.json"
+ENV = "env.json"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+CHECKPOINTS = "checkpoints"
+CAMS = "cams"
+COMPLETE = "COMPLETE"
+
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",
+    "lr", "epoch_seconds", "train_images_per_s",
+)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def new_run_id(prefix: str = "") -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suffix = os.urandom(2).hex()
+    return f"{prefix}{stamp}-{suffix}"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: str, seed: int) -> dict[str, Any]:
+    import numpy
+    import torch
+    import torchvision
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if device.startswith("cuda"):
+        env["cuda"] = torch.version.cuda
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (Path(run_dir) / COMPLETE).is_file()
+
+
+def mark_complete(run_dir: Path, **info: Any) -> None:
+    write_json(Path(run_dir) / COMPLETE, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info})
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Every run folder (one holding config.json) under ``root``, sorted by path."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob(CONFIG) if (p.parent / HISTORY).exists()
+                  or (p.parent / CHECKPOINTS).is_dir())

@@ -1,0 +1,407 @@
+"""Training: ``fit(cfg, prepared, run_dir)`` trains a DenseNet and fills a run folder.
+
+Read it top to bottom: device and seeds, data as one uint8 tensor, model and optimiser,
+then the epoch loop (train, validate, checkpoint, early stop). Imports nothing beyond
+PyTorch, NumPy and (lazily) scikit-learn, so it runs on a GPU machine's stock PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import runs
+from .config import Config, ConfigError, build_config, config_from_dict, parse_overrides
+from .data import load_cache, read_manifest
+from .models import create_model
+from .progress import progress
+from .runs import CLASSES
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+EpochCallback = Callable[[dict[str, Any], Path], None]
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible")
+    return torch.device(name)
+
+
+def switch(value: str, device: torch.device) -> bool:
+    """Resolve an auto/on/off switch: auto means on for CUDA."""
+    return value == "on" or (value == "auto" and device.type == "cuda")
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+@dataclasses.dataclass
+class Data:
+    """The decoded images of one manifest, with labels and split indices."""
+
+    images: torch.Tensor  # uint8 NHWC, on the device when it fits
+    labels: torch.Tensor  # int64, same device
+    rows: list[dict[str, Any]]
+    split: dict[str, np.ndarray]  # split name -> indices into images
+
+    @classmethod
+    def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool) -> Data:
+        rows = read_manifest(prepared)
+        array = np.array(load_cache(prepared, size))  # one copy out of the memory map
+        images = torch.from_numpy(array)
+        labels = torch.tensor([CLASSES.index(r["class"]) for r in rows])
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if on_device and images.numel() < free * 0.5:
+                images = images.to(device)
+            else:
+                images = images.pin_memory()
+        split = {s: np.array([i for i, r in enumerate(rows) if r["split"] == s], dtype=np.int64)
+                 for s in ("train", "val", "test")}
+        return cls(images, labels.to(device), rows, split)
+
+
+def subsample(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A stratified subset of ``n`` indices (all of them when n is 0 or too large)."""
+    if n <= 0 or n >= len(indices):
+        return indices
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(indices, train_size=n, stratify=labels[indices], random_state=seed)
+    return np.sort(keep)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW on ``device``."""
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Random flips, rotation, scale and colour jitter, per image, on the batch's device.
+
+    Blood cells have no up or down, so flips and free rotation are label-preserving;
+    colour jitter covers differences in staining and illumination between smears.
+    """
+    if strength <= 0:
+        return x
+    n, device = x.shape[0], x.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, generator=gen, device=device) * (high - low) + low
+
+    flip = torch.rand(n, generator=gen, device=device) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    angle = uniform(-math.pi, math.pi) * min(1.0, strength)
+    scale = 1 + uniform(-0.1, 0.1) * strength
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # Colour jitter in normalised space: brightness shifts, contrast and saturation scale.
+    brightness = uniform(-0.2, 0.2).mul_(strength).view(n, 1, 1, 1)
+    contrast = (1 + uniform(-0.2, 0.2) * strength).view(n, 1, 1, 1)
+    saturation = (1 + uniform(-0.2, 0.2) * strength).view(n, 1, 1, 1)
+    gray = x.mean(1, keepdim=True)
+    x = gray + (x - gray) * saturation
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return (x - mean) * contrast + mean + brightness
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def train_one_epoch(
+    model: nn.Module, data: Data, indices: np.ndarray, cfg: Config, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, device: torch.device,
+    gen: torch.Generator, *, epoch: int, use_amp: bool, channels_last: bool,
+) -> dict[str, float]:
+    model.train()
+    order = torch.from_numpy(indices)[torch.randperm(len(indices), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))]
+    # Drop a last batch of one: BatchNorm cannot train on a single image.
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
+    for batch in bar:
+        x = to_input(data.images[batch.to(data.images.device)], device, channels_last)
+        x = augment(x, cfg.augment, gen)
+        y = data.labels[batch.to(data.labels.device)]
+        with autocast(device, use_amp):
+            logits = model(x)
+            loss = criterion(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach() * len(batch)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    return {
+        "train_loss": float(total_loss) / seen,
+        "train_acc": float(correct) / seen,
+        "train_seconds": seconds,
+        "train_images_per_s": seen / seconds,
+    }
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module, images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
+    batch_size: int, use_amp: bool, channels_last: bool, desc: str | None = None,
+) -> np.ndarray:
+    """Softmax probabilities (float64, N x classes) for ``images[indices]``."""
+    model.eval()
+    out = []
+    index = torch.from_numpy(indices)
+    chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+    for chunk in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None):
+        x = to_input(images[chunk.to(images.device)], device, channels_last)
+        with autocast(device, use_amp):
+            logits = model(x)
+        out.append(torch.softmax(logits.double(), 1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASSES)))
+
+
+def validate(model: nn.Module, data: Data, cfg: Config, device: torch.device, *,
+             use_amp: bool, channels_last: bool) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    indices = data.split["val"]
+    proba = predict_proba(model, data.images, indices, device, batch_size=cfg.eval_batch_size,
+                          use_amp=use_amp, channels_last=channels_last)
+    y = data.labels.cpu().numpy()[indices]
+    pred = proba.argmax(1)
+    return {
+        "val_loss": float(log_loss(y, proba, labels=list(range(len(CLASSES))))),
+        "val_acc": float(accuracy_score(y, pred)),
+        "val_macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(CLASSES))),
+                                       zero_division=0)),
+    }
+
+
+# ----------------------------------------------------------------------------- fit
+
+
+def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on biases and BatchNorm parameters, as in torchvision's references.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = switch(cfg.fused_optimizer, device) and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr, fused=fused or None)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int):
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.effective_lr, total_steps=total_steps, pct_start=cfg.warmup_frac
+        )
+    warmup = max(1, int(total_steps * cfg.warmup_frac))
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [
+        torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup),
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup)),
+    ], milestones=[warmup])
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    classes = np.arange(len(CLASSES))
+    return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
+
+
+def fit(
+    cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None = None, resume: bool = False,
+    on_epoch: EpochCallback | None = None,
+) -> Path:
+    """Train ``cfg`` on the prepared data into ``run_dir``; return the run folder.
+
+    ``on_epoch(row, run_dir)`` is called after each epoch's checkpoint is written (tuning
+    reports to Ray Tune from there).
+    """
+    run_dir, prepared = Path(run_dir), Path(prepared).resolve()
+    device = resolve_device(cfg.device)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    seed_everything(cfg.seed, device)
+    use_amp = switch(cfg.amp, device)
+    channels_last = switch(cfg.channels_last, device)
+
+    data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
+    labels_np = data.labels.cpu().numpy()
+    train_idx = subsample(data.split["train"], labels_np, cfg.max_train_images, cfg.seed)
+
+    model = create_model(cfg, len(CLASSES)).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, device)
+    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size + (len(train_idx) % cfg.batch_size >= 2))
+    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
+    weight = class_weights(labels_np[train_idx]).to(device) if cfg.class_weighted else None
+    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    forward = model if cfg.compile == "off" else torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_f1, best_epoch = 1, -1.0, 0
+    ckpt_dir = run_dir / runs.CHECKPOINTS
+    if resume:
+        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        # history.csv is written before last.pt, so it may hold one epoch more: drop it.
+        history = [row for row in read_history(run_dir) if int(row["epoch"]) <= state["epoch"]]
+        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_val_macro_f1"], state["best_epoch"]
+        log.info("resuming %s at epoch %d", run_dir, start_epoch)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.write_json(run_dir / runs.CONFIG, {**cfg.to_dict(), "data_dir": str(prepared), "preset": preset})
+        env = runs.environment(str(device), cfg.seed)
+        env.update({"amp_bf16": use_amp, "channels_last": channels_last,
+                    "data_on_device": data.images.device.type == "cuda",
+                    "train_images": len(train_idx), "val_images": len(data.split["val"])})
+        runs.write_json(run_dir / runs.ENV, env)
+
+    status = "complete"
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
+        row.update(train_one_epoch(forward, data, train_idx, cfg, optimizer, scheduler, criterion, device,
+                                   gen, epoch=epoch, use_amp=use_amp, channels_last=channels_last))
+        row.update(validate(forward, data, cfg, device, use_amp=use_amp, channels_last=channels_last))
+        row["epoch_seconds"] = row.pop("train_seconds")
+        history.append({k: row[k] for k in runs.HISTORY_COLUMNS})
+        runs.write_csv(run_dir / runs.HISTORY, runs.HISTORY_COLUMNS, history)
+
+        improved = row["val_macro_f1"] > best_f1
+        if improved:
+            best_f1, best_epoch = row["val_macro_f1"], epoch
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        summary = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"], "config": cfg.to_dict()}
+        if improved:
+            runs.atomic_torch_save({"model": weights, **summary}, ckpt_dir / "best.pt")
+        runs.atomic_torch_save({
+            "model": weights, **summary,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generator": gen.get_state(), "best_val_macro_f1": best_f1, "best_epoch": best_epoch,
+        }, ckpt_dir / "last.pt")
+        log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_macro_f1 %.4f  %.0f img/s",
+                 epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
+                 row["val_acc"], row["val_macro_f1"], row["train_images_per_s"])
+        if on_epoch is not None:
+            on_epoch(dict(row), run_dir)
+        if (cfg.early_stop_patience and epoch - best_epoch >= cfg.early_stop_patience
+                and epoch >= cfg.min_epochs and epoch < cfg.epochs):
+            log.info("early stop: no better val macro-F1 for %d epochs", cfg.early_stop_patience)
+            status = "early_stopped"
+            break
+    runs.mark_complete(run_dir, status=status, epochs=len(history), best_epoch=best_epoch,
+                       best_val_macro_f1=best_f1)
+    return run_dir
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    import csv
+
+    with (Path(run_dir) / runs.HISTORY).open(newline="") as handle:
+        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def load_checkpoint(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[Config, nn.Module]:
+    """The config and trained model of a run, loaded with ``weights_only=True``."""
+    from .models import load_trained_model
+
+    run_dir = Path(run_dir)
+    path = run_dir / runs.CHECKPOINTS / f"{which}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a trained run folder?")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    return cfg, load_trained_model(cfg, state["model"], len(CLASSES)).to(device)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine train", description="Train a DenseNet on prepared data.")
+    parser.add_argument("--data", type=Path, help="prepared data folder (from `prepare`)")
+    parser.add_argument("--preset", default="cpu-quick", help="preset name or JSON file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/runs"), help="folder for new run folders")
+    parser.add_argument("--name", help="run id (default: timestamp)")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        run_dir = args.resume
+        saved = runs.read_json(run_dir / runs.CONFIG)
+        prepared, preset = Path(saved.pop("data_dir")), saved.pop("preset", None)
+        cfg = config_from_dict(saved)
+        if runs.is_complete(run_dir):
+            log.info("%s is already complete", run_dir)
+            print(run_dir)
+            return 0
+        fit(cfg, prepared, run_dir, preset=preset, resume=(run_dir / runs.CHECKPOINTS / "last.pt").is_file())
+    else:
+        if args.data is None:
+            raise ConfigError("--data is required (the folder written by `python -m engine prepare`)")
+        cfg = build_config(args.preset, parse_overrides(args.overrides))
+        run_dir = args.out / (args.name or runs.new_run_id())
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} already exists and is not empty; choose another --name")
+        fit(cfg, args.data, run_dir, preset=args.preset)
+    print(run_dir)
+    return 0
