@@ -1,0 +1,103 @@
+"""``python -m engine evaluate RUN``: predictions and metrics of a trained run.
+
+Writes ``predictions.csv`` (one row per val/test image) and ``metrics.json`` (the metrics of
+each split, computed by scikit-learn from exactly those predictions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import runs
+from .metrics import classification_metrics
+from .runs import CLASSES
+from .train import Data, load_checkpoint, predict_proba, resolve_device, switch
+
+log = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence",
+                      *(f"prob_{c}" for c in CLASSES))
+
+
+def prediction_rows(split: str, rows: list[dict], proba: np.ndarray) -> list[dict[str, Any]]:
+    out = []
+    for row, p in zip(rows, proba):
+        k = int(p.argmax())
+        out.append({"split": split, "path": row["path"], "sha256": row["sha256"], "true": row["class"],
+                    "pred": CLASSES[k], "confidence": f"{p[k]:.10f}",
+                    **{f"prob_{c}": f"{p[i]:.10f}" for i, c in enumerate(CLASSES)}})
+    return out
+
+
+def misclassified(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"path": r["path"], "sha256": r["sha256"], "true": r["true"], "pred": r["pred"],
+             "confidence": float(r["confidence"])} for r in rows if r["true"] != r["pred"]]
+
+
+def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
+             n_bootstrap: int = 1000, device: str = "auto") -> dict[str, Any]:
+    """Predict ``splits`` with a run's checkpoint; write predictions.csv and metrics.json."""
+    run_dir = Path(run_dir)
+    saved = runs.read_json(run_dir / runs.CONFIG)
+    dev = resolve_device(device)
+    cfg, model = load_checkpoint(run_dir, checkpoint, dev)
+    use_amp, channels_last = switch(cfg.amp, dev), switch(cfg.channels_last, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev))
+
+    all_rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"classes": list(CLASSES), "checkpoint": checkpoint,
+                              "checkpoint_epoch": int(torch.load(run_dir / runs.CHECKPOINTS / f"{checkpoint}.pt",
+                                                                 map_location="cpu", weights_only=True)["epoch"]),
+                              "splits": {}}
+    for split in splits:
+        indices = data.split[split]
+        if len(indices) == 0:
+            log.warning("split %s is empty; skipped", split)
+            continue
+        proba = predict_proba(model, data.images, indices, dev, batch_size=cfg.eval_batch_size,
+                              use_amp=use_amp, channels_last=channels_last, desc=f"evaluate {split}")
+        rows = prediction_rows(split, [data.rows[i] for i in indices], proba)
+        all_rows += rows
+        # Metrics come from the rounded probabilities written to predictions.csv, so that
+        # anyone recomputing them from that file gets exactly these numbers.
+        stored = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+        y_true = [CLASSES.index(r["true"]) for r in rows]
+        metrics = classification_metrics(y_true, stored, CLASSES, n_bootstrap=n_bootstrap, seed=cfg.seed)
+        metrics["misclassified"] = misclassified(rows)
+        result["splits"][split] = metrics
+        log.info("%s: accuracy %.4f [%.4f, %.4f]  macro-F1 %.4f  balanced %.4f  ECE %.4f", split,
+                 metrics["accuracy"], *(x or 0 for x in metrics["accuracy_ci95"]), metrics["macro_f1"],
+                 metrics["balanced_accuracy"], metrics["calibration"]["ece"])
+    runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
+    runs.write_json(run_dir / runs.METRICS, result)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="run folder")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--splits", default="val,test", help="comma-separated splits to evaluate")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = evaluate(args.run, checkpoint=args.checkpoint, splits=tuple(args.splits.split(",")),
+                      n_bootstrap=args.bootstrap, device=args.device)
+    for split, m in result["splits"].items():
+        lo, hi = m["accuracy_ci95"]
+        print(f"{split}: accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {m['macro_f1']:.4f}, "
+              f"n={m['n']}")
+    print(args.run)
+    return 0

@@ -1,0 +1,123 @@
+"""Classification metrics from true labels and predicted probabilities: pure functions.
+
+Everything is computed by scikit-learn and SciPy; this module only arranges the results
+into the ``metrics.json`` structure documented in the README.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+CALIBRATION_BINS = 15
+
+
+def _clean(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric (e.g. AUC of an absent class) becomes null."""
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def bootstrap_ci(
+    y_true: np.ndarray, y_pred: np.ndarray, statistic: str, *, n_resamples: int = 1000,
+    seed: int = 0, confidence: float = 0.95,
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of ``accuracy`` or ``macro_f1`` over images."""
+    labels = np.unique(y_true)
+
+    def accuracy(t: np.ndarray, p: np.ndarray) -> float:
+        return skm.accuracy_score(t, p)
+
+    def macro_f1(t: np.ndarray, p: np.ndarray) -> float:
+        return skm.f1_score(t, p, labels=labels, average="macro", zero_division=0)
+
+    if len(y_true) < 2:
+        return None, None
+    result = stats.bootstrap(
+        (y_true, y_pred), {"accuracy": accuracy, "macro_f1": macro_f1}[statistic], paired=True,
+        vectorized=False, n_resamples=n_resamples, confidence_level=confidence,
+        method="percentile", random_state=np.random.default_rng(seed),
+    )
+    return _clean(result.confidence_interval.low), _clean(result.confidence_interval.high)
+
+
+def calibration(y_true: np.ndarray, proba: np.ndarray, n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+    """Top-label calibration: reliability bins, expected calibration error and Brier score."""
+    confidence = proba.max(1)
+    correct = (proba.argmax(1) == y_true).astype(float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    count, _, _ = stats.binned_statistic(confidence, correct, "count", bins=edges)
+    accuracy, _, _ = stats.binned_statistic(confidence, correct, "mean", bins=edges)
+    mean_conf, _, _ = stats.binned_statistic(confidence, confidence, "mean", bins=edges)
+    filled = count > 0
+    ece = float(np.sum(count[filled] / len(y_true) * np.abs(accuracy[filled] - mean_conf[filled])))
+    return {
+        "ece": ece,
+        "brier": float(skm.brier_score_loss(y_true, proba, labels=list(range(proba.shape[1])))),
+        "bins": [
+            {"lo": float(edges[i]), "hi": float(edges[i + 1]), "count": int(count[i]),
+             "confidence": _clean(mean_conf[i]) if filled[i] else None,
+             "accuracy": _clean(accuracy[i]) if filled[i] else None}
+            for i in range(n_bins)
+        ],
+    }
+
+
+def classification_metrics(
+    y_true: Sequence[int], proba: np.ndarray, classes: Sequence[str], *, n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All metrics of one split. ``proba`` is N x len(classes); predictions are its argmax."""
+    y_true = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=float)
+    y_pred = proba.argmax(1)
+    labels = list(range(len(classes)))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    # Specificity of class k: true negatives over all negatives, from the one-vs-rest matrices.
+    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=labels)
+    tn, fp = mcm[:, 0, 0], mcm[:, 0, 1]
+    specificity = np.divide(tn, tn + fp, out=np.full(len(labels), np.nan), where=(tn + fp) > 0)
+    # One-vs-rest AUC of class k is defined only when the split holds both k and not-k.
+    auc = [skm.roc_auc_score(y_true == k, proba[:, k]) if len(np.unique(y_true == k)) == 2 else float("nan")
+           for k in labels]
+    per_class = {
+        name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+               "specificity": _clean(specificity[k]), "support": int(support[k]), "roc_auc": _clean(auc[k])}
+        for k, name in enumerate(classes)
+    }
+    averages = {}
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average,
+                                                         zero_division=0)
+        averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    averages["macro"]["specificity"] = _clean(np.nanmean(specificity))
+    try:
+        auc_macro = skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
+    except ValueError:  # a split without every class has no multi-class AUC
+        auc_macro = float("nan")
+    acc_ci = bootstrap_ci(y_true, y_pred, "accuracy", n_resamples=n_bootstrap, seed=seed)
+    f1_ci = bootstrap_ci(y_true, y_pred, "macro_f1", n_resamples=n_bootstrap, seed=seed)
+    return {
+        "n": len(y_true),
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "accuracy_ci95": list(acc_ci),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": averages["macro"]["f1"],
+        "macro_f1_ci95": list(f1_ci),
+        "weighted_f1": averages["weighted"]["f1"],
+        "roc_auc_ovr_macro": _clean(auc_macro),
+        "per_class": per_class,
+        "macro": averages["macro"],
+        "weighted": averages["weighted"],
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "confusion_matrix_normalized": np.nan_to_num(
+            skm.confusion_matrix(y_true, y_pred, labels=labels, normalize="true")).tolist(),
+        "calibration": calibration(y_true, proba),
+    }

@@ -1,0 +1,87 @@
+"""Shared fixtures: small generated image folders, a prepared data set and a tiny trained run.
+
+Generated images carry a learnable, class-specific signal (a coloured disc whose size and
+hue depend on the stage), so a tiny DenseNet reaches well above chance in a few epochs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = Path(os.environ.get("ALL_DATA_DIR", REPO.parent / "shared" / "data" / "ALL"))
+CLASS_FOLDERS = ("Benign", "Early", "Pre", "Pro")
+TINY = ["--preset", "tiny"]
+
+
+def make_image(cls_index: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
+    """A synthetic 'cell': background noise plus a disc whose radius and colour encode the class."""
+    pixels = rng.integers(170, 230, (size, size, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
+    radius = size * (0.12 + 0.07 * cls_index)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+    colour = np.array([[120, 40, 160], [60, 60, 200], [160, 40, 90], [40, 120, 120]][cls_index])
+    pixels[disc] = np.clip(colour + rng.integers(-20, 20, 3), 0, 255)
+    return Image.fromarray(pixels)
+
+
+def write_image_folder(root: Path, per_class: int = 24, seed: int = 0, names=CLASS_FOLDERS,
+                       size: int = 48) -> Path:
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(names):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(index, rng, size).save(folder / f"{name.lower()}-{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """A Kaggle-layout folder (Benign/Early/Pre/Pro) of 24 generated PNGs per class."""
+    return write_image_folder(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared (manifest + report) folder of 40 generated images per class."""
+    from engine.data import prepare
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    raw = write_image_folder(root / "raw", per_class=40, seed=1)
+    prepare(raw, root / "prepared", seed=0)
+    return root / "prepared"
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete, evaluated run of the tiny DenseNet (64 px, 4 epochs) on the generated data."""
+    from engine import evaluate, train
+
+    out = tmp_path_factory.mktemp("runs")
+    assert train.main(["--data", str(prepared_tiny), *TINY, "--set", "epochs=4", "--out", str(out),
+                       "--name", "tiny"]) == 0
+    run = out / "tiny"
+    assert evaluate.main([str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of 40 real images per class from the shared ALL data set."""
+    source = REAL_DATA / "Original"
+    if not source.is_dir():
+        pytest.skip(f"real ALL data set not found at {source} (set ALL_DATA_DIR to its folder)")
+    root = tmp_path_factory.mktemp("real") / "Original"
+    for name in CLASS_FOLDERS:
+        (root / name).mkdir(parents=True)
+        for path in sorted((source / name).iterdir())[:40]:
+            shutil.copy(path, root / name / path.name)
+    return root.parent
