@@ -1,0 +1,96 @@
+# One entry point for everything; `make setup` runs on its own before any other target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+DATA_DIR ?= data/raw
+OUTPUTS ?= outputs
+PREPARED ?= $(OUTPUTS)/prepared
+RUNS ?= $(OUTPUTS)/runs
+PRESET ?= cpu-quick
+RUN ?= $(shell ls -td $(RUNS)/*/ 2>/dev/null | head -n 1)
+IMAGES ?=
+SET ?=
+SPACE ?= cpu-quick
+SWEEPS ?= $(OUTPUTS)/sweeps
+NAME ?=
+GPUS_PER_TRIAL ?=
+RESUME ?=
+NUM_SAMPLES ?=
+HOST ?= 127.0.0.1
+PORT ?= 8501
+NO_SERVE ?=
+PYTEST_ARGS ?=
+
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard test test-fast bench lint clean
+
+help:
+	@echo "make demo DATA_DIR=...   prepare, a cpu-quick sweep, evaluate and explain the best trial, serve the dashboard"
+	@echo "make test                the whole test suite (installs everything it needs)"
+	@echo "make setup | prepare | train | evaluate | explain | predict | pipeline | tune | dashboard | bench | lint"
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+prepare: setup
+	$(PY) -m engine prepare --data-dir $(DATA_DIR) --out $(PREPARED)
+
+train: setup
+	$(PY) -m engine train --data $(PREPARED) --preset $(PRESET) --out $(RUNS) $(foreach s,$(SET),--set $(s))
+
+evaluate: setup
+	$(PY) -m engine evaluate $(RUN)
+
+explain: setup
+	$(PY) -m engine explain $(RUN)
+
+predict: setup
+	$(PY) -m engine predict $(RUN) $(IMAGES)
+
+# One run from raw images to an explained model (the single-run path of the demo).
+pipeline: prepare
+	run=$$($(PY) -m engine train --data $(PREPARED) --preset $(PRESET) --out $(RUNS) $(foreach s,$(SET),--set $(s)) | tail -n 1) && \
+	$(PY) -m engine evaluate $$run && \
+	$(PY) -m engine explain $$run
+
+tune: setup
+	$(PY) -m tuning sweep --space $(SPACE) --data $(PREPARED) --out $(SWEEPS) \
+		$(if $(NAME),--name $(NAME)) $(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) \
+		$(if $(NUM_SAMPLES),--num-samples $(NUM_SAMPLES)) $(if $(RESUME),--resume)
+
+demo: prepare
+	$(MAKE) tune SPACE=$(SPACE) NAME=$(or $(NAME),demo)
+	$(if $(NO_SERVE),,$(MAKE) dashboard)
+
+dashboard: setup
+	$(PY) -m dashboard --outputs $(OUTPUTS) --host $(HOST) --port $(PORT)
+
+test: setup browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m engine bench $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

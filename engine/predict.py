@@ -1,0 +1,77 @@
+"""``python -m engine predict RUN IMAGE...``: one JSON line per image with class probabilities.
+
+A file that cannot be read as an image gets a JSON line with an ``error`` and the others
+still answer; the exit status is 1 when any file failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import load_image
+from .runs import CLASSES
+from .train import load_checkpoint, resolve_device, to_input
+
+
+class Predictor:
+    """A trained run's model, ready to classify image files or bytes."""
+
+    def __init__(self, run_dir: Path, checkpoint: str = "best", device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.cfg, self.model = load_checkpoint(run_dir, checkpoint, self.device)
+        self.run_dir = Path(run_dir)
+
+    def preprocess(self, source: Path | bytes) -> np.ndarray:
+        """The image as the model sees it (uint8 HWC); ValueError with a reason otherwise."""
+        return load_image(source, self.cfg.image_size)
+
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device, channels_last=False)
+        return torch.softmax(self.model(x).double(), 1).cpu().numpy()
+
+    def predict_files(self, paths: list[Path], batch_size: int = 32) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = [{} for _ in paths]
+        good: list[tuple[int, np.ndarray]] = []
+        for i, path in enumerate(paths):
+            try:
+                good.append((i, self.preprocess(Path(path))))
+            except (OSError, ValueError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                results[i] = {"path": str(path), "error": reason}
+        for start in range(0, len(good), batch_size):
+            chunk = good[start:start + batch_size]
+            proba = self.probabilities(np.stack([image for _, image in chunk]))
+            for (i, _), p in zip(chunk, proba):
+                k = int(p.argmax())
+                results[i] = {"path": str(paths[i]), "pred": CLASSES[k], "confidence": round(float(p[k]), 6),
+                              "probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, p)}}
+        return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine predict", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="run folder")
+    parser.add_argument("images", type=Path, nargs="+", help="image files")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    predictor = Predictor(args.run, args.checkpoint, args.device)
+    results = predictor.predict_files(args.images)
+    for result in results:
+        print(json.dumps(result), flush=True)
+    failed = [r for r in results if "error" in r]
+    if failed:
+        print(f"{len(failed)} of {len(results)} file(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+
+from engine.config import Config, ConfigError, build_config, list_presets, parse_overrides
+
+
+def test_presets_resolve_to_valid_configs():
+    assert {"cpu-quick", "gpu-full", "tiny"} <= set(list_presets())
+    quick = build_config("cpu-quick")
+    assert quick.model == "densenet121" and quick.image_size == 112
+    full = build_config("gpu-full")
+    assert full.image_size == 224 and full.effective_lr == pytest.approx(full.lr * full.batch_size / 64)
+
+
+def test_overrides_are_typed_from_strings():
+    cfg = build_config("tiny", parse_overrides(["lr=0.01", "epochs=3", "class_weighted=true", "model=densenet169"]))
+    assert cfg.lr == 0.01 and cfg.epochs == 3 and cfg.class_weighted is True and cfg.model == "densenet169"
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [("learning_rate=0.1", "unknown config key"), ("epochs=three", "epochs: expected int"),
+     ("class_weighted=maybe", "expected bool"), ("model=resnet50", "model must be one of"),
+     ("lr=-1", "lr must be positive"), ("novalue", "key=value")],
+)
+def test_bad_overrides_fail_clearly(pair, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("tiny", parse_overrides([pair]))
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="cpu-quick"):
+        build_config("no-such-preset")
+
+
+def test_preset_file_with_unknown_key_is_rejected(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"model": "densenet121", "epochz": 3}))
+    with pytest.raises(ConfigError, match="epochz"):
+        build_config(str(path))
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().lr = 1.0  # type: ignore[misc]
