@@ -1,0 +1,39 @@
+"""``python -m dashboard --outputs DIR --host 127.0.0.1 --port 8501``: start the Streamlit server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "app.py"
+
+
+def command(outputs: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "25",
+            "--", "--outputs", str(outputs)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
+    parser.add_argument("--outputs", type=Path, default=Path(os.environ.get("ALL_OUTPUTS", "outputs")),
+                        help="outputs folder to show (default: $ALL_OUTPUTS or outputs/)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
+    parser.add_argument("--port", type=int, default=8501)
+    args = parser.parse_args(argv)
+    outputs = args.outputs.expanduser().resolve()
+    env = {**os.environ, "ALL_OUTPUTS": str(outputs), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    print(f"dashboard: http://{args.host}:{args.port}  (outputs: {outputs})", flush=True)
+    try:
+        return subprocess.call(command(outputs, args.host, args.port), env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

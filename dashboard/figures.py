@@ -1,0 +1,315 @@
+"""Figures as plain functions of data: Plotly for the pages and the HTML report, matplotlib PNGs for PPTX.
+
+No Streamlit here, so every function is tested directly.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CLASSES = ("benign", "early", "pre", "pro")
+STAGE_COLOURS = {"benign": "#2a9d8f", "early": "#e9c46a", "pre": "#f4a261", "pro": "#e76f51"}
+SPLIT_COLOURS = {"train": "#264653", "val": "#2a9d8f", "test": "#e76f51"}
+FONT = dict(size=15)
+BEST_COLOUR = "#d62728"
+
+
+def _layout(fig: go.Figure, title: str = "", height: int = 420, **extra: Any) -> go.Figure:
+    extra.setdefault("margin", dict(l=60, r=20, t=60 if title else 30, b=50))
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left") if title else None, height=height,
+                      template="plotly_white", font=FONT, **extra)
+    return fig
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def counts_bar(counts: pd.DataFrame, title: str = "Images per stage and split") -> go.Figure:
+    """Grouped bars from a long table with columns stage, split, images."""
+    fig = go.Figure()
+    for split in ("train", "val", "test"):
+        part = counts[counts["split"] == split]
+        fig.add_bar(x=part["stage"], y=part["images"], name=split, marker_color=SPLIT_COLOURS[split],
+                    text=part["images"], textposition="outside")
+    fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title="images", legend_title="split")
+    return _layout(fig, title, height=380)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str] = CLASSES, *,
+                     normalized: Sequence[Sequence[float]] | None = None, mode: str = "counts",
+                     title: str = "", selected: tuple[str, str] | None = None,
+                     height: int = 460) -> go.Figure:
+    """Heatmap of the matrix (rows = true, columns = predicted) under an invisible scatter.
+
+    Plotly heatmaps do not report clicks to Streamlit's ``on_select``; the scatter trace has
+    one transparent square marker per cell centre, each carrying ``customdata = [true, pred,
+    count]``, so clicking a cell selects exactly that point.
+    """
+    cm = np.asarray(counts, dtype=float)
+    classes = list(classes)
+    if normalized is None:
+        sums = cm.sum(1, keepdims=True)
+        normalized = np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+    norm = np.asarray(normalized, dtype=float)
+    z = norm if mode == "normalized" else cm
+    if mode == "normalized":
+        text = [[f"{norm[i, j]:.0%}<br><sub>{int(cm[i, j])}</sub>" for j in range(len(classes))]
+                for i in range(len(classes))]
+    else:
+        text = [[f"{int(cm[i, j])}" for j in range(len(classes))] for i in range(len(classes))]
+    fig = go.Figure()
+    fig.add_heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}", textfont=dict(size=18),
+                    colorscale="Blues", showscale=False, hoverinfo="skip", xgap=2, ygap=2,
+                    zmin=0, zmax=1 if mode == "normalized" else max(1.0, float(cm.max())))
+    xs, ys, custom = [], [], []
+    for i, true in enumerate(classes):
+        for j, pred in enumerate(classes):
+            xs.append(pred)
+            ys.append(true)
+            custom.append([true, pred, int(cm[i, j])])
+    fig.add_scatter(
+        x=xs, y=ys, mode="markers", customdata=custom, name="cells", showlegend=False,
+        marker=dict(symbol="square", size=70, color="rgba(0,0,0,0)", line=dict(width=0)),
+        selected=dict(marker=dict(color="rgba(255,140,0,0.35)")),
+        unselected=dict(marker=dict(opacity=0)),
+        hovertemplate="true %{customdata[0]} → predicted %{customdata[1]}<br>%{customdata[2]} images"
+                      "<br>click to show them<extra></extra>",
+    )
+    if selected is not None and selected[0] in classes and selected[1] in classes:
+        fig.add_shape(type="rect", x0=classes.index(selected[1]) - 0.5, x1=classes.index(selected[1]) + 0.5,
+                      y0=classes.index(selected[0]) - 0.5, y1=classes.index(selected[0]) + 0.5,
+                      line=dict(color="#ff8c00", width=4))
+    fig.update_xaxes(title="predicted stage", type="category", categoryorder="array", categoryarray=classes,
+                     showgrid=False, fixedrange=True)
+    fig.update_yaxes(title="true stage", type="category", categoryorder="array", categoryarray=classes,
+                     autorange="reversed", showgrid=False, fixedrange=True)
+    _layout(fig, title, height=height, hovermode="closest", hoverdistance=-1, clickmode="event+select",
+            dragmode=False)
+    return fig
+
+
+def roc_curves(pred: pd.DataFrame, classes: Sequence[str] = CLASSES, title: str = "ROC, one stage vs rest") -> go.Figure:
+    """One-vs-rest ROC per stage from predictions.csv rows (columns true, prob_<stage>)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#999"), name="chance",
+                    hoverinfo="skip")
+    for cls in classes:
+        column = f"prob_{cls}"
+        if column not in pred:
+            continue
+        y = (pred["true"] == cls).to_numpy()
+        if y.all() or not y.any():
+            continue
+        score = pred[column].astype(float).to_numpy()
+        fpr, tpr, _ = roc_curve(y, score)
+        auc = roc_auc_score(y, score)
+        fig.add_scatter(x=fpr, y=tpr, mode="lines", name=f"{cls} (AUC {auc:.3f})",
+                        line=dict(width=3, color=STAGE_COLOURS.get(cls)))
+    fig.update_xaxes(title="false positive rate", range=[0, 1])
+    fig.update_yaxes(title="true positive rate", range=[0, 1.02])
+    return _layout(fig, title, legend=dict(x=0.98, y=0.02, xanchor="right", yanchor="bottom"))
+
+
+def reliability(calibration: Mapping[str, Any], title: str = "Reliability diagram") -> go.Figure:
+    """Accuracy against confidence per bin, from metrics.json's calibration block."""
+    bins = [b for b in calibration.get("bins", []) if b.get("count")]
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dash", color="#999"),
+                    name="perfect calibration", hoverinfo="skip")
+    fig.add_bar(x=[(b["lo"] + b["hi"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+                width=[b["hi"] - b["lo"] for b in bins], name="accuracy", marker_color="#2a9d8f",
+                customdata=[[b["count"], b["confidence"]] for b in bins],
+                hovertemplate="confidence %{customdata[1]:.2f}<br>accuracy %{y:.2f}<br>%{customdata[0]} images"
+                              "<extra></extra>")
+    fig.add_scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins], mode="markers",
+                    marker=dict(size=9, color="#264653"), name="mean confidence", hoverinfo="skip")
+    ece, brier = calibration.get("ece"), calibration.get("brier")
+    subtitle = " · ".join(s for s in (f"ECE {ece:.3f}" if ece is not None else "",
+                                      f"Brier {brier:.3f}" if brier is not None else "") if s)
+    fig.update_xaxes(title="confidence", range=[0, 1])
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    return _layout(fig, f"{title} ({subtitle})" if subtitle else title,
+                   legend=dict(x=0.02, y=0.98, yanchor="top"))
+
+
+def history_panels(hist: pd.DataFrame, title: str = "Learning curves") -> go.Figure:
+    """Loss (train, val) and accuracy / macro-F1 per epoch from history.csv."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy and macro-F1"))
+    styles = {"train_loss": (1, "#264653", "solid"), "val_loss": (1, "#e76f51", "solid"),
+              "train_acc": (2, "#264653", "dot"), "val_acc": (2, "#e76f51", "dot"),
+              "val_macro_f1": (2, "#2a9d8f", "solid")}
+    for column, (col, colour, dash) in styles.items():
+        if column in hist:
+            fig.add_scatter(x=hist["epoch"], y=hist[column], name=column, mode="lines+markers",
+                            line=dict(color=colour, dash=dash, width=3), row=1, col=col)
+    fig.update_xaxes(title="epoch")
+    return _layout(fig, title, height=380)
+
+
+def learning_curves(histories: Mapping[str, pd.DataFrame], metric: str = "val_macro_f1", best: str | None = None,
+                    title: str = "") -> go.Figure:
+    """``metric`` per epoch for several runs overlaid; the best one drawn thick and starred."""
+    fig = go.Figure()
+    for label, hist in histories.items():
+        if metric not in hist:
+            continue
+        is_best = label == best
+        fig.add_scatter(x=hist["epoch"], y=hist[metric], mode="lines+markers",
+                        name=f"★ {label} (best)" if is_best else label,
+                        line=dict(width=5 if is_best else 2, color=BEST_COLOUR if is_best else None),
+                        marker=dict(size=8 if is_best else 5))
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title=metric)
+    return _layout(fig, title or f"{metric} per epoch", height=400)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def _is_numeric(series: pd.Series) -> bool:
+    return pd.to_numeric(series, errors="coerce").notna().all()
+
+
+def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str = "best_val_macro_f1",
+                         best: str | None = None, title: str = "Parameters vs validation macro-F1") -> go.Figure:
+    """One line per finished trial through its parameters and ``metric`` (lines coloured by it).
+
+    Categorical parameters become integer axes with their labels; positive numeric
+    parameters spanning two decades or more (learning rates) are shown as log10.
+    """
+    done = frame[pd.to_numeric(frame.get(metric), errors="coerce").notna()] if metric in frame else frame.iloc[0:0]
+    dims = []
+    for column in params:
+        name = column.removeprefix("param_")
+        values = done[column]
+        if values.isna().all():
+            continue
+        if _is_numeric(values.dropna()) and not values.isna().any():
+            numbers = pd.to_numeric(values).astype(float)
+            if (numbers > 0).all() and numbers.max() / numbers.min() >= 100:
+                dims.append(dict(label=f"log10 {name}", values=np.log10(numbers)))
+            else:
+                dims.append(dict(label=name, values=numbers))
+        else:
+            labels = values.astype(str)
+            cats = sorted(labels.unique())
+            dims.append(dict(label=name, values=[cats.index(v) for v in labels], tickvals=list(range(len(cats))),
+                             ticktext=cats))
+    scores = pd.to_numeric(done[metric], errors="coerce") if metric in done else pd.Series(dtype=float)
+    dims.append(dict(label="val macro-F1", values=scores))
+    fig = go.Figure(go.Parcoords(
+        dimensions=dims,
+        line=dict(color=scores, colorscale="Viridis", showscale=True, colorbar=dict(title="macro-F1")),
+        labelfont=dict(size=15), tickfont=dict(size=12),
+    ))
+    if best is not None and best in set(done.get("trial_id", [])):
+        score = float(scores[done["trial_id"] == best].iloc[0])
+        title = f"{title} · best {best}: {score:.3f}"
+    return _layout(fig, title, height=440, margin=dict(l=70, r=40, t=90, b=40))
+
+
+# ----------------------------------------------------------------------------- Grad-CAM
+
+
+def _interval(stat: Mapping[str, Any]) -> tuple[float, float]:
+    """(minus, plus) error-bar lengths of a {"mean", "ci95"} block; ci95 is [lo, hi] or a half-width."""
+    mean, ci = stat.get("mean"), stat.get("ci95")
+    if mean is None or ci is None:
+        return 0.0, 0.0
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        return max(0.0, mean - ci[0]), max(0.0, ci[1] - mean)
+    if isinstance(ci, (int, float)) and not math.isnan(ci):
+        return float(ci), float(ci)
+    return 0.0, 0.0
+
+
+def faithfulness_frame(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Long table: method, layer, stage ('all' for overall), metric, mean, minus, plus, n, rank."""
+    rows = []
+    ranking = summary.get("ranking", {}) or {}
+    for method, block in (summary.get("methods") or {}).items():
+        scopes = {"all": block.get("overall", {}), **(block.get("per_stage") or {})}
+        for stage, metrics in scopes.items():
+            for metric, stat in (metrics or {}).items():
+                if not isinstance(stat, Mapping):
+                    continue
+                minus, plus = _interval(stat)
+                order = ranking.get(stage) or []
+                rows.append({"method": method, "layer": block.get("layer"), "stage": stage, "metric": metric,
+                             "mean": stat.get("mean"), "minus": minus, "plus": plus, "n": stat.get("n"),
+                             "rank": order.index(method) + 1 if method in order else None})
+    return pd.DataFrame(rows, columns=["method", "layer", "stage", "metric", "mean", "minus", "plus", "n", "rank"])
+
+
+def faithfulness_bars(summary: Mapping[str, Any], metric: str | None = None,
+                      title: str = "Faithfulness per stage and method") -> go.Figure:
+    """Grouped bars of one faithfulness metric (default the first listed) with 95% intervals."""
+    frame = faithfulness_frame(summary)
+    metric = metric or (summary.get("metrics") or sorted(frame["metric"].unique()) or [""])[0]
+    part = frame[frame["metric"] == metric]
+    fig = go.Figure()
+    stages = [s for s in ("all", *CLASSES) if s in set(part["stage"])]
+    for method in part["method"].unique():
+        rows = part[part["method"] == method].set_index("stage").reindex(stages)
+        fig.add_bar(x=stages, y=rows["mean"], name=method,
+                    error_y=dict(type="data", symmetric=False, array=rows["plus"], arrayminus=rows["minus"]))
+    fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title=metric, legend_title="method")
+    return _layout(fig, f"{title}: {metric}", height=400)
+
+
+def probabilities_bar(probabilities: Mapping[str, float], title: str = "Stage probabilities") -> go.Figure:
+    classes = list(probabilities)
+    values = [float(probabilities[c]) for c in classes]
+    fig = go.Figure(go.Bar(x=values, y=classes, orientation="h", text=[f"{v:.1%}" for v in values],
+                           textposition="auto", marker_color=[STAGE_COLOURS.get(c, "#888") for c in classes]))
+    fig.update_xaxes(range=[0, 1], title="probability", tickformat=".0%")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, height=300)
+
+
+# ----------------------------------------------------------------------------- matplotlib (PPTX)
+
+
+def png_confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str] = CLASSES,
+                         normalized: bool = False, title: str = "") -> bytes:
+    """A projector-friendly confusion matrix PNG (large labels), drawn by matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(counts, dtype=float)
+    sums = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+    shown = norm if normalized else cm
+    fig, ax = plt.subplots(figsize=(7, 6.2), dpi=150)
+    ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalized else max(1.0, cm.max()))
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            label = f"{norm[i, j]:.0%}\n({int(cm[i, j])})" if normalized else f"{int(cm[i, j])}"
+            ax.text(j, i, label, ha="center", va="center", fontsize=20,
+                    color="white" if norm[i, j] > 0.55 else "#111")
+    ax.set_xticks(range(len(classes)), classes, fontsize=18)
+    ax.set_yticks(range(len(classes)), classes, fontsize=18)
+    ax.set_xlabel("predicted stage", fontsize=18)
+    ax.set_ylabel("true stage", fontsize=18)
+    if title:
+        ax.set_title(title, fontsize=20)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,402 @@
+"""Reading the outputs folder: discovery of prepared data, runs and sweeps, and their files.
+
+Every reader is cached with ``st.cache_data`` on (path, mtime, size), so a file that changes
+is read again on the next rerun, and an unchanged one costs one ``stat``. Discovery is cached
+for a few seconds. Readers raise :class:`LoadError` with a readable reason for missing,
+partial or corrupt files; pages turn that into a warning. Nothing here imports torch or ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from .paths import OutsideOutputs, inside, relative
+
+CLASSES = ("benign", "early", "pre", "pro")
+SPLITS = ("train", "val", "test")
+# Folders that never hold runs, sweeps or prepared data (and can be large).
+PRUNE = {"ray", "cams", "checkpoints", "exports", "screenshots", "cache", "samples", "__pycache__"}
+RUNNING_WINDOW_S = 15 * 60  # a run without COMPLETE that wrote within this window counts as running
+DISCOVERY_TTL_S = 3
+
+
+class LoadError(Exception):
+    """A file is missing, partial or corrupt; the message says which and why."""
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def stamp(path: Path | str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _read_json(path: str, _stamp: tuple[int, int] | None) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@st.cache_data(show_spinner=False, max_entries=2048)
+def _read_csv(path: str, _stamp: tuple[int, int] | None) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def read_json(root: Path | str, path: Path | str) -> Any:
+    """A JSON file inside ``root``; LoadError when missing or corrupt."""
+    try:
+        full = inside(root, path)
+    except OutsideOutputs as exc:
+        raise LoadError(str(exc)) from None
+    key = stamp(full)
+    if key is None or not full.is_file():
+        raise LoadError(f"{relative(root, full)} not found")
+    try:
+        return _read_json(str(full), key)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LoadError(f"{relative(root, full)} is not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise LoadError(f"{relative(root, full)} cannot be read ({exc.strerror})") from None
+
+
+def read_csv(root: Path | str, path: Path | str, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV file inside ``root`` as a DataFrame; LoadError when missing, corrupt or lacking columns."""
+    try:
+        full = inside(root, path)
+    except OutsideOutputs as exc:
+        raise LoadError(str(exc)) from None
+    key = stamp(full)
+    if key is None or not full.is_file():
+        raise LoadError(f"{relative(root, full)} not found")
+    try:
+        frame = _read_csv(str(full), key)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise LoadError(f"{relative(root, full)} is not a readable CSV ({exc})") from None
+    except OSError as exc:
+        raise LoadError(f"{relative(root, full)} cannot be read ({exc.strerror})") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise LoadError(f"{relative(root, full)} lacks column(s) {', '.join(missing)}")
+    return frame
+
+
+def file_in(root: Path | str, base: Path | str, rel: str) -> Path:
+    """``base/rel`` for a relative path taken from a file; LoadError unless it stays inside ``root``."""
+    if not isinstance(rel, str) or not rel:
+        raise LoadError("empty path")
+    try:
+        full = inside(root, Path(base) / rel)
+    except OutsideOutputs as exc:
+        raise LoadError(str(exc)) from None
+    return full
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    path: str  # absolute, resolved, inside the outputs folder
+    label: str  # relative to the outputs folder
+    status: str  # complete | stopped | running | interrupted | corrupt
+    evaluated: bool
+    explained: bool
+    has_checkpoint: bool
+    sweep: str | None
+    problem: str | None = None
+
+    @property
+    def display(self) -> str:
+        marks = {"complete": "", "stopped": " (stopped early)", "running": " (running)",
+                 "interrupted": " (interrupted)", "corrupt": " (corrupt)"}
+        return f"{self.label}{marks.get(self.status, '')}"
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    path: str
+    label: str
+    name: str
+    status: str
+    problem: str | None = None
+
+
+def _run_status(folder: Path) -> tuple[str, str | None]:
+    try:
+        json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return "corrupt", f"config.json unreadable ({exc})"
+    marker = folder / "COMPLETE"
+    if marker.is_file():
+        try:
+            status = json.loads(marker.read_text()).get("status", "complete")
+        except (OSError, ValueError, AttributeError):
+            status = "complete"
+        return ("stopped" if status == "stopped" else "complete"), None
+    newest = max((s[0] for s in (stamp(folder / n) for n in ("history.csv", "config.json")) if s), default=0)
+    if time.time() - newest / 1e9 < RUNNING_WINDOW_S:
+        return "running", None
+    return "interrupted", "no COMPLETE marker and no recent writes: the run was interrupted"
+
+
+def _sweep_status(folder: Path) -> tuple[str, str, str | None]:
+    try:
+        info = json.loads((folder / "sweep.json").read_text())
+        return str(info.get("name") or folder.name), str(info.get("status", "unknown")), None
+    except (OSError, ValueError, AttributeError) as exc:
+        return folder.name, "corrupt", f"sweep.json unreadable ({exc})"
+
+
+@st.cache_data(ttl=DISCOVERY_TTL_S, show_spinner=False)
+def _scan(root: str) -> dict[str, list[dict[str, Any]]]:
+    base = Path(root)
+    prepared: list[dict[str, Any]] = []
+    found_runs: list[dict[str, Any]] = []
+    sweeps: list[dict[str, Any]] = []
+    if not base.is_dir():
+        return {"prepared": [], "runs": [], "sweeps": []}
+    for current, dirs, names in os.walk(base, followlinks=False):
+        folder = Path(current)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in PRUNE)
+        names_set = set(names)
+        label = relative(base, folder)
+        if "manifest.csv" in names_set:
+            prepared.append({"path": str(folder), "label": label})
+        if "sweep.json" in names_set:
+            name, status, problem = _sweep_status(folder)
+            sweeps.append(asdict(SweepInfo(str(folder), label, name, status, problem)))
+        if "config.json" in names_set:
+            status, problem = _run_status(folder)
+            parts = Path(label).parts
+            sweep = "/".join(parts[: parts.index("trials")]) if "trials" in parts else None
+            found_runs.append(asdict(RunInfo(
+                str(folder), label, status,
+                evaluated="metrics.json" in names_set and "predictions.csv" in names_set,
+                explained=(folder / "cams" / "index.csv").is_file(),
+                has_checkpoint=(folder / "checkpoints" / "best.pt").is_file(),
+                sweep=sweep, problem=problem,
+            )))
+            dirs[:] = []  # run folders do not nest
+    return {"prepared": prepared, "runs": found_runs, "sweeps": sweeps}
+
+
+def scan(root: Path | str) -> dict[str, list]:
+    """Everything under the outputs folder: {"prepared": [dict], "runs": [RunInfo], "sweeps": [SweepInfo]}."""
+    raw = _scan(str(Path(root).resolve()))
+    return {"prepared": raw["prepared"], "runs": [RunInfo(**r) for r in raw["runs"]],
+            "sweeps": [SweepInfo(**s) for s in raw["sweeps"]]}
+
+
+def is_empty(found: dict[str, list]) -> bool:
+    return not (found["prepared"] or found["runs"] or found["sweeps"])
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+
+def data_report(root: Path | str, prepared: Path | str) -> dict[str, Any]:
+    report = read_json(root, Path(prepared) / "data_report.json")
+    if not isinstance(report, dict) or "counts" not in report:
+        raise LoadError(f"{relative(root, prepared)}/data_report.json lacks 'counts'")
+    return report
+
+
+def manifest(root: Path | str, prepared: Path | str) -> pd.DataFrame:
+    return read_csv(root, Path(prepared) / "manifest.csv", required=("path", "class", "split"))
+
+
+def counts_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """Long table: stage, split, images."""
+    rows = [{"stage": cls, "split": split, "images": int(report["counts"].get(cls, {}).get(split, 0))}
+            for cls in CLASSES for split in SPLITS]
+    return pd.DataFrame(rows)
+
+
+def samples(root: Path | str, prepared: Path | str) -> dict[str, list[Path]]:
+    out: dict[str, list[Path]] = {}
+    for cls in CLASSES:
+        try:
+            folder = inside(root, Path(prepared) / "samples" / cls)
+        except OutsideOutputs:
+            continue
+        out[cls] = sorted(p for p in folder.glob("*.png") if p.is_file()) if folder.is_dir() else []
+    return out
+
+
+# ----------------------------------------------------------------------------- runs
+
+HISTORY_COLUMNS = ("epoch", "val_macro_f1")
+PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence")
+INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer",
+                 "target", "image", "overlay")
+
+
+def run_config(root: Path | str, run: Path | str) -> dict[str, Any]:
+    return read_json(root, Path(run) / "config.json")
+
+
+def history(root: Path | str, run: Path | str) -> pd.DataFrame:
+    frame = read_csv(root, Path(run) / "history.csv", required=HISTORY_COLUMNS)
+    return frame.sort_values("epoch")
+
+
+def metrics(root: Path | str, run: Path | str) -> dict[str, Any]:
+    data = read_json(root, Path(run) / "metrics.json")
+    if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) or not data["splits"]:
+        raise LoadError(f"{relative(root, run)}/metrics.json has no evaluated split")
+    for split, m in data["splits"].items():
+        for key in ("accuracy", "macro_f1", "confusion_matrix", "per_class"):
+            if key not in m:
+                raise LoadError(f"{relative(root, run)}/metrics.json: split {split} lacks {key!r}")
+    return data
+
+
+def predictions(root: Path | str, run: Path | str) -> pd.DataFrame:
+    return read_csv(root, Path(run) / "predictions.csv", required=PREDICTION_COLUMNS)
+
+
+def cams_meta(root: Path | str, run: Path | str) -> dict[str, Any]:
+    return read_json(root, Path(run) / "cams" / "meta.json")
+
+
+def cams_index(root: Path | str, run: Path | str) -> pd.DataFrame:
+    frame = read_csv(root, Path(run) / "cams" / "index.csv", required=INDEX_COLUMNS)
+    frame["correct"] = frame["correct"].astype(int)
+    return frame
+
+
+def faithfulness(root: Path | str, run: Path | str) -> dict[str, Any]:
+    return read_json(root, Path(run) / "cams" / "faithfulness_summary.json")
+
+
+def stage_file(root: Path | str, run: Path | str, stage: str, name: str) -> Path | None:
+    """``cams/stages/<stage>/<name>`` when it exists (stage must be one of the classes)."""
+    if stage not in CLASSES:
+        return None
+    try:
+        path = inside(root, Path(run) / "cams" / "stages" / stage / name)
+    except OutsideOutputs:
+        return None
+    return path if path.is_file() else None
+
+
+def cam_path(root: Path | str, run: Path | str, rel: str) -> Path | None:
+    """A file named in cams/index.csv (relative to cams/), or None if missing or escaping the outputs."""
+    try:
+        path = file_in(root, Path(run) / "cams", rel)
+    except LoadError:
+        return None
+    return path if path.is_file() else None
+
+
+def load_run(root: Path | str, run: Path | str) -> dict[str, Any]:
+    """What the pages need of one run, each part or the reason it is missing (never raises)."""
+    out: dict[str, Any] = {"problems": []}
+    for name, reader in (("config", run_config), ("history", history), ("metrics", metrics),
+                         ("predictions", predictions)):
+        try:
+            out[name] = reader(root, run)
+        except LoadError as exc:
+            out[name] = None
+            out["problems"].append(str(exc))
+    return out
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+TRIAL_STATUSES = ("complete", "running", "pending", "stopped", "error")
+
+
+def sweep_info(root: Path | str, sweep: Path | str) -> dict[str, Any]:
+    info = read_json(root, Path(sweep) / "sweep.json")
+    if not isinstance(info, dict):
+        raise LoadError(f"{relative(root, sweep)}/sweep.json is not an object")
+    return info
+
+
+def best_trial(root: Path | str, sweep: Path | str) -> dict[str, Any] | None:
+    try:
+        best = read_json(root, Path(sweep) / "best.json")
+    except LoadError:
+        return None
+    return best if isinstance(best, dict) else None
+
+
+def _trials_from_folders(root: Path | str, sweep: Path) -> pd.DataFrame:
+    rows = []
+    folder = inside(root, sweep / "trials")
+    for trial_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        try:
+            trial = read_json(root, trial_dir / "trial.json")
+        except LoadError:
+            trial = {"trial_id": trial_dir.name, "status": "error", "error": "trial.json unreadable"}
+        row = {"trial_id": trial.get("trial_id", trial_dir.name), "status": trial.get("status", "pending"),
+               **{f"param_{k}": v for k, v in (trial.get("params") or {}).items()},
+               "run_dir": relative(sweep, trial_dir), "error": trial.get("error") or ""}
+        try:
+            hist = history(root, trial_dir)
+            row.update(val_macro_f1=float(hist["val_macro_f1"].iloc[-1]),
+                       best_val_macro_f1=float(hist["val_macro_f1"].max()),
+                       val_acc=float(hist["val_acc"].iloc[-1]) if "val_acc" in hist else None,
+                       epochs=int(hist["epoch"].max()))
+        except (LoadError, IndexError, ValueError):
+            pass
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def trials(root: Path | str, sweep: Path | str) -> pd.DataFrame:
+    """One row per trial: summary.csv when present (else built from trials/*/trial.json).
+
+    Adds ``run_path`` (absolute, checked inside the outputs) or "" when the trial has no folder.
+    """
+    sweep = Path(sweep)
+    try:
+        frame = read_csv(root, sweep / "summary.csv", required=("trial_id", "status")).copy()
+    except LoadError:
+        frame = _trials_from_folders(root, sweep)
+    if frame.empty:
+        return pd.DataFrame(columns=["trial_id", "status", "best_val_macro_f1", "run_path"])
+    frame["trial_id"] = frame["trial_id"].astype(str)
+    frame["status"] = frame["status"].fillna("pending").astype(str)
+    for column in ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    if "best_val_macro_f1" not in frame:
+        frame["best_val_macro_f1"] = frame.get("val_macro_f1", float("nan"))
+    if "error" in frame:
+        frame["error"] = frame["error"].fillna("").astype(str)
+
+    def locate(rel: Any) -> str:
+        if not isinstance(rel, str) or not rel:
+            return ""
+        try:
+            path = inside(root, sweep / rel)
+        except OutsideOutputs:
+            return ""
+        return str(path) if path.is_dir() else ""
+
+    run_dirs = frame["run_dir"] if "run_dir" in frame else "trials/" + frame["trial_id"]
+    frame["run_path"] = [locate(r) for r in run_dirs]
+    return frame
+
+
+def param_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c.startswith("param_")]
+
+
+def outputs_summary(found: dict[str, list]) -> dict[str, int]:
+    runs = found["runs"]
+    return {"prepared": len(found["prepared"]), "runs": len(runs), "sweeps": len(found["sweeps"]),
+            "evaluated": sum(r.evaluated for r in runs), "explained": sum(r.explained for r in runs)}

@@ -1,0 +1,113 @@
+"""Compare two runs: metric deltas, both confusion matrices, and the same images' maps from each."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import figures, loaders, ui
+
+st.title("Compare runs")
+runs = sorted((r for r in ui.found()["runs"] if r.evaluated), key=lambda r: (not r.explained, r.label))
+if len(runs) < 2:
+    ui.empty_state("pair of evaluated runs (two or more folders with metrics.json)")
+    st.stop()
+
+root = ui.root()
+top = st.columns([3, 3, 1])
+with top[0]:
+    a = ui.pick_run(runs, key="cmp_a", label="Run A", index=0)
+with top[1]:
+    b = ui.pick_run(runs, key="cmp_b", label="Run B", index=1)
+split = top[2].radio("Split", ["test", "val"], key="cmp_split")
+if a.label == b.label:
+    st.info("Pick two different runs.")
+
+ma = mb = None
+try:
+    ma = loaders.metrics(root, a.path)["splits"].get(split)
+    mb = loaders.metrics(root, b.path)["splits"].get(split)
+except loaders.LoadError as exc:
+    st.warning(str(exc), icon="⚠️")
+if ma is None or mb is None:
+    st.warning(f"Both runs need the {split} split evaluated.", icon="⚠️")
+    st.stop()
+
+with ui.section("Metric deltas"):
+    rows = []
+    for name, key, ci in (("accuracy", "accuracy", "accuracy_ci95"), ("macro-F1", "macro_f1", "macro_f1_ci95"),
+                          ("balanced accuracy", "balanced_accuracy", None), ("weighted F1", "weighted_f1", None),
+                          ("ROC-AUC macro", "roc_auc_ovr_macro", None)):
+        va, vb = ma.get(key), mb.get(key)
+        rows.append({"metric": name, "A": va, "A 95% CI": ui.ci_text(ma.get(ci)) if ci else "",
+                     "B": vb, "B 95% CI": ui.ci_text(mb.get(ci)) if ci else "",
+                     "Δ (B − A)": None if va is None or vb is None else vb - va})
+    for name in ("ece", "brier"):
+        va, vb = (ma.get("calibration") or {}).get(name), (mb.get("calibration") or {}).get(name)
+        rows.append({"metric": f"{name.upper() if name == 'ece' else 'Brier'} (lower is better)", "A": va, "B": vb,
+                     "A 95% CI": "", "B 95% CI": "", "Δ (B − A)": None if va is None or vb is None else vb - va})
+    for cls in loaders.CLASSES:
+        va = (ma.get("per_class") or {}).get(cls, {}).get("f1")
+        vb = (mb.get("per_class") or {}).get(cls, {}).get("f1")
+        rows.append({"metric": f"F1 {cls}", "A": va, "B": vb, "A 95% CI": "", "B 95% CI": "",
+                     "Δ (B − A)": None if va is None or vb is None else vb - va})
+    table = pd.DataFrame(rows)
+    st.dataframe(table.style.format({"A": "{:.4f}", "B": "{:.4f}", "Δ (B − A)": "{:+.4f}"}, na_rep="n/a")
+                 .map(lambda v: f"color: {'#1a7f37' if v > 0 else '#cf222e' if v < 0 else 'inherit'}"
+                      if isinstance(v, float) else "", subset=["Δ (B − A)"]),
+                 hide_index=True, width="stretch")
+    st.caption("Overlapping 95% intervals mean the difference may be chance; both runs are scored on the same "
+               "images only when they share a prepared data set.")
+
+with ui.section("Confusion matrices"):
+    mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cmp_mode")
+    cols = st.columns(2)
+    for col, run, m, name in ((cols[0], a, ma, "A"), (cols[1], b, mb, "B")):
+        with col:
+            st.plotly_chart(figures.confusion_matrix(m["confusion_matrix"], normalized=m.get("confusion_matrix_normalized"),
+                                                     mode="normalized" if mode != "counts" else "counts",
+                                                     title=f"{name}: {run.label}", height=420),
+                            key=f"cmp_cm_{name}", config={"displayModeBar": False})
+
+st.subheader("The same images, maps from each run")
+with ui.section("Maps"):
+    if not (a.explained and b.explained):
+        st.info("Both runs need Grad-CAM maps (`python -m engine explain RUN`) to compare them image by image.")
+    else:
+        ia, ib = loaders.cams_index(root, a.path), loaders.cams_index(root, b.path)
+        methods = sorted(set(ia["method"]) & set(ib["method"]))
+        layers = sorted(set(ia["layer"]) & set(ib["layer"]))
+        if not methods or not layers:
+            st.info("The two runs share no Grad-CAM method and layer.")
+        else:
+            f = st.columns([2, 2, 2, 2])
+            method = f[0].selectbox("Method", methods, key="cmp_method")
+            layer = f[1].selectbox("Layer", layers, key="cmp_layer",
+                                   index=layers.index("norm5") if "norm5" in layers else 0)
+            stage = f[2].selectbox("Stage", ["all", *loaders.CLASSES], key="cmp_stage")
+            only = f[3].checkbox("Only where the runs disagree", value=True, key="cmp_disagree")
+
+            def pick(index: pd.DataFrame) -> pd.DataFrame:
+                part = index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]
+                return part.drop_duplicates("sha256").set_index("sha256")
+
+            pa, pb = pick(ia), pick(ib)
+            common = pa.index.intersection(pb.index)
+            both = pa.loc[common].merge(pb.loc[common], left_index=True, right_index=True, suffixes=("_a", "_b"))
+            if stage != "all":
+                both = both[both["true_a"] == stage]
+            if only:
+                both = both[both["pred_a"] != both["pred_b"]]
+            st.caption(f"{len(common)} images have maps in both runs; {len(both)} shown by these filters.")
+            for sha, row in both.head(12).iterrows():
+                with st.container(border=True):
+                    st.markdown(f"**{row['path_a'].rsplit('/', 1)[-1]}** · true **{row['true_a']}** · "
+                                f"A: {row['pred_a']} ({float(row['confidence_a']):.2f}) · "
+                                f"B: {row['pred_b']} ({float(row['confidence_b']):.2f})")
+                    cols = st.columns(3)
+                    with cols[0]:
+                        ui.image(loaders.cam_path(root, a.path, row["image_a"]), caption="input")
+                    with cols[1]:
+                        ui.image(loaders.cam_path(root, a.path, row["overlay_a"]), caption=f"A: map for {row['pred_a']}")
+                    with cols[2]:
+                        ui.image(loaders.cam_path(root, b.path, row["overlay_b"]), caption=f"B: map for {row['pred_b']}")

@@ -1,0 +1,105 @@
+"""Grad-CAM gallery: per stage, filtered by correctness, confidence, method and layer; the input and
+its map side by side (predicted- and true-class maps for errors); the stage's mean map; faithfulness."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import figures, loaders, ui
+
+st.title("Grad-CAM gallery")
+runs = [r for r in ui.found()["runs"] if r.explained]
+if not runs:
+    ui.empty_state("Grad-CAM maps (run `python -m engine explain RUN` on an evaluated run)")
+    st.stop()
+
+root = ui.root()
+run = ui.pick_run(runs, key="gallery_run")
+ui.run_problems(run)
+try:
+    index = loaders.cams_index(root, run.path)
+except loaders.LoadError as exc:
+    st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon="⚠️")
+    st.stop()
+try:
+    meta = loaders.cams_meta(root, run.path)
+except loaders.LoadError as exc:
+    st.caption(f"⚠️ {exc}")
+    meta = {}
+if meta:
+    st.caption(f"{meta.get('images', '?')} {meta.get('split', '')} images · checkpoint epoch "
+               f"{meta.get('checkpoint_epoch', '?')} · {meta.get('image_size', '?')} px · created "
+               f"{meta.get('created_at', '?')}")
+
+methods = sorted(index["method"].unique())
+layers = sorted(index["layer"].unique())
+f = st.columns([2, 2, 2, 3, 2])
+method = f[0].selectbox("Method", methods, key="g_method")
+layer = f[1].selectbox("Layer", layers, index=layers.index("norm5") if "norm5" in layers else 0, key="g_layer")
+which = f[2].radio("Images", ["all", "correct", "misclassified"], key="g_which")
+conf = f[3].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.05, key="g_conf")
+limit = f[4].number_input("Per page", 6, 60, 12, step=6, key="g_limit")
+stage = st.radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
+
+rows = index[(index["method"] == method) & (index["layer"] == layer) & (index["true"] == stage)]
+rows = rows[rows["confidence"].astype(float).between(*conf)]
+if which != "all":
+    rows = rows[rows["correct"] == (1 if which == "correct" else 0)]
+images = rows.drop_duplicates("sha256").sort_values(["correct", "confidence"], ascending=[True, False])
+by_target = {(r["sha256"], r["target"]): r for _, r in rows.iterrows()}
+
+left, right = st.columns([3, 1])
+with left:
+    st.subheader(f"{stage}: {len(images)} image(s)")
+    if images.empty:
+        st.info("No image matches these filters.")
+    columns = st.columns(2)
+    for i, (_, row) in enumerate(images.head(int(limit)).iterrows()):
+        with columns[i % 2], st.container(border=True):
+            wrong = row["true"] != row["pred"]
+            mark = "❌ misclassified as" if wrong else "✅ predicted"
+            st.markdown(f"**{row['path'].rsplit('/', 1)[-1]}** · {mark} **{row['pred']}** "
+                        f"({float(row['confidence']):.2f})")
+            shown = [("input", row["image"])]
+            if (row["sha256"], "pred") in by_target:
+                shown.append((f"map for predicted {row['pred']}", by_target[(row["sha256"], "pred")]["overlay"]))
+            if wrong and (row["sha256"], "true") in by_target:
+                shown.append((f"map for true {row['true']}", by_target[(row["sha256"], "true")]["overlay"]))
+            cols = st.columns(len(shown))
+            for col, (name, rel) in zip(cols, shown):
+                with col:
+                    ui.image(loaders.cam_path(root, run.path, rel), caption=name)
+    if len(images) > limit:
+        st.caption(f"Showing {int(limit)} of {len(images)}; misclassified first.")
+with right:
+    st.subheader("Stage mean map")
+    mean_map = loaders.stage_file(root, run.path, stage, "mean_map.png")
+    if mean_map:
+        ui.image(mean_map, caption=f"mean map, {stage}")
+    else:
+        st.caption("No stages/<stage>/mean_map.png.")
+    panel = loaders.stage_file(root, run.path, stage, "panel.png")
+    if panel:
+        ui.image(panel, caption=f"panel, {stage}")
+
+st.subheader("Faithfulness (ROAD)")
+with ui.section("Faithfulness"):
+    summary = loaders.faithfulness(root, run.path)
+    frame = figures.faithfulness_frame(summary)
+    if frame.empty:
+        st.caption("faithfulness_summary.json lists no method.")
+    else:
+        metrics = summary.get("metrics") or sorted(frame["metric"].unique())
+        metric = st.selectbox("Metric", metrics, key="g_faith_metric")
+        left, right = st.columns([3, 2])
+        with left:
+            st.plotly_chart(figures.faithfulness_bars(summary, metric), key="faith_bars")
+        with right:
+            ranking = summary.get("ranking") or {}
+            st.markdown("**Ranking per stage** (best first)")
+            st.dataframe([{"stage": s, "ranking": " > ".join(order)} for s, order in ranking.items()],
+                         hide_index=True, width="stretch")
+            table = frame[(frame["metric"] == metric) & (frame["stage"] == stage)][["method", "layer", "mean", "n", "rank"]]
+            st.markdown(f"**{stage}: {metric}**")
+            st.dataframe(table.sort_values("rank"), hide_index=True, width="stretch",
+                         column_config={"mean": st.column_config.NumberColumn(format="%.4f")})

@@ -1,0 +1,143 @@
+"""Run: metrics with 95% intervals, per-class table, clickable confusion matrix with the cell's
+images and Grad-CAM maps, ROC curves, reliability diagram and learning curves."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import figures, loaders, ui
+
+st.title("Run")
+runs = ui.found()["runs"]
+if not runs:
+    ui.empty_state("runs (folders with config.json)")
+    st.stop()
+
+root = ui.root()
+ordered = sorted(runs, key=lambda r: (not r.evaluated, not r.explained, r.label))
+top = st.columns([3, 1, 1])
+with top[0]:
+    run = ui.pick_run(ordered, key="run", help="Evaluated runs first; runs with Grad-CAM maps first among them.")
+data = loaders.load_run(root, run.path)
+metrics = data["metrics"]
+splits = list(metrics["splits"]) if metrics else []
+with top[1]:
+    split = st.radio("Split", splits or ["test"], index=splits.index("test") if "test" in splits else 0,
+                     horizontal=True, key="run_split", disabled=not splits)
+with top[2]:
+    mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cm_mode")
+
+ui.run_problems(run)
+cfg = data["config"] or {}
+st.caption(" · ".join(f"{k}: {cfg[k]}" for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size")
+                      if k in cfg) + (f" · checkpoint epoch {metrics.get('checkpoint_epoch')}" if metrics else ""))
+
+if metrics is None:
+    st.warning(f"`{run.label}` is not evaluated: run `python -m engine evaluate {run.path}` "
+               "to get metrics.json and predictions.csv.", icon="⚠️")
+    for problem in data["problems"]:
+        st.caption(f"⚠️ {problem}")
+
+if metrics is not None and split in metrics["splits"]:
+    m = metrics["splits"][split]
+    classes = [str(c) for c in metrics.get("classes") or loaders.CLASSES]
+    with ui.section("Metrics"):
+        ui.metric_cards(m)
+    left, right = st.columns([5, 4])
+    with left, ui.section("Confusion matrix"):
+        st.subheader("Confusion matrix")
+        fig = figures.confusion_matrix(m["confusion_matrix"], classes,
+                                       normalized=m.get("confusion_matrix_normalized"),
+                                       mode="normalized" if mode != "counts" else "counts",
+                                       selected=(st.session_state.get("cell_true"), st.session_state.get("cell_pred")))
+        event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"cm_{run.label}_{split}",
+                                config={"displayModeBar": False})
+        points = (event or {}).get("selection", {}).get("points", []) if event else []
+        clicked = None
+        for point in points:
+            custom = point.get("customdata")
+            if isinstance(custom, (list, tuple)) and len(custom) >= 2:
+                clicked = (str(custom[0]), str(custom[1]))
+        if clicked and clicked != st.session_state.get("cell_clicked") and all(c in classes for c in clicked):
+            st.session_state["cell_clicked"] = clicked
+            st.session_state["cell_true"], st.session_state["cell_pred"] = clicked
+            st.rerun()
+        st.caption("Click a cell to see its images (or pick it below).")
+    with right, ui.section("Per-class metrics"):
+        st.subheader("Per stage")
+        st.dataframe(ui.per_class_table(m), hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.3f")
+                                    for c in ("precision", "recall (sensitivity)", "specificity", "F1", "ROC-AUC")})
+        macro = m.get("macro") or {}
+        st.caption(f"macro precision {ui.fmt(macro.get('precision'))} · macro recall {ui.fmt(macro.get('recall'))} · "
+                   f"weighted F1 {ui.fmt(m.get('weighted_f1'))} · Brier {ui.fmt((m.get('calibration') or {}).get('brier'))}")
+
+    with ui.section("Images of the selected cell"):
+        pick = st.columns([1, 1, 2, 2])
+        true = pick[0].selectbox("True stage", classes, key="cell_true")
+        pred = pick[1].selectbox("Predicted stage", classes, key="cell_pred")
+        index = None
+        if run.explained:
+            try:
+                index = loaders.cams_index(root, run.path)
+            except loaders.LoadError as exc:
+                st.warning(f"Grad-CAM index: {exc}", icon="⚠️")
+        methods = sorted(index["method"].unique()) if index is not None else []
+        layers = sorted(index["layer"].unique()) if index is not None else []
+        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
+        layer = pick[3].selectbox("Layer", layers or ["(none)"], key="cell_layer",
+                                  index=layers.index("norm5") if "norm5" in layers else 0)
+        pred_rows = data["predictions"]
+        if pred_rows is None:
+            st.warning("predictions.csv is missing: cannot list the cell's images.", icon="⚠️")
+        else:
+            cell = pred_rows[(pred_rows["split"] == split) & (pred_rows["true"] == true) & (pred_rows["pred"] == pred)]
+            cell = cell.sort_values("confidence", ascending=False)
+            limit = 24
+            with st.container(key="cell_gallery"):
+                verdict = "correct" if true == pred else "misclassified"
+                st.markdown(f"#### true **{true}** → predicted **{pred}** ({verdict}): "
+                            f"<span class='cell-count'>{len(cell)} images</span>", unsafe_allow_html=True)
+                if index is None:
+                    st.info(f"No Grad-CAM maps for this run: run `python -m engine explain {run.path}`.")
+                maps = {}
+                if index is not None:
+                    sel = index[(index["method"] == method) & (index["layer"] == layer) & (index["split"] == split)]
+                    for _, r in sel.iterrows():
+                        maps.setdefault(r["sha256"], {})[r["target"]] = r
+                    if sel.empty and len(cell):
+                        st.caption(f"Grad-CAM maps exist for the {sorted(index['split'].unique())} split(s) only.")
+                columns = st.columns(3)
+                for i, (_, row) in enumerate(cell.head(limit).iterrows()):
+                    with columns[i % 3], st.container(border=True):
+                        found = maps.get(row["sha256"], {})
+                        caption = f"{row['path'].rsplit('/', 1)[-1]} · conf {float(row['confidence']):.2f}"
+                        st.markdown(f"<span class='cell-image' title='{row['path']}'>{caption}</span>",
+                                    unsafe_allow_html=True)
+                        shown = [("input", found.get("pred", found.get("true", {})).get("image") if found else None)]
+                        if "pred" in found:
+                            shown.append((f"map for {pred}", found["pred"]["overlay"]))
+                        if true != pred and "true" in found:
+                            shown.append((f"map for {true}", found["true"]["overlay"]))
+                        cols = st.columns(len(shown))
+                        for col, (name, rel) in zip(cols, shown):
+                            with col:
+                                ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
+                if len(cell) > limit:
+                    st.caption(f"Showing the {limit} most confident of {len(cell)} images.")
+
+    st.subheader("Curves")
+    left, right = st.columns(2)
+    with left, ui.section("ROC curves"):
+        if data["predictions"] is not None:
+            part = data["predictions"][data["predictions"]["split"] == split]
+            st.plotly_chart(figures.roc_curves(part, title=f"ROC, one stage vs rest ({split})"), key="roc")
+    with right, ui.section("Reliability diagram"):
+        if m.get("calibration"):
+            st.plotly_chart(figures.reliability(m["calibration"], title=f"Reliability ({split})"), key="reliability")
+
+with ui.section("Learning curves"):
+    if data["history"] is not None and len(data["history"]):
+        st.plotly_chart(figures.history_panels(data["history"]), key="history")
+    elif not metrics:
+        st.caption("No epoch finished yet.")

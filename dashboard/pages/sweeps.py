@@ -1,0 +1,130 @@
+"""Sweeps: trial table, parameters vs validation macro-F1, learning curves; refreshes while running."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import figures, loaders, ui
+
+REFRESH_S = 5
+
+st.title("Sweeps")
+sweeps = ui.found()["sweeps"]
+if not sweeps:
+    ui.empty_state("sweeps (folders with sweep.json)")
+    st.stop()
+
+root = ui.root()
+by_label = {s.label: s for s in sweeps}
+label = st.selectbox("Sweep", list(by_label), key="sweep",
+                     format_func=lambda x: f"{by_label[x].name} · {by_label[x].status} ({x})")
+sweep = by_label[label]
+running = sweep.status == "running"
+
+
+@st.fragment(run_every=REFRESH_S if running else None)
+def sweep_view() -> None:
+    try:
+        info = loaders.sweep_info(root, sweep.path)
+    except loaders.LoadError as exc:
+        st.warning(f"{exc}; showing what the trial folders hold.", icon="⚠️")
+        info = {}
+    frame = loaders.trials(root, sweep.path)
+    best = loaders.best_trial(root, sweep.path)
+    best_id = str(best["trial_id"]) if best and "trial_id" in best else None
+    scores = frame["best_val_macro_f1"] if "best_val_macro_f1" in frame else pd.Series(dtype=float)
+    if best_id is None and scores.notna().any():
+        best_id = str(frame.loc[scores.idxmax(), "trial_id"])
+
+    status_counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
+    cols = st.columns(6)
+    cols[0].metric("Status", info.get("status", sweep.status))
+    cols[1].metric("Trials", f"{len(frame)} / {info.get('num_samples', '?')}")
+    for col, status in zip(cols[2:], ("complete", "running", "stopped", "error")):
+        col.metric(f"{ui.STATUS_ICONS[status]} {status}", status_counts.get(status, 0))
+    st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
+                                                        "finished_at") if info.get(k)))
+    if running:
+        st.caption(f"🏃 running: this view refreshes every {REFRESH_S} s")
+    if frame.empty:
+        st.info("No trial has started yet.")
+        return
+    if best_id:
+        best_score = scores[frame["trial_id"] == best_id]
+        st.success(f"★ Best trial **{best_id}**" + (f": val macro-F1 {float(best_score.iloc[0]):.4f}"
+                                                   if len(best_score) and pd.notna(best_score.iloc[0]) else ""),
+                   icon="🏆")
+
+    params = loaders.param_columns(frame)
+    with st.expander("Filter trials", expanded=False):
+        statuses = sorted(frame["status"].unique())
+        keep_status = st.multiselect("Status", statuses, default=statuses, key=f"status_{label}")
+        mask = frame["status"].isin(keep_status)
+        for column in params:
+            values = frame[column].dropna()
+            name = column.removeprefix("param_")
+            numeric = pd.to_numeric(values, errors="coerce")
+            if len(values) and numeric.notna().all() and numeric.nunique() > 1:
+                lo, hi = float(numeric.min()), float(numeric.max())
+                chosen = st.slider(name, lo, hi, (lo, hi), key=f"p_{label}_{name}", format="%.4g")
+                as_num = pd.to_numeric(frame[column], errors="coerce")
+                mask &= as_num.isna() | as_num.between(*chosen)
+            elif values.nunique() > 1:
+                options = sorted(values.astype(str).unique())
+                chosen = st.multiselect(name, options, default=options, key=f"p_{label}_{name}")
+                mask &= frame[column].isna() | frame[column].astype(str).isin(chosen)
+    shown = frame[mask].copy()
+    shown.insert(0, "best", ["★" if t == best_id else "" for t in shown["trial_id"]])
+    shown.insert(2, "state", [f"{ui.STATUS_ICONS.get(s, '')} {s}" for s in shown["status"]])
+    shown = shown.sort_values("best_val_macro_f1", ascending=False, na_position="last")
+    columns = ["best", "trial_id", "state", *params,
+               *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "epochs", "seconds", "error") if c in shown]]
+    st.subheader(f"Trials ({len(shown)} of {len(frame)})")
+    st.dataframe(
+        shown[columns].rename(columns={c: c.removeprefix("param_") for c in params}),
+        hide_index=True, width="stretch", height=min(420, 38 + 35 * len(shown)),
+        column_config={"best_val_macro_f1": st.column_config.NumberColumn("best val macro-F1", format="%.4f"),
+                       "val_macro_f1": st.column_config.NumberColumn("last val macro-F1", format="%.4f"),
+                       "val_acc": st.column_config.NumberColumn("val acc", format="%.4f"),
+                       "best": st.column_config.TextColumn("", width="small")},
+    )
+    errors = shown[shown["status"] == "error"]
+    if len(errors):
+        with st.expander(f"❌ {len(errors)} errored trial(s)"):
+            for _, row in errors.iterrows():
+                st.markdown(f"**{row['trial_id']}**: {row.get('error') or 'no error message'}")
+
+    if params:
+        st.plotly_chart(figures.parallel_coordinates(shown, params, best=best_id), key=f"parcoords_{label}")
+
+    st.subheader("Learning curves")
+    with_runs = shown[shown["run_path"] != ""]
+    ranked = with_runs.sort_values("best_val_macro_f1", ascending=False, na_position="last")["trial_id"].tolist()
+    default = ranked[:4]
+    if best_id in ranked and best_id not in default:
+        default = [best_id, *default[:3]]
+    left, right = st.columns([3, 1])
+    chosen = left.multiselect("Trials", ranked, default=default, key=f"curves_{label}")
+    metric = right.selectbox("Metric", ["val_macro_f1", "val_acc", "val_loss", "train_loss", "train_acc", "lr"],
+                             key=f"metric_{label}")
+    histories, problems = {}, []
+    paths = dict(zip(with_runs["trial_id"], with_runs["run_path"]))
+    for trial in chosen:
+        try:
+            histories[trial] = loaders.history(root, paths[trial])
+        except loaders.LoadError as exc:
+            problems.append(f"{trial}: {exc}")
+    if histories:
+        st.plotly_chart(figures.learning_curves(histories, metric, best=best_id), key=f"curves_chart_{label}")
+    for problem in problems:
+        st.caption(f"⚠️ {problem} (not started, errored or partial)")
+    if best_id and best_id in paths:
+        run_label = Path(paths[best_id]).resolve().relative_to(root).as_posix()
+        st.page_link(ui.PAGES["run"], label=f"Open the best trial ({best_id}) on the Run page",
+                     icon=":material/analytics:", query_params={"run": run_label})
+
+
+sweep_view()

@@ -1,0 +1,369 @@
+"""Meeting decks from chosen findings: a PPTX (python-pptx, matplotlib images) and a self-contained
+HTML report (images base64-embedded, Plotly JS inlined: it works offline).
+
+``Findings`` names what to show; ``build(root, findings)`` gathers it from the run folder and
+returns both documents; ``save`` writes them to ``OUTPUTS/exports/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from . import figures, loaders
+from .paths import inside, relative
+
+SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
+TITLE_PT, BODY_PT, TABLE_PT = 36, 24, 20
+
+
+@dataclass
+class Findings:
+    run: str  # run folder (absolute or relative to the outputs folder)
+    split: str = "test"
+    stages: list[str] = field(default_factory=lambda: list(loaders.CLASSES))
+    methods: list[str] = field(default_factory=list)  # empty: every method of cams/
+    layer: str | None = None  # None: norm5 when present
+    images: dict[str, list[str]] = field(default_factory=dict)  # stage -> sha256 list; missing: automatic pick
+    per_stage: int = 4
+    title: str = "ALL stage classifier: findings"
+    normalized: bool = True
+    faithfulness: bool = True
+
+
+@dataclass
+class Deck:
+    pptx: bytes
+    html: str
+    slides: list[str]
+    warnings: list[str]
+
+
+# ----------------------------------------------------------------------------- gathering
+
+
+def _auto_pick(rows: pd.DataFrame, n: int) -> list[str]:
+    """Misclassified images first (most confident errors), then the most confident correct ones."""
+    wrong = rows[rows["correct"] == 0].sort_values("confidence", ascending=False)["sha256"].tolist()
+    right = rows[rows["correct"] == 1].sort_values("confidence", ascending=False)["sha256"].tolist()
+    half = min(len(wrong), n // 2)
+    picked = wrong[:half] + right[: n - half]
+    return (picked + [s for s in wrong[half:] if s not in picked])[:n]
+
+
+def stage_candidates(index: pd.DataFrame, stage: str, layer: str) -> pd.DataFrame:
+    rows = index[(index["true"] == stage) & (index["layer"] == layer) & (index["target"] == "pred")]
+    return rows.drop_duplicates("sha256")
+
+
+def _cam_grid(root: Path, run: Path, index: pd.DataFrame, shas: list[str], methods: list[str], layer: str,
+              stage: str) -> bytes | None:
+    """Rows = images; columns = input, then each method's map for the predicted stage (large labels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = []
+    for sha in shas:
+        cells = index[(index["sha256"] == sha) & (index["layer"] == layer) & (index["target"] == "pred")]
+        if cells.empty:
+            continue
+        first = cells.iloc[0]
+        images = [("input", loaders.cam_path(root, run, first["image"]))]
+        for method in methods:
+            hit = cells[cells["method"] == method]
+            images.append((method, loaders.cam_path(root, run, hit.iloc[0]["overlay"]) if len(hit) else None))
+        verdict = "✓" if first["true"] == first["pred"] else "✗"
+        rows.append((f"{verdict} pred {first['pred']} ({float(first['confidence']):.2f})", images))
+    if not rows:
+        return None
+    ncols = 1 + len(methods)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(2.6 * ncols, 2.75 * len(rows)), dpi=110, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c, (name, path) in enumerate(images):
+            ax = axes[r][c]
+            ax.axis("off")
+            if path is not None:
+                ax.imshow(Image.open(path).convert("RGB"))
+            if r == 0:
+                ax.set_title(name, fontsize=16)
+            if c == 0:
+                ax.text(0.0, -0.04, label, transform=ax.transAxes, fontsize=13, va="top",
+                        color="#b00020" if label.startswith("✗") else "#1b5e20")
+    fig.suptitle(f"true stage: {stage}", fontsize=18)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def gather(root: Path, findings: Findings) -> dict[str, Any]:
+    """Everything the two documents show, read from the run folder (inside the outputs folder)."""
+    run = inside(root, findings.run)
+    warnings: list[str] = []
+    metrics = loaders.metrics(root, run)
+    if findings.split not in metrics["splits"]:
+        raise loaders.LoadError(f"{relative(root, run)} has no evaluated {findings.split} split")
+    m = metrics["splits"][findings.split]
+    config: dict[str, Any] = {}
+    try:
+        config = loaders.run_config(root, run)
+    except loaders.LoadError as exc:
+        warnings.append(str(exc))
+    stages_out: dict[str, dict[str, Any]] = {}
+    faith = None
+    try:
+        index = loaders.cams_index(root, run)
+    except loaders.LoadError as exc:
+        index = None
+        warnings.append(f"no Grad-CAM maps: {exc}")
+    if index is not None:
+        layers = sorted(index["layer"].unique())
+        layer = findings.layer if findings.layer in layers else ("norm5" if "norm5" in layers else layers[0])
+        methods = [x for x in findings.methods if x in set(index["method"])] or sorted(index["method"].unique())
+        for stage in findings.stages:
+            if stage not in loaders.CLASSES:
+                continue
+            candidates = stage_candidates(index, stage, layer)
+            shas = [s for s in findings.images.get(stage, []) if s in set(candidates["sha256"])]
+            shas = shas or _auto_pick(candidates, findings.per_stage)
+            stages_out[stage] = {
+                "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage),
+                "mean_map": loaders.stage_file(root, run, stage, "mean_map.png"),
+                "n": len(candidates), "errors": int((candidates["correct"] == 0).sum()),
+            }
+        if findings.faithfulness:
+            try:
+                faith = figures.faithfulness_frame(loaders.faithfulness(root, run))
+                faith = faith[faith["method"].isin(methods)]
+                faith_summary = loaders.faithfulness(root, run)
+            except loaders.LoadError as exc:
+                warnings.append(f"no faithfulness summary: {exc}")
+                faith, faith_summary = None, None
+        else:
+            faith_summary = None
+    else:
+        layer, methods, faith_summary = None, [], None
+    return {"run": run, "label": relative(root, run), "metrics": m, "classes": metrics.get("classes", loaders.CLASSES),
+            "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
+            "methods": methods, "layer": layer, "warnings": warnings,
+            "checkpoint_epoch": metrics.get("checkpoint_epoch")}
+
+
+def metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    def ci(v: Any) -> str:
+        return f"{v[0]:.3f} – {v[1]:.3f}" if isinstance(v, list) and len(v) == 2 and None not in v else ""
+
+    cal = m.get("calibration") or {}
+    return [("Accuracy", f(m.get("accuracy")), ci(m.get("accuracy_ci95"))),
+            ("Macro-F1", f(m.get("macro_f1")), ci(m.get("macro_f1_ci95"))),
+            ("Balanced accuracy", f(m.get("balanced_accuracy")), ""),
+            ("Weighted F1", f(m.get("weighted_f1")), ""),
+            ("ROC-AUC (macro, one-vs-rest)", f(m.get("roc_auc_ovr_macro")), ""),
+            ("ECE / Brier", f"{f(cal.get('ece'))} / {f(cal.get('brier'))}", "")]
+
+
+def per_stage_rows(m: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for cls, v in (m.get("per_class") or {}).items():
+        out.append([cls, *(("n/a" if v.get(k) is None else f"{v[k]:.3f}") for k in
+                           ("precision", "recall", "specificity", "f1", "roc_auc")), str(v.get("support", ""))])
+    return out
+
+
+PER_STAGE_HEADER = ["Stage", "Precision", "Recall", "Specificity", "F1", "ROC-AUC", "n"]
+
+
+# ----------------------------------------------------------------------------- PPTX
+
+
+def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
+    from pptx import Presentation
+    from pptx.dml.color import RGBColor
+    from pptx.util import Inches, Pt
+
+    prs = Presentation()
+    prs.slide_width, prs.slide_height = Inches(SLIDE_W_IN), Inches(SLIDE_H_IN)
+    blank = prs.slide_layouts[6]
+    titles: list[str] = []
+
+    def slide(title: str):
+        s = prs.slides.add_slide(blank)
+        box = s.shapes.add_textbox(Inches(0.5), Inches(0.3), Inches(SLIDE_W_IN - 1), Inches(1.0))
+        p = box.text_frame.paragraphs[0]
+        p.text = title
+        p.font.size, p.font.bold = Pt(TITLE_PT), True
+        p.font.color.rgb = RGBColor(0x1F, 0x2A, 0x44)
+        titles.append(title)
+        return s
+
+    def text(s, lines: list[str], left: float, top: float, width: float, size: int = BODY_PT) -> None:
+        box = s.shapes.add_textbox(Inches(left), Inches(top), Inches(width), Inches(0.6 * len(lines) + 0.3))
+        frame = box.text_frame
+        frame.word_wrap = True
+        for i, line in enumerate(lines):
+            p = frame.paragraphs[0] if i == 0 else frame.add_paragraph()
+            p.text = line
+            p.font.size = Pt(size)
+
+    def table(s, header: list[str], rows: list[list[str]], left: float, top: float, width: float,
+              size: int = TABLE_PT) -> None:
+        shape = s.shapes.add_table(len(rows) + 1, len(header), Inches(left), Inches(top), Inches(width),
+                                   Inches(0.55 * (len(rows) + 1)))
+        for c, name in enumerate(header):
+            shape.table.cell(0, c).text = name
+        for r, row in enumerate(rows, start=1):
+            for c, value in enumerate(row):
+                shape.table.cell(r, c).text = value
+        for r in range(len(rows) + 1):
+            for c in range(len(header)):
+                for p in shape.table.cell(r, c).text_frame.paragraphs:
+                    p.font.size = Pt(size)
+
+    def picture(s, png: bytes, left: float, top: float, height: float) -> None:
+        s.shapes.add_picture(io.BytesIO(png), Inches(left), Inches(top), height=Inches(height))
+
+    m, cfg = data["metrics"], data["config"]
+    s = slide(findings.title)
+    text(s, [f"Run: {data['label']}",
+             f"Model: {cfg.get('model', '?')} · {cfg.get('image_size', '?')} px · preset {cfg.get('preset', '?')}",
+             f"Split: {findings.split} (n = {m.get('n', '?')}) · checkpoint epoch {data.get('checkpoint_epoch', '?')}",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')}"], 0.7, 1.6, 12)
+
+    s = slide(f"Metrics ({findings.split}, 95% bootstrap intervals)")
+    table(s, ["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m)], 0.7, 1.4, 11.5, size=24)
+
+    s = slide("Per stage")
+    table(s, PER_STAGE_HEADER, per_stage_rows(m), 0.5, 1.4, 12.3, size=22)
+
+    s = slide(f"Confusion matrix ({findings.split})")
+    png = figures.png_confusion_matrix(m["confusion_matrix"], data["classes"], normalized=findings.normalized)
+    picture(s, png, 3.3, 1.2, 6.1)
+
+    for stage, info in data["stages"].items():
+        s = slide(f"Grad-CAM: {stage} ({info['errors']} of {info['n']} misclassified)")
+        if info["grid"]:
+            picture(s, info["grid"], 0.5, 1.2, 6.1)
+        if info["mean_map"]:
+            picture(s, info["mean_map"].read_bytes(), 9.3, 1.6, 3.4)
+            text(s, [f"mean map, {stage}"], 9.3, 5.1, 3.6, size=18)
+        if not info["grid"]:
+            text(s, ["No Grad-CAM maps for this stage."], 0.7, 1.6, 8)
+
+    faith = data["faith"]
+    if findings.faithfulness and faith is not None and not faith.empty:
+        metric = (data["faith_summary"] or {}).get("metrics", [None])[0] or faith["metric"].iloc[0]
+        part = faith[faith["metric"] == metric]
+        rows = []
+        for stage in ("all", *findings.stages):
+            stage_rows = part[part["stage"] == stage].sort_values("rank")
+            if len(stage_rows):
+                rows.append([stage, " > ".join(f"{r.method} ({r.mean:.3f})" for r in stage_rows.itertuples())])
+        s = slide(f"Faithfulness ({metric}), ranked per stage")
+        table(s, ["Stage", "Methods, best first (mean)"], rows, 0.5, 1.4, 12.3, size=20)
+
+    buffer = io.BytesIO()
+    prs.save(buffer)
+    return buffer.getvalue(), titles
+
+
+# ----------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:22px;color:#1f2a44;margin:0;background:#f6f7fb}
+main{max-width:1400px;margin:0 auto;padding:24px 40px}
+section{background:#fff;border-radius:12px;padding:24px 32px;margin:28px 0;box-shadow:0 1px 4px rgba(0,0,0,.08)}
+h1{font-size:46px;margin:16px 0 4px}h2{font-size:34px;margin:0 0 16px}
+table{border-collapse:collapse;font-size:24px;margin:8px 0}
+th,td{padding:8px 18px;border-bottom:1px solid #dde;text-align:left}th{background:#eef1f8}
+img{max-width:100%}.row{display:flex;gap:32px;align-items:flex-start;flex-wrap:wrap}
+.muted{color:#667;font-size:20px}
+"""
+
+
+def _img(png: bytes, alt: str, width: str = "100%") -> str:
+    return (f'<img alt="{html.escape(alt)}" style="width:{width}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(data: dict[str, Any], findings: Findings) -> str:
+    m, cfg = data["metrics"], data["config"]
+    plot_config = {"displaylogo": False, "displayModeBar": False, "responsive": True}
+    cm = figures.confusion_matrix(m["confusion_matrix"], data["classes"], normalized=m.get("confusion_matrix_normalized"),
+                                  mode="normalized" if findings.normalized else "counts", height=560)
+    cm.update_layout(font=dict(size=20))
+    parts = [f"<h1>{html.escape(findings.title)}</h1>",
+             f"<p class='muted'>Run {html.escape(data['label'])} · model {html.escape(str(cfg.get('model', '?')))} · "
+             f"{html.escape(str(cfg.get('image_size', '?')))} px · split {findings.split} (n = {m.get('n', '?')}) · "
+             f"generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
+             "<section><h2>Metrics with 95% bootstrap intervals</h2>"
+             + _table(["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m)])
+             + _table(PER_STAGE_HEADER, per_stage_rows(m)) + "</section>",
+             "<section><h2>Confusion matrix</h2>"
+             + cm.to_html(full_html=False, include_plotlyjs=True, config=plot_config, default_width="720px")
+             + "</section>"]
+    for stage, info in data["stages"].items():
+        body = f"<section><h2>Grad-CAM: {html.escape(stage)}</h2><p class='muted'>{info['errors']} of {info['n']} " \
+               f"images misclassified · layer {html.escape(str(data['layer']))}</p><div class='row'>"
+        body += f"<div style='flex:3'>{_img(info['grid'], f'Grad-CAM panel {stage}')}</div>" if info["grid"] else \
+            "<p>No Grad-CAM maps for this stage.</p>"
+        if info["mean_map"]:
+            body += f"<div style='flex:1'>{_img(info['mean_map'].read_bytes(), f'mean map {stage}')}" \
+                    f"<p class='muted'>mean map, {html.escape(stage)}</p></div>"
+        parts.append(body + "</div></section>")
+    faith, summary = data["faith"], data["faith_summary"]
+    if findings.faithfulness and faith is not None and not faith.empty and summary:
+        metric = (summary.get("metrics") or [faith["metric"].iloc[0]])[0]
+        fig = figures.faithfulness_bars({**summary, "methods": {k: v for k, v in summary["methods"].items()
+                                                               if k in data["methods"]}}, metric)
+        fig.update_layout(font=dict(size=18))
+        rows = [[s, " > ".join(order)] for s, order in (summary.get("ranking") or {}).items()]
+        parts.append("<section><h2>Faithfulness (ROAD)</h2>"
+                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
+                     + _table(["Stage", "Methods, best first"], rows) + "</section>")
+    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(findings.title)}</title><style>{CSS}</style></head><body><main>"
+            + "".join(parts) + "</main></body></html>")
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def build(root: Path | str, findings: Findings) -> Deck:
+    root = Path(root).resolve()
+    data = gather(root, findings)
+    pptx, slides = _pptx(data, findings)
+    return Deck(pptx=pptx, html=_html(data, findings), slides=slides, warnings=data["warnings"])
+
+
+def save(root: Path | str, deck: Deck, name: str) -> dict[str, Path]:
+    """Write the deck to OUTPUTS/exports/<stamp>-<name>.{pptx,html}; the only files the dashboard writes."""
+    root = Path(root).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:60] or "deck"
+    folder = inside(root, "exports")
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    paths = {"pptx": folder / f"{stem}.pptx", "html": folder / f"{stem}.html"}
+    paths["pptx"].write_bytes(deck.pptx)
+    paths["html"].write_text(deck.html, encoding="utf-8")
+    return paths

@@ -1,0 +1,151 @@
+"""Small Streamlit helpers shared by the pages: the outputs folder, run pickers, warnings, images."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from . import loaders
+from .loaders import LoadError, RunInfo
+from .paths import OutsideOutputs, inside, outputs_dir
+
+log = logging.getLogger(__name__)
+
+PAGES = {
+    "data": "pages/data.py", "sweeps": "pages/sweeps.py", "run": "pages/run.py", "gallery": "pages/gallery.py",
+    "compare": "pages/compare.py", "predict": "pages/predict.py", "present": "pages/present.py",
+}
+STATUS_ICONS = {"complete": "✅", "running": "🏃", "pending": "⏳", "stopped": "⏹️", "error": "❌",
+                "interrupted": "⚠️", "corrupt": "⛔"}
+
+HOW_TO = """
+**Nothing to show yet.** The dashboard reads `{root}`. Produce results with:
+
+```bash
+make prepare                      # python -m engine prepare --data-dir data/ALL --out {root}/prepared
+make train                        # python -m engine train --data {root}/prepared --out {root}/runs
+make evaluate RUN={root}/runs/ID  # python -m engine evaluate RUN   (metrics.json, predictions.csv)
+make explain  RUN={root}/runs/ID  # python -m engine explain RUN    (Grad-CAM maps in RUN/cams)
+make sweep                        # python -m tuning sweep --data {root}/prepared --out {root}/sweeps
+```
+
+or start the dashboard on another folder: `python -m dashboard --outputs DIR`.
+"""
+
+
+def root() -> Path:
+    """The outputs folder of this session (set once by app.py from the command line or $ALL_OUTPUTS)."""
+    if "outputs" not in st.session_state:
+        st.session_state["outputs"] = str(outputs_dir())
+    return Path(st.session_state["outputs"])
+
+
+def found() -> dict[str, list]:
+    return loaders.scan(root())
+
+
+def empty_state(what: str = "results") -> None:
+    st.info(f"No {what} in this outputs folder yet.", icon="ℹ️")
+    st.markdown(HOW_TO.format(root=root()))
+
+
+@contextlib.contextmanager
+def section(name: str) -> Iterator[None]:
+    """Run a block of a page; a missing or malformed file becomes a warning instead of an error."""
+    try:
+        yield
+    except (LoadError, OutsideOutputs) as exc:
+        st.warning(f"{name}: {exc}", icon="⚠️")
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as exc:
+        log.warning("%s failed", name, exc_info=True)
+        st.warning(f"{name} could not be shown: the files look partial or corrupt ({type(exc).__name__}: {exc})",
+                   icon="⚠️")
+
+
+def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int = 0,
+             help: str | None = None) -> RunInfo | None:
+    """A selectbox over discovered runs (no path typed by the browser ever reaches the disk).
+
+    ``?run=<label>`` in the URL preselects a run when it is one of ``runs``.
+    """
+    if not runs:
+        return None
+    labels = [r.label for r in runs]
+    wanted = st.query_params.get(key)
+    if key not in st.session_state and wanted in labels:
+        st.session_state[key] = wanted
+    if st.session_state.get(key) not in labels:
+        st.session_state[key] = labels[min(index, len(labels) - 1)]
+    by_label = {r.label: r for r in runs}
+    chosen = st.selectbox(label, labels, key=key, format_func=lambda x: by_label[x].display, help=help)
+    return by_label[chosen]
+
+
+def run_problems(run: RunInfo) -> None:
+    if run.status == "corrupt":
+        st.warning(f"`{run.label}` is corrupt: {run.problem}", icon="⛔")
+    elif run.status == "interrupted":
+        st.warning(f"`{run.label}` has no COMPLETE marker and stopped writing: it was interrupted. "
+                   f"Resume it with `python -m engine train --resume {run.path}`.", icon="⚠️")
+    elif run.status == "running":
+        st.info(f"`{run.label}` is still training; its files are refreshed as they change.", icon="🏃")
+
+
+def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:
+    """Show an image file from inside the outputs folder, or a placeholder when it is missing."""
+    if path is None:
+        st.caption(f"(no image) {caption or ''}")
+        return
+    try:
+        safe = inside(root(), path)
+    except OutsideOutputs:
+        st.caption("(image outside the outputs folder: not shown)")
+        return
+    if not safe.is_file():
+        st.caption(f"(missing image) {caption or ''}")
+        return
+    st.image(str(safe), caption=caption, width=width)
+
+
+def ci_text(ci: Any, digits: int = 3) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+        return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"
+    return "n/a"
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def metric_cards(m: dict[str, Any]) -> None:
+    """The headline metrics of one split, with 95% bootstrap intervals where the engine computed them."""
+    cards = [
+        ("Accuracy", m.get("accuracy"), m.get("accuracy_ci95")),
+        ("Macro-F1", m.get("macro_f1"), m.get("macro_f1_ci95")),
+        ("Balanced accuracy", m.get("balanced_accuracy"), None),
+        ("Weighted F1", m.get("weighted_f1"), None),
+        ("ROC-AUC (macro, OvR)", m.get("roc_auc_ovr_macro"), None),
+        ("ECE", (m.get("calibration") or {}).get("ece"), None),
+    ]
+    columns = st.columns(len(cards))
+    for column, (name, value, ci) in zip(columns, cards):
+        with column:
+            st.metric(name, fmt(value))
+            st.caption(f"95% CI {ci_text(ci)}" if ci is not None else "\u00a0")
+    st.caption(f"n = {m.get('n', '?')} images · intervals: percentile bootstrap over images")
+
+
+def per_class_table(m: dict[str, Any]):
+    import pandas as pd
+
+    rows = []
+    for cls, v in (m.get("per_class") or {}).items():
+        rows.append({"stage": cls, "precision": v.get("precision"), "recall (sensitivity)": v.get("recall"),
+                     "specificity": v.get("specificity"), "F1": v.get("f1"), "ROC-AUC": v.get("roc_auc"),
+                     "support": v.get("support")})
+    return pd.DataFrame(rows)
