@@ -1,0 +1,14 @@
+"""Hyperparameter sweeps of the engine with Ray Tune: ``python -m tuning sweep ...``.
+
+Modules, in the order a sweep uses them:
+
+* ``space``     reads and validates a search-space YAML (``tuning/spaces/*.yaml``);
+* ``resources`` sizes CPUs/GPUs per trial so that GPUs, not CPUs, limit concurrency;
+* ``trainable`` the Ray Tune function: one engine run folder per trial;
+* ``summary``   summary.csv and trial.json, kept current by a ``ray.tune.Callback``;
+* ``sweep``     ray.init, Tuner (or Tuner.restore), ray.shutdown;
+* ``finish``    evaluates and explains the best trial, writes best.json, prints a table;
+* ``cli``       the command line.
+
+Nothing here runs at import time, and Ray is imported only where a sweep needs it.
+"""

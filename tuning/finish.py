@@ -1,0 +1,133 @@
+"""The end of a sweep: evaluate and explain the best trial, write best.json, rank the trials.
+
+Works from the sweep folder alone (summary.csv and the trial run folders), without Ray, so
+``python -m tuning finish SWEEP_DIR`` can redo it at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+from engine import runs
+
+log = logging.getLogger(__name__)
+
+BEST = "best.json"
+SUMMARY = "summary.csv"  # written by tuning.summary (kept apart so that finish needs no Ray)
+
+
+class FinishError(RuntimeError):
+    """A sweep folder without a trial that can be evaluated."""
+
+
+def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    path = Path(sweep_dir) / SUMMARY
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _score(row: dict[str, str]) -> float:
+    """The trial's best val macro-F1, or -inf for a trial that never finished an epoch."""
+    try:
+        return float(row.get("best_val_macro_f1") or "-inf")
+    except ValueError:
+        return float("-inf")
+
+
+def ranked(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Trials by best val macro-F1, best first (a stable sort: ties keep summary order)."""
+    return sorted(rows, key=_score, reverse=True)
+
+
+def pick_best(sweep_dir: Path, rows: list[dict[str, str]]) -> dict[str, str]:
+    """The best trial with a best.pt: complete trials first, trials cut by ASHA only if none completed."""
+    def usable(row: dict[str, str]) -> bool:
+        return (_score(row) > float("-inf")
+                and (Path(sweep_dir) / row["run_dir"] / runs.CHECKPOINTS / "best.pt").is_file())
+
+    for statuses in (("complete",), ("complete", "stopped", "running", "pending")):
+        candidates = [r for r in ranked(rows) if r["status"] in statuses and usable(r)]
+        if candidates:
+            return candidates[0]
+    raise FinishError(f"{sweep_dir}: no trial with a val macro-F1 and checkpoints/best.pt to evaluate")
+
+
+def explain_run(run_dir: Path) -> bool:
+    """Grad-CAM explanations of ``run_dir``; a missing or failing explainer is logged, not fatal."""
+    try:
+        from engine.explain import cli as explain_cli
+    except ImportError as exc:
+        log.warning("explanations skipped: engine.explain is not available (%s)", exc)
+        return False
+    try:
+        code = explain_cli.main([str(run_dir)])
+    except Exception:
+        log.warning("explanations of %s failed; the sweep result stands without them", run_dir, exc_info=True)
+        return False
+    if code:
+        log.warning("explain exited with %s for %s", code, run_dir)
+    return not code
+
+
+def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
+    """Evaluate (and explain) the best trial on the test split; write and return best.json."""
+    from engine.evaluate import evaluate
+
+    sweep_dir = Path(sweep_dir)
+    best = pick_best(sweep_dir, read_summary(sweep_dir))
+    run_dir = sweep_dir / best["run_dir"]
+    log.info("best trial %s (val macro-F1 %s): evaluating %s", best["trial_id"], best["best_val_macro_f1"], run_dir)
+    metrics = evaluate(run_dir)
+    test = metrics["splits"].get("test", {})
+    explained = explain_run(run_dir) if explain else False
+    trial_json = run_dir / "trial.json"
+    params = runs.read_json(trial_json).get("params", {}) if trial_json.is_file() else {
+        k.removeprefix("param_"): v for k, v in best.items() if k.startswith("param_")}
+    result = {
+        "trial_id": best["trial_id"],
+        "run_dir": best["run_dir"],
+        "params": params,
+        "best_val_macro_f1": _score(best),
+        "test": {k: test.get(k) for k in ("accuracy", "macro_f1", "accuracy_ci95", "macro_f1_ci95")},
+        "explained": explained,
+    }
+    runs.write_json(sweep_dir / BEST, result)
+    return result
+
+
+def _short(value: str) -> str:
+    """A float parameter in 4 significant digits (0.0031622 -> 0.003162); anything else as is."""
+    if not any(c in value for c in ".e"):
+        return value
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def format_table(rows: list[dict[str, str]], best_id: str | None = None) -> str:
+    """A ranked, fixed-width table of the trials for the terminal."""
+    params = [k for k in (rows[0] if rows else {}) if k.startswith("param_")]
+    header = ["rank", "trial_id", "status", "best_f1", "val_acc", "epochs", "seconds",
+              *(p.removeprefix("param_") for p in params)]
+    lines = []
+    for rank, row in enumerate(ranked(rows), 1):
+        def num(key: str, digits: int, row: dict[str, str] = row) -> str:
+            try:
+                return f"{float(row[key]):.{digits}f}"
+            except (KeyError, ValueError):
+                return "-"
+        values = [f"{rank}{'*' if row['trial_id'] == best_id else ''}", row["trial_id"], row["status"],
+                  num("best_val_macro_f1", 4), num("val_acc", 4), row.get("epochs") or "-", num("seconds", 0)]
+        for p in params:
+            values.append(_short(row.get(p) or ""))
+        lines.append(values)
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines, strict=True)]
+    render = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip()
+              for line in [header, *lines]]
+    return "\n".join(render)

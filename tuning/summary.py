@@ -1,0 +1,122 @@
+"""``summary.csv`` (one row per trial) and each trial's ``trial.json``, kept current during a sweep.
+
+``SummaryCallback`` runs in the driver: Ray calls it on every result, completion and error,
+and it rewrites summary.csv atomically from Ray's own list of trials, so the dashboard can
+follow a sweep while it runs. Statuses: pending, running, complete, stopped (cut early by
+ASHA), error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray.tune import Callback
+
+from engine import runs
+
+from .trainable import TRIALS, trial_dir, update_trial_json
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "summary.csv"
+METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error")
+FINAL = ("complete", "stopped", "error")
+
+
+def columns(param_keys: list[str]) -> list[str]:
+    return ["trial_id", "status", *(f"param_{k}" for k in param_keys), *METRIC_COLUMNS]
+
+
+def trial_status(trial: Trial, sweep_dir: str, *, ended: bool = False) -> str:
+    """Our status word for a Ray trial; one that ended without finishing its epochs was cut by ASHA.
+
+    ``ended``: Ray calls ``on_trial_complete`` while the trial's status still reads RUNNING.
+    """
+    if trial.status == "ERROR":
+        return "error"
+    if trial.status == "TERMINATED" or ended:
+        # Ray marks the last result of a trainable that returned with done=True; the
+        # COMPLETE marker of the run folder says the same where the folder is visible.
+        finished = trial.last_result.get("done") or runs.is_complete(trial_dir(sweep_dir, trial.trial_id))
+        return "complete" if finished else "stopped"
+    if trial.status == "RUNNING":
+        return "running"
+    return "pending"  # PENDING, or PAUSED by an interrupted sweep
+
+
+def error_line(trial: Trial) -> str | None:
+    """The last line of the trial's traceback, e.g. 'engine.config.ConfigError: ...'."""
+    if trial.status != "ERROR":
+        return None
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the error file lives in Ray's storage; never let a summary fail on it
+        log.debug("no error text for %s", trial.trial_id, exc_info=True)
+        text = ""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "error"
+
+
+def trial_row(trial: Trial, param_keys: list[str], status: str) -> dict[str, Any]:
+    result = trial.last_result or {}
+    row: dict[str, Any] = {"trial_id": trial.trial_id, "status": status}
+    row.update({f"param_{k}": trial.config.get(k) for k in param_keys})
+    row.update({
+        "val_macro_f1": result.get("val_macro_f1"),
+        "best_val_macro_f1": result.get("best_val_macro_f1"),
+        "val_acc": result.get("val_acc"),
+        "epochs": result.get("epoch"),
+        "seconds": round(result["time_total_s"], 1) if "time_total_s" in result else None,
+        "run_dir": f"{TRIALS}/{trial.trial_id}",
+        "error": error_line(trial),
+    })
+    return row
+
+
+def write_summary(sweep_dir: Path, param_keys: list[str], rows: list[dict[str, Any]]) -> None:
+    runs.write_csv(Path(sweep_dir) / SUMMARY, columns(param_keys), rows)
+
+
+class SummaryCallback(Callback):
+    """Rewrite summary.csv whenever a trial reports, finishes or fails; settle trial.json at the end."""
+
+    def __init__(self, sweep_dir: str, param_keys: list[str]) -> None:
+        self.sweep_dir = sweep_dir
+        self.param_keys = list(param_keys)
+
+    def rows(self, trials: list[Trial], ended: Trial | None = None) -> list[dict[str, Any]]:
+        return [trial_row(t, self.param_keys, trial_status(t, self.sweep_dir, ended=t is ended)) for t in trials]
+
+    def write(self, trials: list[Trial], ended: Trial | None = None) -> None:
+        try:
+            write_summary(Path(self.sweep_dir), self.param_keys, self.rows(trials, ended))
+        except OSError:  # a full disk must not stop the sweep; the final write will retry
+            log.warning("could not write %s", Path(self.sweep_dir) / SUMMARY, exc_info=True)
+
+    def settle(self, trial: Trial) -> None:
+        """Record a finished trial's final status (and error) in its trial.json."""
+        status = trial_status(trial, self.sweep_dir, ended=True)
+        update_trial_json(trial_dir(self.sweep_dir, trial.trial_id), trial_id=trial.trial_id,
+                          params=dict(trial.config), status=status, error=error_line(trial))
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.write(trials)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        self.write(trials)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.settle(trial)
+        self.write(trials, ended=trial)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.settle(trial)
+        self.write(trials)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.write(trials)

@@ -1,0 +1,310 @@
+"""One sweep, start to end: ``run_sweep(SweepOptions(...))``.
+
+1. resolve the sweep folder and its settings (a resumed sweep reuses the recorded ones);
+2. warm the image cache for the sizes the space uses (before Ray: no forking under Ray);
+3. ``ray.init`` on loopback without dashboard, or join ``--address``;
+4. size each trial's CPU/GPU request (resources.py) and run ``Tuner.fit`` (or
+   ``Tuner.restore`` with ``--resume``), ``SummaryCallback`` keeping summary.csv current;
+5. ``ray.shutdown()`` on every path out, then the finish step (finish.py) once all trials ended.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import runs
+from engine.data import MANIFEST
+
+from .finish import read_summary
+from .space import Space, load_space, param_space
+from .trainable import TRIALS, TrialSetup, train_trial, trial_dir, update_trial_json
+
+log = logging.getLogger(__name__)
+
+SWEEP_JSON = "sweep.json"
+SPACE_COPY = "space.yaml"  # the space as it was when the sweep started; --resume reads this one
+METRIC, MODE = "val_macro_f1", "max"
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or resume as asked."""
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """The command line, as data. None means: the space's setting (or, on --resume, the recorded one)."""
+
+    space: str
+    data: Path | None = None
+    out: Path = Path("outputs/sweeps")
+    name: str | None = None
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    search: str | None = None
+    scheduler: str | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    resume: bool = False
+    address: str | None = None
+    storage: str | None = None
+    explain: bool = True
+    num_cpus: int | None = None  # local Ray only: CPUs it may use (default: all)
+    num_gpus: int | None = None  # local Ray only: GPUs it advertises (default: detected)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    sweep_dir: Path
+    status: str  # complete | interrupted
+    best: dict[str, Any] | None
+
+
+# ----------------------------------------------------------------------------- the folder
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def latest_unfinished(out: Path, space_name: str) -> Path | None:
+    """The newest sweep of ``space_name`` in ``out`` that did not complete (for --resume without --name)."""
+    candidates = []
+    for path in Path(out).glob(f"*/{SWEEP_JSON}"):
+        info = runs.read_json(path)
+        if info.get("space") == space_name and info.get("status") != "complete":
+            candidates.append((info.get("started_at") or "", path.parent))
+    return max(candidates)[1] if candidates else None
+
+
+def resolve_folder(opts: SweepOptions, space_name: str) -> Path:
+    out = Path(opts.out)
+    if opts.resume:
+        sweep_dir = out / opts.name if opts.name else latest_unfinished(out, space_name)
+        if sweep_dir is None or not (sweep_dir / SWEEP_JSON).is_file():
+            which = f"named {opts.name!r}" if opts.name else f"of space {space_name!r}"
+            raise SweepError(f"--resume: no sweep {which} to resume in {out}")
+        return sweep_dir
+    sweep_dir = out / (opts.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (sweep_dir / SWEEP_JSON).exists():
+        raise SweepError(f"{sweep_dir} already holds a sweep; use --resume to continue it or another --name")
+    return sweep_dir
+
+
+def settings(opts: SweepOptions, space: Space) -> dict[str, Any]:
+    """The sweep's settings: command line over space file."""
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return {
+        "search": pick(opts.search, space.search),
+        "scheduler": pick(opts.scheduler, space.scheduler),
+        "num_samples": pick(opts.num_samples, space.num_samples),
+        "max_concurrent_trials": pick(opts.max_concurrent, space.max_concurrent_trials),
+        "cpus_per_trial": pick(opts.cpus_per_trial, space.cpus_per_trial),
+    }
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def init_ray(opts: SweepOptions) -> None:
+    import ray
+
+    # Never phone home; set here too, not only in the Makefile, since tests call main() directly.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Trial processes: no stats either, and no per-batch progress bars flooding the driver.
+    runtime_env = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1"}}
+    address = opts.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        log.info("joining the Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        # A private single-node Ray bound to loopback, without the dashboard web server.
+        ray.init(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+
+
+def trial_dirname(trial: Any) -> str:
+    """Ray's folder of a trial is named by its id alone, like ours in trials/."""
+    return trial.trial_id
+
+
+def make_search(search: str, seed: int = 0) -> Any:
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed)
+
+
+def make_scheduler(scheduler: str, space: Space) -> Any:
+    if scheduler == "fifo":
+        from ray.tune.schedulers import FIFOScheduler
+
+        return FIFOScheduler()
+    from ray.tune.schedulers import ASHAScheduler
+
+    # time_attr "epoch" (reported by the engine), not Ray's iteration counter: a resumed
+    # trial continues its epochs even when its last report before a crash was lost.
+    max_t = space.max_epochs()
+    return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(space.grace_period, max_t),
+                         reduction_factor=space.reduction_factor)
+
+
+def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: Path, storage: str) -> Any:
+    from ray import tune
+
+    from .summary import SummaryCallback
+
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(space, info["search"]),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=info["num_samples"],
+            search_alg=make_search(info["search"]), scheduler=make_scheduler(info["scheduler"], space),
+            max_concurrent_trials=info["max_concurrent_trials"] or None,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=info["name"], storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=space.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[SummaryCallback(str(sweep_dir), list(space.params))],
+        ),
+    )
+
+
+def run_trials(opts: SweepOptions, space: Space, info: dict[str, Any], sweep_dir: Path) -> None:
+    """Inside an initialised Ray: size the trials, then fit a new Tuner or restore the old one."""
+    import ray
+    from ray import tune
+
+    from .resources import plan
+
+    cluster = ray.cluster_resources()
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    gpus_per_trial = info["gpus_per_trial"]
+    if gpus_per_trial is None:  # the space's share applies only where there are GPUs
+        gpus_per_trial = space.gpus_per_trial if gpus else 0
+    res = plan(cpus, gpus, gpus_per_trial=gpus_per_trial, cpus_per_trial=info["cpus_per_trial"],
+               max_concurrent=info["max_concurrent_trials"])
+    info.update(gpus_per_trial=res.gpu, cpus_per_trial=res.cpu, cluster={"CPU": cpus, "GPU": gpus})
+    runs.write_json(sweep_dir / SWEEP_JSON, info)
+    log.info("cluster: %g CPU, %g GPU; each trial gets %g CPU (%d threads) and %g GPU; up to %d at once",
+             cpus, gpus, res.cpu, res.num_threads, res.gpu, res.concurrent)
+
+    fixed = {**space.fixed, "num_threads": res.num_threads}
+    if res.gpu == 0:
+        fixed["device"] = "cpu"
+    fixed = {k: v for k, v in fixed.items() if k not in space.params}
+    setup = TrialSetup(sweep_dir=str(sweep_dir.resolve()), prepared=info["data_dir"],
+                       base_preset=space.base_preset, fixed=fixed)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), res.as_ray())
+
+    experiment = f"{info['storage'].rstrip('/')}/{info['name']}"
+    if opts.resume and tune.Tuner.can_restore(experiment):
+        log.info("restoring %s: finished trials are kept, unfinished and errored ones continue", experiment)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        if opts.resume:
+            log.warning("%s holds no Tune state yet; starting the sweep's trials afresh", experiment)
+        tuner = build_tuner(trainable, space, info, sweep_dir, info["storage"])
+    tuner.fit()
+
+
+def settle_interrupted(sweep_dir: Path, space: Space) -> None:
+    """After an interruption, trials caught mid-way are waiting for --resume: mark them pending."""
+    from .summary import write_summary
+
+    rows = read_summary(sweep_dir)
+    for row in rows:
+        if row["status"] == "running":
+            row["status"] = "pending"
+            run_dir = trial_dir(sweep_dir, row["trial_id"])
+            if (run_dir / "trial.json").is_file():
+                update_trial_json(run_dir, status="pending")
+    write_summary(sweep_dir, list(space.params), rows)
+
+
+def all_trials_ended(sweep_dir: Path, expected: int) -> bool:
+    rows = read_summary(sweep_dir)
+    return len(rows) >= expected and all(r["status"] in ("complete", "stopped", "error") for r in rows)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def run_sweep(opts: SweepOptions) -> SweepResult:
+    """Run (or resume) a sweep and its finish step; return its folder and outcome."""
+    import ray
+
+    given = load_space(opts.space)  # validate the named space first, even on --resume
+    sweep_dir = resolve_folder(opts, given.name)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    if opts.resume:
+        info = runs.read_json(sweep_dir / SWEEP_JSON)
+        space = load_space(sweep_dir / SPACE_COPY)
+        if opts.data is not None and Path(opts.data).resolve() != Path(info["data_dir"]):
+            log.warning("--resume uses the sweep's recorded data %s, not %s", info["data_dir"], opts.data)
+        info.update(status="running", finished_at=None, resumed_at=now())
+        # Resources are sized again for the cluster this run sees; the rest is as recorded.
+        info["gpus_per_trial"] = opts.gpus_per_trial
+        info["cpus_per_trial"] = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.cpus_per_trial
+    else:
+        if opts.data is None:
+            raise SweepError("--data is required (the folder written by `python -m engine prepare`)")
+        data_dir = Path(opts.data).resolve()
+        if not (data_dir / MANIFEST).is_file():
+            raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
+                             "run `python -m engine prepare` first")
+        space = given
+        shutil.copyfile(space.path, sweep_dir / SPACE_COPY)
+        info = {
+            "name": sweep_dir.name, "space": space.name, "space_file": str(space.path),
+            "base_preset": space.base_preset, **settings(opts, space), "metric": METRIC, "mode": MODE,
+            "gpus_per_trial": opts.gpus_per_trial, "address": opts.address or os.environ.get("RAY_ADDRESS"),
+            "storage": opts.storage or str((sweep_dir / "ray").resolve()), "data_dir": str(data_dir),
+            "started_at": now(), "finished_at": None, "status": "running",
+        }
+    (sweep_dir / TRIALS).mkdir(exist_ok=True)
+    runs.write_json(sweep_dir / SWEEP_JSON, info)
+
+    warm_cache(Path(info["data_dir"]), space)
+    status = "interrupted"
+    try:
+        init_ray(opts)
+        run_trials(opts, space, info, sweep_dir)
+        expected = info["num_samples"] * space.grid_size(info["search"])
+        status = "complete" if all_trials_ended(sweep_dir, expected) else "interrupted"
+    finally:
+        # Every way out (a Tune error, KeyboardInterrupt, SystemExit from SIGTERM) ends here.
+        ray.shutdown()
+        if status == "interrupted":
+            settle_interrupted(sweep_dir, space)
+        info.update(status=status, finished_at=now() if status == "complete" else None)
+        runs.write_json(sweep_dir / SWEEP_JSON, info)
+        log.info("sweep %s: %s", sweep_dir, status)
+
+    best = None
+    if status == "complete":
+        from .finish import finish
+
+        best = finish(sweep_dir, explain=opts.explain)
+    return SweepResult(sweep_dir=sweep_dir, status=status, best=best)
+
+
+def warm_cache(prepared: Path, space: Space) -> None:
+    """Decode the images once per size here, instead of in every concurrent trial at once."""
+    from engine.data import load_cache
+
+    for size in space.image_sizes():
+        load_cache(prepared, size)

@@ -1,0 +1,133 @@
+"""The Ray Tune trainable: one trial = one engine run folder in ``<sweep>/trials/<trial_id>/``.
+
+The trial's config is the base preset, the space's fixed overrides, the resource overrides
+(device, num_threads) and the sampled params, given to ``engine.config.build_config`` as is.
+``engine.train.fit`` does the training; its ``on_epoch`` callback reports each epoch to Tune.
+
+The run folder is the trial's real state (its ``last.pt`` holds weights, optimiser and RNG).
+The checkpoint reported to Tune is a small marker of the epoch reached, so that Tune knows
+a retried or restored trial has something to resume, without copying ~100 MB of weights
+into Ray's storage every epoch. A retried trial finds ``last.pt`` and calls ``fit(resume=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import runs
+
+log = logging.getLogger(__name__)
+
+TRIALS = "trials"
+TRIAL_JSON = "trial.json"
+MARKER = "trial_state.json"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares (handed to Ray with ``tune.with_parameters``)."""
+
+    sweep_dir: str  # absolute: Ray changes each trial's working directory
+    prepared: str  # absolute path of the prepared data folder
+    base_preset: str
+    fixed: dict[str, Any] = field(default_factory=dict)  # the space's fixed keys + device/num_threads
+
+
+def trial_dir(sweep_dir: Path | str, trial_id: str) -> Path:
+    return Path(sweep_dir) / TRIALS / trial_id
+
+
+def update_trial_json(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``run_dir/trial.json`` (written atomically) and return it."""
+    path = Path(run_dir) / TRIAL_JSON
+    data: dict[str, Any] = {"trial_id": Path(run_dir).name, "params": {}, "status": "pending",
+                            "gpu_ids": [], "error": None}
+    if path.is_file():
+        data.update(runs.read_json(path))
+    data.update(fields)
+    runs.write_json(path, data)
+    return data
+
+
+def _gpu_ids() -> list[int | str]:
+    import ray
+
+    return [int(g) if str(g).isdigit() else str(g) for g in ray.get_gpu_ids()]
+
+
+class EpochReporter:
+    """``fit``'s on_epoch callback: report the epoch's metrics and a checkpoint marker to Tune.
+
+    The last planned epoch is held back until ``flush()``, called after ``fit`` returns: Tune
+    may stop a trial as soon as it reports (ASHA at ``max_t``), and by then the run folder
+    must already carry its COMPLETE marker.
+    """
+
+    def __init__(self, trial_id: str, best_so_far: float, epochs_planned: int) -> None:
+        self.trial_id = trial_id
+        self.best = best_so_far
+        self.epochs_planned = epochs_planned
+        self.held: tuple[dict[str, Any], Path] | None = None
+
+    def __call__(self, row: dict[str, Any], run_dir: Path) -> None:
+        self.best = max(self.best, float(row["val_macro_f1"]))
+        metrics = {**row, "best_val_macro_f1": self.best, "epochs_planned": self.epochs_planned}
+        if int(row["epoch"]) >= self.epochs_planned:
+            self.held = (metrics, run_dir)
+        else:
+            self.report(metrics, run_dir)
+
+    def flush(self) -> None:
+        if self.held is not None:
+            self.report(*self.held)
+            self.held = None
+
+    def report(self, metrics: dict[str, Any], run_dir: Path) -> None:
+        from ray import tune
+
+        marker_dir = Path(tempfile.mkdtemp(prefix="tune-marker-"))
+        try:
+            (marker_dir / MARKER).write_text(json.dumps(
+                {"trial_id": self.trial_id, "epoch": int(metrics["epoch"]), "run_dir": str(run_dir)}))
+            # report() copies the marker into Ray's storage before it returns.
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(marker_dir)))
+        finally:
+            shutil.rmtree(marker_dir, ignore_errors=True)
+
+
+def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
+    """Train one sampled config into its run folder, reporting every epoch to Tune."""
+    from ray import tune
+
+    from engine.config import build_config
+    from engine.train import fit, read_history
+
+    trial_id = tune.get_context().get_trial_id()
+    run_dir = trial_dir(setup.sweep_dir, trial_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    update_trial_json(run_dir, trial_id=trial_id, params=dict(config), status="running",
+                      gpu_ids=_gpu_ids(), error=None)
+
+    if runs.is_complete(run_dir):
+        # Finished just before the sweep was interrupted: report its last epoch again, train nothing.
+        history = read_history(run_dir)
+        if history:
+            best = max(float(r["val_macro_f1"]) for r in history)
+            tune.report({**history[-1], "best_val_macro_f1": best, "epochs_planned": len(history)})
+        return
+
+    cfg = build_config(setup.base_preset, {**setup.fixed, **config})
+    resume = (run_dir / runs.CHECKPOINTS / "last.pt").is_file()
+    best = -1.0
+    if resume:
+        best = max((float(r["val_macro_f1"]) for r in read_history(run_dir)), default=-1.0)
+        log.info("trial %s resumes from %s", trial_id, run_dir / runs.CHECKPOINTS / "last.pt")
+    reporter = EpochReporter(trial_id, best, cfg.epochs)
+    fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
+    reporter.flush()
