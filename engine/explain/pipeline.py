@@ -1,0 +1,405 @@
+"""``explain_run`` fills ``RUN/cams/``; ``compare_runs`` puts two runs' maps side by side.
+
+The folder is built in a hidden sibling and swapped in at the end, so a reader (the
+dashboard) sees either the previous complete folder or the new one, never a mix. Its
+layout is the contract documented in the README ("Explanations: reading the cams/ folder").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import runs
+from ..models import CAM_LAYERS
+from ..runs import CLASSES
+from . import figures
+from .faithfulness import DEFAULT_PERCENTILES, METRICS, faithfulness_scores, summarize
+from .methods import check_layer, compute_maps, get_method
+from .sanity import sanity_check
+from .stages import stage_summary
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("pred", "true")
+INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer", "target",
+                 "target_class", "image", "overlay", "map")
+FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", *METRICS)
+COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
+                   "overlay_a", "overlay_b")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A run's model and the images of one split, with the model's predictions."""
+
+    run_dir: Path
+    model: nn.Module
+    device: torch.device
+    image_size: int
+    checkpoint: dict[str, Any]  # name, epoch, sha256
+    split: str
+    rows: list[dict[str, Any]]  # manifest rows of the chosen images
+    images: torch.Tensor  # uint8 NHWC, CPU
+    true: np.ndarray
+    proba: np.ndarray
+
+    @property
+    def pred(self) -> np.ndarray:
+        return self.proba.argmax(1)
+
+    def inputs(self, index: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """Normalised NCHW float inputs (CPU) of the chosen images."""
+        from ..train import to_input
+
+        return to_input(self.images[index], torch.device("cpu"), channels_last=False)
+
+
+def checkpoint_info(run_dir: Path, which: str = "best") -> dict[str, Any]:
+    """The checkpoint's name, epoch and the sha256 of its file: what a map was made from."""
+    path = Path(run_dir) / runs.CHECKPOINTS / f"{which}.pt"
+    data = path.read_bytes()
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return {"checkpoint": which, "checkpoint_epoch": int(state["epoch"]),
+            "checkpoint_sha256": hashlib.sha256(data).hexdigest()}
+
+
+def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", split: str = "test",
+             limit: int = 0, seed: int = 0, batch_size: int = 64) -> LoadedRun:
+    """Load a run's checkpoint and the images of ``split`` (a stratified ``limit`` of them)."""
+    from ..train import Data, load_checkpoint, predict_proba, resolve_device, subsample
+
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    cfg, model = load_checkpoint(run_dir, checkpoint, dev)
+    model.eval()
+    prepared = Path(runs.read_json(run_dir / runs.CONFIG)["data_dir"])
+    data = Data.load(prepared, cfg.image_size, dev, on_device=False)
+    if split not in data.split:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.split)}")
+    labels = data.labels.cpu().numpy()
+    index = subsample(data.split[split], labels, limit, seed)
+    if len(index) == 0:
+        raise ValueError(f"split {split!r} of {prepared} has no images")
+    images = data.images[torch.from_numpy(index)].cpu()
+    proba = predict_proba(model, images, np.arange(len(index)), dev, batch_size=batch_size, use_amp=False,
+                          channels_last=False)
+    return LoadedRun(run_dir, model, dev, cfg.image_size, checkpoint_info(run_dir, checkpoint), split,
+                     [data.rows[i] for i in index], images, labels[index], proba)
+
+
+def _stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    from ..train import subsample
+
+    return subsample(np.arange(len(labels)), labels, n, seed)
+
+
+def _key(row: dict[str, Any]) -> str:
+    return row["sha256"][:16]
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def explain_run(
+    run_dir: Path, *, methods: Sequence[str] = ("gradcam",), layers: Sequence[str] = ("norm5",),
+    split: str = "test", checkpoint: str = "best", targets: Sequence[str] = TARGETS, limit: int = 0,
+    batch_size: int = 32, device: str = "auto", faithfulness: bool = True, faithfulness_images: int = 96,
+    road_percentiles: Sequence[int] = DEFAULT_PERCENTILES, sanity: bool = True, sanity_images: int = 8,
+    stages: bool = True, top_k: int = 4, panel_misclassified: int = 4, multilayer_images: int = 4,
+    multilayer_method: str = "layercam", seed: int = 0,
+) -> Path:
+    """Compute maps, scores and figures of a run into ``run_dir/cams``; return that folder.
+
+    ``methods``/``layers`` are CLI names; the first layer is the one scored for
+    faithfulness, checked for sanity and summarised per stage (the first method's maps).
+    ``limit``, ``faithfulness_images`` and ``sanity_images`` take stratified subsets (0: all).
+    """
+    methods = [get_method(m).name for m in methods]
+    layers = [check_layer(name) for name in layers]
+    get_method(multilayer_method)
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown or not targets or not methods or not layers:
+        raise ValueError(f"need at least one method, layer and target; targets are {', '.join(TARGETS)}")
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, checkpoint=checkpoint, device=device, split=split, limit=limit, seed=seed)
+    final = run_dir / runs.CAMS
+    work = run_dir / f".cams-{os.getpid()}-{time.time_ns()}"
+    try:
+        images_per_s = _write_cams(run, work, methods=methods, layers=layers, targets=list(targets),
+                                   batch_size=batch_size, faithfulness=faithfulness,
+                                   faithfulness_images=faithfulness_images, road_percentiles=road_percentiles,
+                                   sanity=sanity, sanity_images=sanity_images, stages=stages, top_k=top_k,
+                                   panel_misclassified=panel_misclassified, multilayer_images=multilayer_images,
+                                   multilayer_method=multilayer_method, seed=seed)
+        runs.write_json(work / "meta.json", {
+            **run.checkpoint, "split": split, "image_size": run.image_size, "methods": methods,
+            "layers": layers, "targets": list(targets), "images": len(run.rows), "images_per_s": images_per_s,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(run.device), "batch_size": batch_size,
+            "limit": limit, "seed": seed, "faithfulness": faithfulness, "sanity": sanity,
+        })
+        _swap_in(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("explanations of %d images -> %s", len(run.rows), final)
+    return final
+
+
+def _swap_in(work: Path, final: Path) -> None:
+    """Replace ``final`` with ``work``, keeping comparisons made earlier (``compare/``)."""
+    if (final / "compare").is_dir() and not (work / "compare").exists():
+        shutil.copytree(final / "compare", work / "compare")
+    old = final.with_name(f".cams-old-{time.time_ns()}")
+    if final.exists():
+        final.rename(old)
+    work.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[str], targets: list[str],
+                batch_size: int, faithfulness: bool, faithfulness_images: int, road_percentiles: Sequence[int],
+                sanity: bool, sanity_images: int, stages: bool, top_k: int, panel_misclassified: int,
+                multilayer_images: int, multilayer_method: str, seed: int) -> dict[str, float]:
+    n = len(run.rows)
+    pred, true = run.pred, run.true
+    wrong = np.flatnonzero(pred != true)
+    x = run.inputs()
+    base = [{"split": run.split, "path": r["path"], "sha256": r["sha256"], "true": CLASSES[true[i]],
+             "pred": CLASSES[pred[i]], "confidence": f"{run.proba[i, pred[i]]:.6f}", "correct": int(pred[i] == true[i]),
+             "image": f"images/{_key(r)}.png"} for i, r in enumerate(run.rows)]
+    pictures = run.images.numpy()
+    for i, row in enumerate(base):
+        runs.atomic_write_bytes(out / row["image"], figures.png_bytes(pictures[i]))
+
+    index_rows: list[dict[str, Any]] = []
+    images_per_s: dict[str, float] = {}
+    primary: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method -> (pred maps, true maps) at layers[0]
+    for method in methods:
+        seconds = 0.0
+        for layer in layers:
+            start = time.perf_counter()
+            maps = {"pred": compute_maps(run.model, x, method, layer, pred, batch_size=batch_size,
+                                         desc=f"{method} {layer}")}
+            seconds += time.perf_counter() - start
+            # A correct image's true-class map is its predicted-class map: only the
+            # misclassified ones need a second pass.
+            maps["true"] = maps["pred"].copy()
+            if "true" in targets and len(wrong):
+                maps["true"][wrong] = compute_maps(run.model, x[wrong], method, layer, true[wrong],
+                                                   batch_size=batch_size)
+            index_rows += _write_maps(out, base, pictures, maps, method, layer, targets, pred, true)
+            if layer == layers[0]:
+                primary[method] = (maps["pred"], maps["true"])
+        images_per_s[method] = round(n * len(layers) / seconds, 3)
+        log.info("%s: %.1f images/s (%d images x %d layers, batch %d, %s)", method, images_per_s[method], n,
+                 len(layers), batch_size, run.device)
+        _write_pairs(out, base, pictures, primary[method], wrong, method, layers[0])
+    runs.write_csv(out / "index.csv", INDEX_COLUMNS, index_rows)
+
+    stage_names = list(CLASSES)
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    chosen = _stratified(true, faithfulness_images, seed) if faithfulness else np.zeros(0, dtype=np.int64)
+    if faithfulness:
+        for method in methods:
+            scores = faithfulness_scores(run.model, x[chosen], primary[method][0][chosen], pred[chosen],
+                                         percentiles=road_percentiles, batch_size=batch_size, seed=seed,
+                                         desc=f"faithfulness {method}")
+            rows = [{**{k: base[i][k] for k in ("path", "sha256", "true", "pred", "correct")}, "layer": layers[0],
+                     **{m: f"{scores[m][j]:.6f}" for m in METRICS}} for j, i in enumerate(chosen)]
+            runs.write_csv(out / "faithfulness" / f"{method}.csv", FAITHFULNESS_COLUMNS, rows)
+            per_method[method] = rows
+    summary = summarize(per_method, stage_names, percentiles=road_percentiles, seed=seed)
+    summary.update({**run.checkpoint, "target": "pred", "images": len(chosen)})
+    runs.write_json(out / "faithfulness_summary.json", summary)
+
+    results: dict[str, Any] = {}
+    if sanity:
+        chosen = _stratified(true, sanity_images, seed)
+        for method in methods:
+            results[method] = {**sanity_check(run.model, x[chosen], pred[chosen], method, layers[0],
+                                              batch_size=batch_size, seed=seed),
+                               "target": "pred", **run.checkpoint}
+    runs.write_json(out / "sanity.json", results)
+
+    if stages:
+        _write_stages(out, base, pictures, primary[methods[0]], methods[0], layers[0], top_k=top_k,
+                      panel_misclassified=panel_misclassified, checkpoint=run.checkpoint, seed=seed)
+    if multilayer_images > 0:
+        _write_multilayer(out, run, base, x, multilayer_images, multilayer_method, seed)
+    return images_per_s
+
+
+def _write_maps(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: dict[str, np.ndarray],
+                method: str, layer: str, targets: list[str], pred: np.ndarray, true: np.ndarray) -> list[dict]:
+    rows = []
+    encoded: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+    for target in targets:
+        for i, row in enumerate(base):
+            same = row["correct"] and target == "true"  # same map as for "pred": encode once
+            key = ("pred" if same else target, i)
+            if key not in encoded:
+                cam = maps[key[0]][i]
+                encoded[key] = (figures.png_bytes(figures.overlay(pictures[i], cam)), figures.npy_bytes(cam))
+            overlay = f"{method}/{layer}/{target}/{_key(row)}.png"
+            runs.atomic_write_bytes(out / overlay, encoded[key][0])
+            runs.atomic_write_bytes(out / overlay.replace(".png", ".npy"), encoded[key][1])
+            target_class = pred[i] if target == "pred" else true[i]
+            rows.append({**{k: row[k] for k in ("split", "path", "sha256", "true", "pred", "confidence", "correct")},
+                         "method": method, "layer": layer, "target": target, "target_class": CLASSES[target_class],
+                         "image": row["image"], "overlay": overlay, "map": overlay.replace(".png", ".npy")})
+    return rows
+
+
+def _write_pairs(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: tuple[np.ndarray, np.ndarray],
+                 wrong: np.ndarray, method: str, layer: str) -> None:
+    """For each misclassified image: the predicted-class and true-class maps side by side."""
+    title = f"{get_method(method).title} at {layer}"
+    for i in wrong:
+        row = base[i]
+        png = figures.side_by_side(pictures[i], figures.overlay(pictures[i], maps[0][i]),
+                                   figures.overlay(pictures[i], maps[1][i]), pred=row["pred"], true=row["true"],
+                                   confidence=float(row["confidence"]), title=title)
+        runs.atomic_write_bytes(out / method / layer / "pairs" / f"{_key(row)}.png", png)
+
+
+def _write_stages(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: tuple[np.ndarray, np.ndarray],
+                  method: str, layer: str, *, top_k: int, panel_misclassified: int, checkpoint: dict[str, Any],
+                  seed: int) -> None:
+    rows = [{**r, "confidence": float(r["confidence"]), "correct": bool(r["correct"]),
+             "overlay_pred": f"{method}/{layer}/pred/{_key(r)}.png",
+             "overlay_true": f"{method}/{layer}/true/{_key(r)}.png"} for r in base]
+    by_sha = {r["sha256"]: i for i, r in enumerate(rows)}  # duplicates share one picture and map
+    title = get_method(method).title
+    summaries = {}
+    for stage in CLASSES:
+        summary, mean_map = stage_summary(rows, maps[0], stage, top_k=top_k, seed=seed)
+        summaries[stage] = {"method": method, "layer": layer, "target": "pred", **checkpoint, **summary}
+        folder = out / "stages" / stage
+        if mean_map is None:
+            mean_map = np.zeros(maps[0].shape[1:], dtype=np.float32)
+        runs.atomic_write_bytes(folder / "mean_map.npy", figures.npy_bytes(mean_map))
+        runs.atomic_write_bytes(folder / "mean_map.png", figures.heatmap_png(
+            mean_map, f"{stage}: mean {title} ({layer})\nover {summary['n_correct']} correct images"))
+        top = [by_sha[e["sha256"]] for e in summary["top_confident"]]
+        grid: list[list[figures.Cell | None]] = [
+            [figures.Cell(pictures[i], f"conf {rows[i]['confidence']:.2f}") for i in top],
+            [figures.Cell(figures.overlay(pictures[i], maps[0][i]), f"map: {rows[i]['pred']}") for i in top],
+        ]
+        labels = ["most confident\ncorrect", f"{title}\n(predicted)"] if top else []
+        if not top:
+            grid = []
+        missed = [by_sha[e["sha256"]] for e in summary["misclassified"][:panel_misclassified]]
+        for k, i in enumerate(missed, 1):
+            grid.append([figures.Cell(pictures[i], f"pred {rows[i]['pred']} ({rows[i]['confidence']:.2f})"),
+                         figures.Cell(figures.overlay(pictures[i], maps[0][i]), f"map: {rows[i]['pred']} (pred)"),
+                         figures.Cell(figures.overlay(pictures[i], maps[1][i]), f"map: {stage} (true)")])
+            labels.append(f"missed {k}")
+        more = len(summary["misclassified"]) - len(missed)
+        heading = (f"Stage {stage}: {title} at {layer}. {summary['n']} images, {summary['n_correct']} correct, "
+                   f"{len(summary['misclassified'])} missed" + (f" ({more} not shown)" if more > 0 else ""))
+        runs.atomic_write_bytes(folder / "panel.png", figures.image_grid(grid or [[None]], heading, labels))
+    runs.write_json(out / "stages" / "summary.json", summaries)
+
+
+def _write_multilayer(out: Path, run: LoadedRun, base: list[dict[str, Any]], x: torch.Tensor, n_images: int,
+                      method: str, seed: int) -> None:
+    """One row per image: the input and the method's map at every layer, for a few images."""
+    chosen = _stratified(run.true, n_images, seed)[:n_images]
+    for i in chosen:
+        png = multilayer_view(run.model, run.images[i].numpy(), int(run.pred[i]), method=method,
+                              caption=f"{base[i]['true']} (pred {base[i]['pred']})")
+        runs.atomic_write_bytes(out / "multilayer" / f"{_key(base[i])}.png", png)
+
+
+def multilayer_view(model: nn.Module, image: np.ndarray, target_class: int, *, method: str = "layercam",
+                    layers: Sequence[str] = CAM_LAYERS, caption: str = "") -> bytes:
+    """PNG of one image's maps for ``target_class`` at each of ``layers`` (shallow to deep).
+
+    ``image`` is uint8 HWC at the model's resolution. Shallow layers show fine structure
+    (edges, granules), deep ones where the class evidence is; LayerCAM is made for this.
+    """
+    from ..train import to_input
+
+    x = to_input(torch.from_numpy(np.ascontiguousarray(image))[None], torch.device("cpu"), channels_last=False)
+    cells = [figures.Cell(image, "input")]
+    for layer in layers:
+        cam = compute_maps(model, x, method, layer, [target_class])[0]
+        cells.append(figures.Cell(figures.overlay(image, cam), layer))
+    title = f"{get_method(method).title} for class {CLASSES[target_class]}" + (f": {caption}" if caption else "")
+    return figures.image_grid([cells], title)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: str = "norm5", split: str = "test",
+                 checkpoint: str = "best", images: int = 8, device: str = "auto", batch_size: int = 32,
+                 seed: int = 0) -> Path:
+    """Both runs' maps (predicted class) on the same images of ``split``; return the folder.
+
+    Images are matched by sha256, so the runs may use different prepared folders or
+    resolutions. Writes ``run_a/cams/compare/<run_b name>/``: compare.png, compare.csv
+    (with the Spearman correlation of the two maps at run A's resolution), the overlays
+    and meta.json with both checkpoints.
+    """
+    import cv2
+
+    from .sanity import similarity
+
+    get_method(method)
+    check_layer(layer)
+    a = load_run(Path(run_a), checkpoint=checkpoint, device=device, split=split, seed=seed)
+    b = load_run(Path(run_b), checkpoint=checkpoint, device=device, split=split, seed=seed)
+    in_b = {r["sha256"]: i for i, r in enumerate(b.rows)}
+    common = np.array([i for i, r in enumerate(a.rows) if r["sha256"] in in_b], dtype=np.int64)
+    if len(common) == 0:
+        raise ValueError(f"the {split} splits of {run_a} and {run_b} share no image (compared by sha256)")
+    common = common[_stratified(a.true[common], images, seed)]
+    other = np.array([in_b[a.rows[i]["sha256"]] for i in common], dtype=np.int64)
+    maps_a = compute_maps(a.model, a.inputs(common), method, layer, a.pred[common], batch_size=batch_size)
+    maps_b = compute_maps(b.model, b.inputs(other), method, layer, b.pred[other], batch_size=batch_size)
+    out = Path(run_a) / runs.CAMS / "compare" / Path(run_b).name
+    rows, grid, labels = [], [], []
+    for k, (i, j) in enumerate(zip(common, other, strict=True)):
+        row = a.rows[i]
+        pic_a, pic_b = a.images[i].numpy(), b.images[j].numpy()
+        over_a, over_b = figures.overlay(pic_a, maps_a[k]), figures.overlay(pic_b, maps_b[k])
+        rel_a, rel_b = f"a/{_key(row)}.png", f"b/{_key(row)}.png"
+        runs.atomic_write_bytes(out / rel_a, figures.png_bytes(over_a))
+        runs.atomic_write_bytes(out / rel_b, figures.png_bytes(over_b))
+        resized = cv2.resize(maps_b[k], maps_a[k].shape[::-1], interpolation=cv2.INTER_LINEAR)
+        rho = similarity(maps_a[k], np.clip(resized, 0, 1))["spearman"]
+        pa, pb = int(a.pred[i]), int(b.pred[j])
+        rows.append({"path": row["path"], "sha256": row["sha256"], "true": CLASSES[a.true[i]],
+                     "pred_a": CLASSES[pa], "confidence_a": f"{a.proba[i, pa]:.6f}", "pred_b": CLASSES[pb],
+                     "confidence_b": f"{b.proba[j, pb]:.6f}", "spearman": f"{rho:.4f}",
+                     "overlay_a": rel_a, "overlay_b": rel_b})
+        grid.append([figures.Cell(pic_a, f"true {CLASSES[a.true[i]]}"),
+                     figures.Cell(over_a, f"A: {CLASSES[pa]} ({a.proba[i, pa]:.2f})"),
+                     figures.Cell(over_b, f"B: {CLASSES[pb]} ({b.proba[j, pb]:.2f})")])
+        labels.append(f"rho {rho:.2f}")
+    runs.write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
+    title = f"{get_method(method).title} at {layer}: A = {Path(run_a).name}, B = {Path(run_b).name}"
+    runs.atomic_write_bytes(out / "compare.png", figures.image_grid(grid, title, labels))
+    runs.write_json(out / "meta.json", {
+        "method": method, "layer": layer, "target": "pred", "split": split, "images": len(rows),
+        "a": {"run": str(Path(run_a).resolve()), "image_size": a.image_size, **a.checkpoint},
+        "b": {"run": str(Path(run_b).resolve()), "image_size": b.image_size, **b.checkpoint},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return out
