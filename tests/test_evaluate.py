@@ -1,0 +1,62 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from engine.metrics import calibration, classification_metrics
+from engine.runs import CLASSES
+
+
+def test_metrics_json_is_exactly_what_sklearn_computes_from_predictions(trained_tiny_run):
+    metrics = json.loads((trained_tiny_run / "metrics.json").read_text())
+    predictions = pd.read_csv(trained_tiny_run / "predictions.csv")
+    assert set(predictions["split"]) == {"val", "test"}
+    for split, m in metrics["splits"].items():
+        rows = predictions[predictions["split"] == split]
+        y = rows["true"].map(CLASSES.index).to_numpy()
+        proba = rows[[f"prob_{c}" for c in CLASSES]].to_numpy()
+        pred = proba.argmax(1)
+        assert (rows["pred"].map(CLASSES.index).to_numpy() == pred).all()
+        assert m["n"] == len(rows)
+        assert m["accuracy"] == skm.accuracy_score(y, pred)
+        assert m["balanced_accuracy"] == skm.balanced_accuracy_score(y, pred)
+        assert m["macro_f1"] == skm.f1_score(y, pred, average="macro", labels=range(4), zero_division=0)
+        assert m["weighted_f1"] == skm.f1_score(y, pred, average="weighted", labels=range(4), zero_division=0)
+        assert m["roc_auc_ovr_macro"] == pytest.approx(skm.roc_auc_score(y, proba, multi_class="ovr", labels=range(4)))
+        assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(4)).tolist()
+        recall = skm.recall_score(y, pred, average=None, labels=range(4), zero_division=0)
+        assert [m["per_class"][c]["recall"] for c in CLASSES] == pytest.approx(recall)
+        assert m["calibration"]["brier"] == pytest.approx(skm.brier_score_loss(y, proba, labels=range(4)))
+        assert len(m["misclassified"]) == int((pred != y).sum())
+        lo, hi = m["accuracy_ci95"]
+        assert lo <= m["accuracy"] <= hi
+
+
+def test_perfect_predictions():
+    y = np.repeat(np.arange(4), 10)
+    proba = np.eye(4)[y] * 0.97 + 0.01
+    m = classification_metrics(y, proba, CLASSES, n_bootstrap=200)
+    assert m["accuracy"] == 1.0 and m["macro_f1"] == 1.0 and m["accuracy_ci95"] == [1.0, 1.0]
+    assert all(m["per_class"][c]["specificity"] == 1.0 for c in CLASSES)
+    assert m["confusion_matrix_normalized"] == np.eye(4).tolist()
+    assert m["calibration"]["ece"] == pytest.approx(0.02)  # confidence 0.98, accuracy 1
+
+
+def test_specificity_and_missing_class():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0])
+    m = classification_metrics(y, np.eye(4)[pred] * 0.9 + 0.025, CLASSES, n_bootstrap=100)
+    # benign: negatives are the 4 non-benign images, one of them predicted benign.
+    assert m["per_class"]["benign"]["specificity"] == pytest.approx(3 / 4)
+    assert m["per_class"]["pro"]["support"] == 0 and m["per_class"]["pro"]["roc_auc"] is None
+    assert m["roc_auc_ovr_macro"] is None
+
+
+def test_overconfident_model_has_large_ece():
+    y = np.array([0, 1] * 50)
+    proba = np.tile([[0.99, 0.0033, 0.0033, 0.0034]], (100, 1))  # always "benign", sure of it
+    cal = calibration(y, proba)
+    assert cal["ece"] == pytest.approx(0.49, abs=1e-6)
+    assert sum(b["count"] for b in cal["bins"]) == 100

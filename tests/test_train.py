@@ -1,0 +1,121 @@
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine import runs, train
+from engine.config import build_config
+from engine.models import WeightsError, create_model
+from engine.train import augment, fit
+
+
+def _weights(run_dir, which="last"):
+    return torch.load(run_dir / "checkpoints" / f"{which}.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def test_run_folder_holds_the_contract(trained_tiny_run):
+    for name in ("config.json", "env.json", "history.csv", "metrics.json", "predictions.csv", "COMPLETE"):
+        assert (trained_tiny_run / name).is_file(), name
+    config = json.loads((trained_tiny_run / "config.json").read_text())
+    assert config["model"] == "densenet-tiny" and config["epochs"] == 4 and config["preset"] == "tiny"
+    env = json.loads((trained_tiny_run / "env.json").read_text())
+    assert env["device"] == "cpu" and env["seed"] == 0 and env["torch"] == torch.__version__
+    with (trained_tiny_run / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
+    assert tuple(history[0]) == runs.HISTORY_COLUMNS
+    for which in ("best", "last"):
+        state = torch.load(trained_tiny_run / "checkpoints" / f"{which}.pt", weights_only=True)
+        assert "model" in state and state["config"]["model"] == "densenet-tiny"
+    complete = json.loads((trained_tiny_run / "COMPLETE").read_text())
+    best = max(float(r["val_macro_f1"]) for r in history)
+    assert complete["best_val_macro_f1"] == pytest.approx(best)
+
+
+def test_tiny_model_learns_the_generated_signal(trained_tiny_run):
+    metrics = json.loads((trained_tiny_run / "metrics.json").read_text())
+    assert metrics["splits"]["test"]["accuracy"] > 0.5  # chance is 0.25
+
+
+def test_training_is_deterministic_on_cpu(prepared_tiny, tmp_path):
+    cfg = build_config("tiny", {"epochs": 2})
+    a = fit(cfg, prepared_tiny, tmp_path / "a")
+    b = fit(cfg, prepared_tiny, tmp_path / "b")
+    assert (a / "history.csv").read_text().split("\n")[1].split(",")[:7] == \
+        (b / "history.csv").read_text().split("\n")[1].split(",")[:7]
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path):
+    cfg = build_config("tiny", {"epochs": 3})
+    straight = fit(cfg, prepared_tiny, tmp_path / "straight")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(row, run_dir):
+        if row["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(cfg, prepared_tiny, tmp_path / "resumed", on_epoch=stop_after_two)
+    assert not runs.is_complete(tmp_path / "resumed")
+    assert train.main(["--resume", str(tmp_path / "resumed")]) == 0
+    assert runs.is_complete(tmp_path / "resumed")
+    history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
+    wa, wb = _weights(straight), _weights(tmp_path / "resumed")
+    assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
+
+
+def test_cli_rejects_unknown_keys_and_existing_runs(prepared_tiny, tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["train", "--data", str(prepared_tiny), "--preset", "tiny", "--set", "epochz=2",
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown config key(s): epochz" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")
+    assert main(["train", "--data", str(prepared_tiny), "--preset", "tiny", "--out", str(tmp_path),
+                 "--name", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_missing_imagenet_weights_fail_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsError, match="not in the torch cache"):
+        create_model(build_config(None, {"model": "densenet121", "weights": "imagenet"}))
+    with pytest.raises(WeightsError, match="not found"):
+        create_model(build_config(None, {"weights": str(tmp_path / "nope.pt")}))
+
+
+def test_local_weights_file_is_loaded(trained_tiny_run):
+    path = trained_tiny_run / "checkpoints" / "best.pt"
+    model = create_model(build_config("tiny", {"weights": str(path)}))
+    saved = torch.load(path, weights_only=True)["model"]
+    assert torch.equal(model.state_dict()["classifier.weight"], saved["classifier.weight"])
+
+
+def test_augment_is_seeded_and_shape_preserving():
+    x = torch.randn(4, 3, 32, 32)
+    a = augment(x, 1.0, torch.Generator().manual_seed(0))
+    b = augment(x, 1.0, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(augment(x, 0.0, torch.Generator()), x)
+
+
+def test_class_weights_upweight_the_rare_class():
+    weights = train.class_weights(np.array([0] * 10 + [1] * 40 + [2] * 40 + [3] * 40))
+    assert weights[0] > weights[1] == pytest.approx(weights[2])
+
+
+@pytest.mark.skipif(not os.environ.get("CUDA_VISIBLE_DEVICES") and not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU")
+def test_gpu_training_uses_bf16_and_channels_last(prepared_tiny, tmp_path):
+    run = fit(build_config("tiny", {"epochs": 1}), prepared_tiny, tmp_path / "gpu")
+    env = json.loads((run / "env.json").read_text())
+    assert env["amp_bf16"] and env["channels_last"] and env["device"].startswith("cuda")
