@@ -98,10 +98,9 @@ def classification_metrics(
                                                          zero_division=0)
         averages[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     averages["macro"]["specificity"] = _clean(np.nanmean(specificity))
-    try:
-        auc_macro = skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
-    except ValueError:  # a split without every class has no multi-class AUC
-        auc_macro = float("nan")
+    # A split without every class has no multi-class AUC.
+    auc_macro = (skm.roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels)
+                 if len(np.unique(y_true)) == len(labels) else float("nan"))
     acc_ci = bootstrap_ci(y_true, y_pred, "accuracy", n_resamples=n_bootstrap, seed=seed)
     f1_ci = bootstrap_ci(y_true, y_pred, "macro_f1", n_resamples=n_bootstrap, seed=seed)
     return {
