@@ -16,6 +16,7 @@ ranks methods per stage by road_combined.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,36 +77,45 @@ def faithfulness_scores(
     random draws) with the maps' ties broken by ``rank_maps``; the unperturbed score is
     computed once per batch instead of once per percentile.
     """
-    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
-    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
-
     if len(maps) != len(inputs) or len(target_classes) != len(inputs):
         raise ValueError("inputs, maps and target_classes must have the same length")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     ranked = rank_maps(maps, seed)
-    # The ROAD imputer adds torch noise: seed it so that scores are reproducible.
-    torch.manual_seed(seed)
     out: dict[str, list[np.ndarray]] = {k: [] for k in METRICS}
     starts = range(0, len(inputs), batch_size)
-    for start in progress(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
-        stop = start + batch_size
-        x = inputs[start:stop].to(device)
-        targets = softmax_targets(target_classes[start:stop])
-        before = _scores(model, x, targets)
-        lerf = np.mean([ROADLeastRelevantFirst(p)(x, ranked[start:stop], targets, model, return_diff=False)
-                        for p in percentiles], axis=0) - before
-        morf = np.mean([ROADMostRelevantFirst(p)(x, ranked[start:stop], targets, model, return_diff=False)
-                        for p in percentiles], axis=0) - before
-        mult = CamMultImageConfidenceChange()(x, maps[start:stop].astype(np.float32), targets, model,
-                                              return_diff=False) - before
-        out["road_morf"].append(morf)
-        out["road_lerf"].append(lerf)
-        out["road_combined"].append((lerf - morf) / 2)
-        out["confidence_change"].append(mult)
+    # The ROAD imputer adds torch noise: seed it (without touching the caller's RNG) so
+    # that scores are reproducible.
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)
+        # The library thresholds a torch mask with NumPy (np.float32(tensor < x)), which
+        # NumPy 2 answers with a DeprecationWarning per image and percentile.
+        warnings.filterwarnings("ignore", message=".*__array_wrap__", category=DeprecationWarning)
+        for start in progress(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
+            _score_batch(model, inputs[start:start + batch_size].to(device), maps[start:start + batch_size],
+                         ranked[start:start + batch_size], target_classes[start:start + batch_size],
+                         percentiles, out)
     model.train(was_training)
     return {k: np.concatenate(v).astype(np.float64) if v else np.zeros(0) for k, v in out.items()}
+
+
+def _score_batch(model: nn.Module, x: torch.Tensor, maps: np.ndarray, ranked: np.ndarray,
+                 target_classes: Sequence[int], percentiles: Sequence[int], out: dict[str, list[np.ndarray]]) -> None:
+    from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
+    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirst, ROADMostRelevantFirst
+
+    targets = softmax_targets(target_classes)
+    before = _scores(model, x, targets)
+    lerf = np.mean([ROADLeastRelevantFirst(p)(x, ranked, targets, model, return_diff=False)
+                    for p in percentiles], axis=0) - before
+    morf = np.mean([ROADMostRelevantFirst(p)(x, ranked, targets, model, return_diff=False)
+                    for p in percentiles], axis=0) - before
+    mult = CamMultImageConfidenceChange()(x, maps.astype(np.float32), targets, model, return_diff=False) - before
+    out["road_morf"].append(morf)
+    out["road_lerf"].append(lerf)
+    out["road_combined"].append((lerf - morf) / 2)
+    out["confidence_change"].append(mult)
 
 
 def mean_ci(values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:

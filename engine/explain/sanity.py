@@ -77,11 +77,12 @@ def sanity_check(
     spec = get_method(method)
     reference = compute_maps(model, inputs, spec, layer, target_classes, batch_size=batch_size)
     randomised = copy.deepcopy(model).eval()
-    torch.manual_seed(seed)
     steps = []
-    for name, parts in CASCADE:
-        for part in parts:
-            _reinitialise(_submodule(randomised, part))
+    for k, (name, parts) in enumerate(CASCADE):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 100 + k)
+            for part in parts:
+                _reinitialise(_submodule(randomised, part))
         maps = compute_maps(randomised, inputs, spec, layer, target_classes, batch_size=batch_size)
         sims = [similarity(r, m) for r, m in zip(reference, maps, strict=True)]
         steps.append({
