@@ -11,6 +11,7 @@ a GPU as it is; it imports nothing beyond PyTorch, torchvision, NumPy and scikit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -32,8 +33,7 @@ from .config import build_config
 from .data import find_class_dirs, load_cache, prepare
 from .models import create_model
 from .runs import CLASSES
-from .train import (Data, make_optimizer, make_scheduler, predict_proba, resolve_device, switch,
-                    train_one_epoch)
+from .train import Data, make_optimizer, make_scheduler, predict_proba, resolve_device, switch, train_one_epoch
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +143,12 @@ def shared_gpu(prepared: Path, overrides: dict[str, Any], counts: tuple[int, ...
     rows = []
     for n in counts:
         cmd = [sys.executable, "-m", "engine", "bench", "--worker", "--prepared", str(prepared),
-               "--steps", str(steps), *sum((["--set", f"{k}={v}"] for k, v in overrides.items()), [])]
+               "--steps", str(steps), *[arg for k, v in overrides.items() for arg in ("--set", f"{k}={v}")]]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
         outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
         total = sum(o["train_images_per_s"] for o in outs)
-        rows.append({"processes": n, "total_images_per_s": total, "per_process": [o["train_images_per_s"] for o in outs]})
+        rows.append({"processes": n, "total_images_per_s": total,
+                     "per_process": [o["train_images_per_s"] for o in outs]})
     return rows
 
 
@@ -168,10 +169,8 @@ def time_to_accuracy(prepared: Path, preset: str, target: float, out: Path) -> d
             raise Reached
 
     cfg = build_config(preset)
-    try:
+    with contextlib.suppress(Reached):
         fit(cfg, prepared, out / runs.new_run_id("tta-"), preset=preset, on_epoch=on_epoch)
-    except Reached:
-        pass
     return {"preset": preset, "target_val_acc": target, "reached": spent["epoch"] is not None,
             "training_seconds": spent["seconds"], "epochs": spent["epoch"], "last_val_acc": spent["val_acc"]}
 
@@ -209,11 +208,11 @@ def format_table(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="raw image folder (Kaggle layout)")
-    parser.add_argument("--prepared", type=Path, help="prepared folder (default: prepared from --data-dir in a temp folder)")
-    parser.add_argument("--preset", default=None, help="config preset (default: cpu-quick at 64 px on CPU, gpu-full on GPU)")
+    parser.add_argument("--prepared", type=Path, help="prepared folder (default: --data-dir prepared in a temp folder)")
+    parser.add_argument("--preset", default=None, help="preset (default: cpu-quick at 64 px on CPU, gpu-full on GPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=0, help="timed training steps per loop (default 8 CPU, 40 GPU)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers of the plain loop")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="plain-loop workers")
     parser.add_argument("--cam-images", type=int, default=32)
     parser.add_argument("--shared-gpu", default="1,2,4", help="process counts for the shared-GPU measurement")
     parser.add_argument("--time-to-accuracy", type=float, default=0.0, metavar="VAL_ACC",
@@ -267,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         result: dict[str, Any] = {
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                            else platform.processor() or "cpu"),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "git_commit": runs.git_commit(),
             "preset": preset, "config": cfg.to_dict(), "steps": steps, "warmup_steps": warmup,
             "prepare_images_per_s": prepare_rate, "cache_load_seconds": cache_seconds,

@@ -167,7 +167,7 @@ def _check_file(args: tuple[str, str, str]) -> Checked:
     sha = hashlib.sha256(data).hexdigest()
     try:
         original_mode = Image.open(io.BytesIO(data)).mode if data else ""
-    except Exception:  # noqa: BLE001 - open_rgb reports the real reason below
+    except Exception:
         original_mode = ""
     try:
         image = open_rgb(data)
@@ -194,7 +194,7 @@ def split_groups(
 
     ids = sorted(groups)
     labels = [groups[g] for g in ids]
-    train_frac, val_frac, test_frac = fractions
+    _, val_frac, test_frac = fractions
     if abs(sum(fractions) - 1) > 1e-6 or min(fractions) <= 0:
         raise DataError(f"split fractions must be positive and sum to 1, got {fractions}")
     train_ids, rest_ids, _, rest_labels = train_test_split(
@@ -289,7 +289,7 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
         "data_dir": str(data_dir),
         "class_dirs": {c: str(p) for c, p in class_dirs.items()},
         "seed": seed,
-        "fractions": dict(zip(SPLITS, fractions)),
+        "fractions": dict(zip(SPLITS, fractions, strict=True)),
         "files_found": len(jobs),
         "images": len(rows),
         "counts": counts,
@@ -313,8 +313,9 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
 def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
     """A few thumbnails per class, so the dashboard shows data without reading the raw folder."""
     for cls in CLASSES:
-        picked = [r for r in rows if r["class"] == cls][:: max(1, sum(r["class"] == cls for r in rows) // SAMPLES_PER_CLASS)]
-        for i, row in enumerate(picked[:SAMPLES_PER_CLASS]):
+        members = [r for r in rows if r["class"] == cls]
+        picked = members[:: max(1, len(members) // SAMPLES_PER_CLASS)][:SAMPLES_PER_CLASS]
+        for i, row in enumerate(picked):
             image = Image.fromarray(load_image(data_dir / row["path"], 224))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")

@@ -27,7 +27,7 @@ PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence",
 
 def prediction_rows(split: str, rows: list[dict], proba: np.ndarray) -> list[dict[str, Any]]:
     out = []
-    for row, p in zip(rows, proba):
+    for row, p in zip(rows, proba, strict=True):
         k = int(p.argmax())
         out.append({"split": split, "path": row["path"], "sha256": row["sha256"], "true": row["class"],
                     "pred": CLASSES[k], "confidence": f"{p[k]:.10f}",

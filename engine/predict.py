@@ -49,10 +49,10 @@ class Predictor:
         for start in range(0, len(good), batch_size):
             chunk = good[start:start + batch_size]
             proba = self.probabilities(np.stack([image for _, image in chunk]))
-            for (i, _), p in zip(chunk, proba):
+            for (i, _), p in zip(chunk, proba, strict=True):
                 k = int(p.argmax())
                 results[i] = {"path": str(paths[i]), "pred": CLASSES[k], "confidence": round(float(p[k]), 6),
-                              "probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, p)}}
+                              "probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, p, strict=True)}}
         return results
 
 

@@ -79,10 +79,8 @@ class Data:
         labels = torch.tensor([CLASSES.index(r["class"]) for r in rows])
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
-            if on_device and images.numel() < free * 0.5:
-                images = images.to(device)
-            else:
-                images = images.pin_memory()
+            fits = on_device and images.numel() < free * 0.5
+            images = images.to(device) if fits else images.pin_memory()
         split = {s: np.array([i for i, r in enumerate(rows) if r["split"] == s], dtype=np.int64)
                  for s in ("train", "val", "test")}
         return cls(images, labels.to(device), rows, split)
@@ -157,7 +155,9 @@ def train_one_epoch(
     gen: torch.Generator, *, epoch: int, use_amp: bool, channels_last: bool,
 ) -> dict[str, float]:
     model.train()
-    order = torch.from_numpy(indices)[torch.randperm(len(indices), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))]
+    # The shuffle depends only on (seed, epoch), so a resumed run sees the same batches.
+    shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.from_numpy(indices)[torch.randperm(len(indices), generator=shuffle)]
     # Drop a last batch of one: BatchNorm cannot train on a single image.
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     if len(batches) > 1 and len(batches[-1]) < 2:
@@ -287,7 +287,8 @@ def fit(
     weight = class_weights(labels_np[train_idx]).to(device) if cfg.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    forward = model if cfg.compile == "off" else torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile)
+    forward = model if cfg.compile == "off" else torch.compile(
+        model, mode=None if cfg.compile == "default" else cfg.compile)
 
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch = 1, -1.0, 0

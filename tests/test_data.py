@@ -46,7 +46,7 @@ def test_class_with_only_bad_files_fails_with_reasons(tmp_path):
     write_image_folder(tmp_path, per_class=2)
     for f in (tmp_path / "Pro").iterdir():
         f.write_bytes(b"")
-    with pytest.raises(DataError, match="class pro .*empty file"):
+    with pytest.raises(DataError, match=r"class pro .*empty file"):
         prepare(tmp_path, tmp_path / "out")
 
 

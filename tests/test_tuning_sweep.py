@@ -1,0 +1,192 @@
+"""Real Ray Tune sweeps of the tiny DenseNet on generated images (each test starts its own Ray).
+
+Every test runs Ray under its own RAY_TMPDIR, so that "no Ray process left behind" can be
+checked for exactly this test's processes, even while someone else runs Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tuning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT_SWEEP_KEYS = {"name", "space", "space_file", "base_preset", "search", "scheduler", "metric", "mode",
+                       "num_samples", "max_concurrent_trials", "gpus_per_trial", "cpus_per_trial", "address",
+                       "started_at", "finished_at", "status"}
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes that mention ``text`` (Ray puts its temp dir in them)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]}")
+    return found
+
+
+@pytest.fixture
+def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private RAY_TMPDIR (short: Ray's socket paths must stay under 107 characters)."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    yield path
+    deadline = time.monotonic() + 30
+    while processes_mentioning(path) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = processes_mentioning(path)
+    subprocess.run(["rm", "-rf", path], check=False)
+    assert not left, f"Ray processes left behind: {left}"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def space_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text("base_preset: tiny\n" + text)
+    return path
+
+
+def test_tiny_sweep_writes_the_sweep_folder(prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "sweeps"
+    code = main(["sweep", "--space", "tiny", "--data", str(prepared_tiny), "--out", str(out), "--name", "s",
+                 "--num-samples", "3", "--no-explain"])
+    assert code == 0
+    sweep = out / "s"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(sweep)
+
+    info = json.loads((sweep / "sweep.json").read_text())
+    assert set(info) >= CONTRACT_SWEEP_KEYS
+    assert info["status"] == "complete" and info["finished_at"] and info["space"] == "tiny"
+    assert (info["metric"], info["mode"], info["num_samples"]) == ("val_macro_f1", "max", 3)
+
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 3
+    assert list(rows[0])[:2] == ["trial_id", "status"]
+    assert {"param_lr", "param_batch_size", "param_epochs", "val_macro_f1", "best_val_macro_f1", "val_acc",
+            "epochs", "seconds", "run_dir", "error"} <= set(rows[0])
+    for row in rows:
+        assert row["status"] in ("complete", "stopped")
+        run = sweep / row["run_dir"]
+        assert row["run_dir"] == f"trials/{row['trial_id']}"
+        trial = json.loads((run / "trial.json").read_text())
+        assert trial["status"] == row["status"] and trial["error"] is None
+        assert set(trial["params"]) == {"lr", "batch_size", "epochs"}
+        config = json.loads((run / "config.json").read_text())
+        assert {k: config[k] for k in trial["params"]} == trial["params"]  # nothing translated
+        assert config["device"] == "cpu" and config["num_threads"] == 1  # no GPU: 2 CPUs, 2 at once
+        history = read_csv(run / "history.csv")
+        assert int(row["epochs"]) == len(history)
+        assert (run / "checkpoints" / "best.pt").is_file() and (run / "env.json").is_file()
+        assert (run / "COMPLETE").is_file() == (row["status"] == "complete")
+    # Ray's own files stay in ray/<name>/<trial_id>/.
+    assert all((sweep / "ray" / "s" / r["trial_id"] / "progress.csv").is_file() for r in rows)
+
+    best = json.loads((sweep / "best.json").read_text())
+    top = max(rows, key=lambda r: float(r["best_val_macro_f1"]) if r["status"] == "complete" else -1)
+    assert best["trial_id"] == top["trial_id"] and best["run_dir"] == top["run_dir"]
+    assert set(best["test"]) == {"accuracy", "macro_f1", "accuracy_ci95", "macro_f1_ci95"}
+    assert 0 <= best["test"]["accuracy"] <= 1
+    assert (sweep / best["run_dir"] / "metrics.json").is_file()
+
+
+def test_fractional_gpu_trials_spread_over_two_gpus(prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str) -> None:
+    # Two logical GPUs on a 2-CPU machine, half a GPU per trial: all four trials must run at
+    # once, two per GPU. With one CPU per trial only two would fit, both on GPU 0.
+    space = space_file(tmp_path, "fixed: {epochs: 1, max_train_images: 32}\n"
+                                 "params:\n  lr: {choice: [0.002, 0.003]}\n")
+    out = tmp_path / "sweeps"
+    code = main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "g",
+                 "--num-samples", "4", "--scheduler", "fifo", "--gpus-per-trial", "0.5", "--num-gpus", "2",
+                 "--num-cpus", "2", "--no-explain"])
+    assert code == 0
+    info = json.loads((out / "g" / "sweep.json").read_text())
+    assert (info["gpus_per_trial"], info["cpus_per_trial"]) == (0.5, 0.5)
+    gpu_ids = [json.loads(p.read_text())["gpu_ids"] for p in sorted((out / "g" / "trials").glob("*/trial.json"))]
+    assert len(gpu_ids) == 4 and all(len(ids) == 1 for ids in gpu_ids)
+    assert sorted(ids[0] for ids in gpu_ids) == [0, 0, 1, 1]
+
+
+def test_crashing_trial_is_recorded_and_the_sweep_goes_on(prepared_tiny: Path, tmp_path: Path,
+                                                          ray_tmpdir: str) -> None:
+    # image_size 16 passes the space check (keys and types) but the engine rejects it in
+    # the trial: the trial is retried once (max_failures), then recorded as an error.
+    space = space_file(tmp_path, "fixed: {epochs: 1}\nparams:\n  image_size: {grid: [64, 16]}\n"
+                                 "scheduler: fifo\nmax_failures: 1\n")
+    out = tmp_path / "sweeps"
+    code = main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "c",
+                 "--num-samples", "1", "--no-explain"])
+    assert code == 0
+    rows = {r["param_image_size"]: r for r in read_csv(out / "c" / "summary.csv")}
+    assert rows["64"]["status"] == "complete" and not rows["64"]["error"]
+    assert rows["16"]["status"] == "error" and "image_size must be at least 32" in rows["16"]["error"]
+    trial = json.loads((out / "c" / rows["16"]["run_dir"] / "trial.json").read_text())
+    assert trial["status"] == "error" and "image_size" in trial["error"]
+    assert json.loads((out / "c" / "best.json").read_text())["trial_id"] == rows["64"]["trial_id"]
+
+
+def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_tiny: Path, tmp_path: Path,
+                                                                     ray_tmpdir: str) -> None:
+    space = space_file(tmp_path, "fixed: {epochs: 4}\nparams:\n  lr: {choice: [0.002, 0.003, 0.004]}\n"
+                                 "scheduler: fifo\nmax_concurrent_trials: 1\n")
+    out = tmp_path / "sweeps"
+    args = ["sweep", "--space", str(space), "--out", str(out), "--name", "r", "--num-samples", "3", "--no-explain"]
+    proc = subprocess.Popen([sys.executable, "-m", "tuning", *args, "--data", str(prepared_tiny)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    summary, sweep = out / "r" / "summary.csv", out / "r"
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            rows = read_csv(summary) if summary.is_file() else []
+            if any(r["status"] == "complete" for r in rows):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the sweep ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and the CLI shuts Ray down
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert json.loads((sweep / "sweep.json").read_text())["status"] == "interrupted"
+
+    before = {r["trial_id"]: r for r in read_csv(summary)}
+    finished = [t for t, r in before.items() if r["status"] == "complete"]
+    assert finished
+    marks = {t: (sweep / "trials" / t / "COMPLETE").read_text() for t in finished}
+    started = {p.parent.name: p.read_text() for p in (sweep / "trials").glob("*/env.json")}
+
+    assert main([*args, "--resume"]) == 0
+    after = read_csv(summary)
+    assert len(after) == 3 and all(r["status"] == "complete" for r in after)
+    assert {r["trial_id"] for r in after} >= set(before)  # the same trials, continued
+    for trial_id in finished:  # finished trials were not trained again
+        assert (sweep / "trials" / trial_id / "COMPLETE").read_text() == marks[trial_id]
+    for trial_id, env in started.items():  # begun trials resumed (env.json is written only at a fresh start)
+        assert (sweep / "trials" / trial_id / "env.json").read_text() == env
+        epochs = [int(r["epoch"]) for r in read_csv(sweep / "trials" / trial_id / "history.csv")]
+        assert epochs == [1, 2, 3, 4]
+    info = json.loads((sweep / "sweep.json").read_text())
+    assert info["status"] == "complete" and (sweep / "best.json").is_file()
