@@ -18,14 +18,18 @@ def command(outputs: Path, host: str, port: int) -> list[str]:
             "--", "--outputs", str(outputs)]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard", description=__doc__.splitlines()[0])
     parser.add_argument("--outputs", type=Path, default=Path(os.environ.get("ALL_OUTPUTS", "outputs")),
                         help="outputs folder to show (default: $ALL_OUTPUTS or outputs/)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=8501)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     outputs = args.outputs.expanduser().resolve()
     env = {**os.environ, "ALL_OUTPUTS": str(outputs), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     print(f"dashboard: http://{args.host}:{args.port}  (outputs: {outputs})", flush=True)

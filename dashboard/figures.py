@@ -99,7 +99,8 @@ def confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str] = C
     return fig
 
 
-def roc_curves(pred: pd.DataFrame, classes: Sequence[str] = CLASSES, title: str = "ROC, one stage vs rest") -> go.Figure:
+def roc_curves(pred: pd.DataFrame, classes: Sequence[str] = CLASSES,
+               title: str = "ROC, one stage vs rest") -> go.Figure:
     """One-vs-rest ROC per stage from predictions.csv rows (columns true, prob_<stage>)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 

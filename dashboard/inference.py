@@ -45,5 +45,6 @@ def predict(model: torch.nn.Module, image: np.ndarray, target: int | None = None
     with GradCAM(model=model, target_layers=[get_layer(model, CAM_LAYER)]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
     overlay = show_cam_on_image(image.astype(np.float32) / 255, heat, use_rgb=True)
-    return {"probabilities": {c: float(p) for c, p in zip(CLASSES, proba)}, "pred": CLASSES[int(proba.argmax())],
+    return {"probabilities": {c: float(p) for c, p in zip(CLASSES, proba, strict=False)},
+            "pred": CLASSES[int(proba.argmax())],
             "target": CLASSES[k], "map": heat, "overlay": overlay}

@@ -44,12 +44,12 @@ def stamp(path: Path | str) -> tuple[int, int] | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def _read_json(path: str, _stamp: tuple[int, int] | None) -> Any:
+def _read_json(path: str, version: tuple[int, int] | None) -> Any:
     return json.loads(Path(path).read_text())
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def _read_csv(path: str, _stamp: tuple[int, int] | None) -> pd.DataFrame:
+def _read_csv(path: str, version: tuple[int, int] | None) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
@@ -376,7 +376,7 @@ def trials(root: Path | str, sweep: Path | str) -> pd.DataFrame:
     if "best_val_macro_f1" not in frame:
         frame["best_val_macro_f1"] = frame.get("val_macro_f1", float("nan"))
     if "error" in frame:
-        frame["error"] = frame["error"].fillna("").astype(str)
+        frame["error"] = frame["error"].astype("string").fillna("").astype(str)
 
     def locate(rel: Any) -> str:
         if not isinstance(rel, str) or not rel:

@@ -284,7 +284,8 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
 # ----------------------------------------------------------------------------- HTML
 
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:22px;color:#1f2a44;margin:0;background:#f6f7fb}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:22px;color:#1f2a44;margin:0;
+  background:#f6f7fb}
 main{max-width:1400px;margin:0 auto;padding:24px 40px}
 section{background:#fff;border-radius:12px;padding:24px 32px;margin:28px 0;box-shadow:0 1px 4px rgba(0,0,0,.08)}
 h1{font-size:46px;margin:16px 0 4px}h2{font-size:34px;margin:0 0 16px}
@@ -309,7 +310,8 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def _html(data: dict[str, Any], findings: Findings) -> str:
     m, cfg = data["metrics"], data["config"]
     plot_config = {"displaylogo": False, "displayModeBar": False, "responsive": True}
-    cm = figures.confusion_matrix(m["confusion_matrix"], data["classes"], normalized=m.get("confusion_matrix_normalized"),
+    cm = figures.confusion_matrix(m["confusion_matrix"], data["classes"],
+                                  normalized=m.get("confusion_matrix_normalized"),
                                   mode="normalized" if findings.normalized else "counts", height=560)
     cm.update_layout(font=dict(size=20))
     parts = [f"<h1>{html.escape(findings.title)}</h1>",

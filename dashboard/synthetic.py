@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import time
 from pathlib import Path
@@ -110,7 +109,8 @@ def write_cams(run: Path, image_source: Any = None, *, seed: int = 0, image_size
                                   "target": target, "target_class": row[target], "image": f"images/{sha16}.png",
                                   "overlay": f"overlays/{stem}.png", "map": f"maps/{stem}.npy"})
             per_method[method].append({"path": row["path"], "sha256": row["sha256"], "true": row["true"],
-                                       "road_morf": float(rng.uniform(0, 0.5)), "road_lerf": float(rng.uniform(0.3, 0.9))})
+                                       "road_morf": float(rng.uniform(0, 0.5)),
+                                       "road_lerf": float(rng.uniform(0.3, 0.9))})
     _csv(cams / "index.csv", ["split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer",
                               "target", "target_class", "image", "overlay", "map"], index)
     summary: dict[str, Any] = {"metrics": ["road_combined", "road_morf", "road_lerf"], "methods": {}, "ranking": {}}
@@ -238,7 +238,8 @@ def make_sweep(folder: Path, n_trials: int, rng: np.random.Generator, data_dir: 
         trial_id = f"trial_{i:04d}"
         st = statuses[i % len(statuses)] if i < n_trials - 1 else "pending"
         lr = float(10 ** rng.uniform(-4, -2))
-        params = {"lr": lr, "batch_size": int(rng.choice([16, 32, 64])), "model": str(rng.choice(["densenet121", "densenet-tiny"])),
+        params = {"lr": lr, "batch_size": int(rng.choice([16, 32, 64])),
+                  "model": str(rng.choice(["densenet121", "densenet-tiny"])),
                   "dropout": round(float(rng.uniform(0, 0.5)), 3)}
         trial = folder / "trials" / trial_id
         epochs = {"complete": 6, "stopped": 2, "running": 3, "error": 1, "pending": 0}[st]

@@ -133,7 +133,7 @@ def metric_cards(m: dict[str, Any]) -> None:
         ("ECE", (m.get("calibration") or {}).get("ece"), None),
     ]
     columns = st.columns(len(cards))
-    for column, (name, value, ci) in zip(columns, cards):
+    for column, (name, value, ci) in zip(columns, cards, strict=False):
         with column:
             st.metric(name, fmt(value))
             st.caption(f"95% CI {ci_text(ci)}" if ci is not None else "\u00a0")

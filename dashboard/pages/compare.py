@@ -64,7 +64,8 @@ with ui.section("Confusion matrices"):
     cols = st.columns(2)
     for col, run, m, name in ((cols[0], a, ma, "A"), (cols[1], b, mb, "B")):
         with col:
-            st.plotly_chart(figures.confusion_matrix(m["confusion_matrix"], normalized=m.get("confusion_matrix_normalized"),
+            st.plotly_chart(figures.confusion_matrix(m["confusion_matrix"],
+                                                     normalized=m.get("confusion_matrix_normalized"),
                                                      mode="normalized" if mode != "counts" else "counts",
                                                      title=f"{name}: {run.label}", height=420),
                             key=f"cmp_cm_{name}", config={"displayModeBar": False})
@@ -99,7 +100,7 @@ with ui.section("Maps"):
             if only:
                 both = both[both["pred_a"] != both["pred_b"]]
             st.caption(f"{len(common)} images have maps in both runs; {len(both)} shown by these filters.")
-            for sha, row in both.head(12).iterrows():
+            for _sha, row in both.head(12).iterrows():
                 with st.container(border=True):
                     st.markdown(f"**{row['path_a'].rsplit('/', 1)[-1]}** · true **{row['true_a']}** · "
                                 f"A: {row['pred_a']} ({float(row['confidence_a']):.2f}) · "
@@ -108,6 +109,8 @@ with ui.section("Maps"):
                     with cols[0]:
                         ui.image(loaders.cam_path(root, a.path, row["image_a"]), caption="input")
                     with cols[1]:
-                        ui.image(loaders.cam_path(root, a.path, row["overlay_a"]), caption=f"A: map for {row['pred_a']}")
+                        ui.image(loaders.cam_path(root, a.path, row["overlay_a"]),
+                                 caption=f"A: map for {row['pred_a']}")
                     with cols[2]:
-                        ui.image(loaders.cam_path(root, b.path, row["overlay_b"]), caption=f"B: map for {row['pred_b']}")
+                        ui.image(loaders.cam_path(root, b.path, row["overlay_b"]),
+                                 caption=f"B: map for {row['pred_b']}")

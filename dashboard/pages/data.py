@@ -49,7 +49,7 @@ with ui.section("Samples"):
         st.markdown(f"**{stage}** · {len(samples.get(stage, []))} samples")
         if files:
             cols = st.columns(8)
-            for col, path in zip(cols, files):
+            for col, path in zip(cols, files, strict=False):
                 with col:
                     ui.image(path)
 

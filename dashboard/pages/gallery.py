@@ -66,7 +66,7 @@ with left:
             if wrong and (row["sha256"], "true") in by_target:
                 shown.append((f"map for true {row['true']}", by_target[(row["sha256"], "true")]["overlay"]))
             cols = st.columns(len(shown))
-            for col, (name, rel) in zip(cols, shown):
+            for col, (name, rel) in zip(cols, shown, strict=False):
                 with col:
                     ui.image(loaders.cam_path(root, run.path, rel), caption=name)
     if len(images) > limit:
@@ -99,7 +99,8 @@ with ui.section("Faithfulness"):
             st.markdown("**Ranking per stage** (best first)")
             st.dataframe([{"stage": s, "ranking": " > ".join(order)} for s, order in ranking.items()],
                          hide_index=True, width="stretch")
-            table = frame[(frame["metric"] == metric) & (frame["stage"] == stage)][["method", "layer", "mean", "n", "rank"]]
+            table = frame[(frame["metric"] == metric) & (frame["stage"] == stage)]
+            table = table[["method", "layer", "mean", "n", "rank"]]
             st.markdown(f"**{stage}: {metric}**")
             st.dataframe(table.sort_values("rank"), hide_index=True, width="stretch",
                          column_config={"mean": st.column_config.NumberColumn(format="%.4f")})

@@ -29,7 +29,7 @@ if upload is None:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def model_of(path: str, _stamp: tuple | None):
+def model_of(path: str, version: tuple | None):  # version (mtime, size) is part of the key
     from dashboard import inference  # torch is imported here, on this page only
 
     return inference.load_model(path)

@@ -70,7 +70,8 @@ if metrics is not None and split in metrics["splits"]:
                                     for c in ("precision", "recall (sensitivity)", "specificity", "F1", "ROC-AUC")})
         macro = m.get("macro") or {}
         st.caption(f"macro precision {ui.fmt(macro.get('precision'))} · macro recall {ui.fmt(macro.get('recall'))} · "
-                   f"weighted F1 {ui.fmt(m.get('weighted_f1'))} · Brier {ui.fmt((m.get('calibration') or {}).get('brier'))}")
+                   f"weighted F1 {ui.fmt(m.get('weighted_f1'))} · "
+                   f"Brier {ui.fmt((m.get('calibration') or {}).get('brier'))}")
 
     with ui.section("Images of the selected cell"):
         pick = st.columns([1, 1, 2, 2])
@@ -120,7 +121,7 @@ if metrics is not None and split in metrics["splits"]:
                         if true != pred and "true" in found:
                             shown.append((f"map for {true}", found["true"]["overlay"]))
                         cols = st.columns(len(shown))
-                        for col, (name, rel) in zip(cols, shown):
+                        for col, (name, rel) in zip(cols, shown, strict=False):
                             with col:
                                 ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
                 if len(cell) > limit:

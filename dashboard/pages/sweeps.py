@@ -43,7 +43,7 @@ def sweep_view() -> None:
     cols = st.columns(6)
     cols[0].metric("Status", info.get("status", sweep.status))
     cols[1].metric("Trials", f"{len(frame)} / {info.get('num_samples', '?')}")
-    for col, status in zip(cols[2:], ("complete", "running", "stopped", "error")):
+    for col, status in zip(cols[2:], ("complete", "running", "stopped", "error"), strict=False):
         col.metric(f"{ui.STATUS_ICONS[status]} {status}", status_counts.get(status, 0))
     st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
                                                         "finished_at") if info.get(k)))
@@ -81,10 +81,12 @@ def sweep_view() -> None:
     shown.insert(2, "state", [f"{ui.STATUS_ICONS.get(s, '')} {s}" for s in shown["status"]])
     shown = shown.sort_values("best_val_macro_f1", ascending=False, na_position="last")
     columns = ["best", "trial_id", "state", *params,
-               *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "epochs", "seconds", "error") if c in shown]]
+               *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "epochs", "seconds", "error")
+                 if c in shown]]
     st.subheader(f"Trials ({len(shown)} of {len(frame)})")
     st.dataframe(
-        shown[columns].rename(columns={c: c.removeprefix("param_") for c in params}),
+        shown[columns].rename(columns={c: c.removeprefix("param_") if c.removeprefix("param_") not in shown
+                                       else f"{c.removeprefix('param_')} (param)" for c in params}),
         hide_index=True, width="stretch", height=min(420, 38 + 35 * len(shown)),
         column_config={"best_val_macro_f1": st.column_config.NumberColumn("best val macro-F1", format="%.4f"),
                        "val_macro_f1": st.column_config.NumberColumn("last val macro-F1", format="%.4f"),
@@ -111,7 +113,7 @@ def sweep_view() -> None:
     metric = right.selectbox("Metric", ["val_macro_f1", "val_acc", "val_loss", "train_loss", "train_acc", "lr"],
                              key=f"metric_{label}")
     histories, problems = {}, []
-    paths = dict(zip(with_runs["trial_id"], with_runs["run_path"]))
+    paths = dict(zip(with_runs["trial_id"], with_runs["run_path"], strict=False))
     for trial in chosen:
         try:
             histories[trial] = loaders.history(root, paths[trial])
