@@ -294,7 +294,8 @@ def fit(
     start_epoch, best_f1, best_epoch = 1, -1.0, 0
     ckpt_dir = run_dir / runs.CHECKPOINTS
     if resume:
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
+        # On the CPU: the generator state must be a CPU tensor; the rest is copied to the device.
+        state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
