@@ -157,12 +157,14 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     summary, sweep = out / "r" / "summary.csv", out / "r"
     try:
+        # Interrupt once one trial is complete and the next is part-way (an epoch reported).
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             rows = read_csv(summary) if summary.is_file() else []
-            if any(r["status"] == "complete" for r in rows):
+            if (any(r["status"] == "complete" for r in rows)
+                    and any(r["status"] == "running" and r["epochs"] for r in rows)):
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         assert proc.poll() is None, "the sweep ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)  # Ctrl+C: Tune saves its state and the CLI shuts Ray down
         _, stderr = proc.communicate(timeout=120)
@@ -177,6 +179,8 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
     assert finished
     marks = {t: (sweep / "trials" / t / "COMPLETE").read_text() for t in finished}
     started = {p.parent.name: p.read_text() for p in (sweep / "trials").glob("*/env.json")}
+    assert set(started) - set(finished), "no trial was caught part-way"
+    assert all(r["status"] in ("complete", "pending") for r in before.values())
 
     assert main([*args, "--resume"]) == 0
     after = read_csv(summary)

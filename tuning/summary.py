@@ -33,20 +33,24 @@ def columns(param_keys: list[str]) -> list[str]:
 
 
 def trial_status(trial: Trial, sweep_dir: str, *, ended: bool = False) -> str:
-    """Our status word for a Ray trial; one that ended without finishing its epochs was cut by ASHA.
+    """Our status word for a Ray trial.
 
-    ``ended``: Ray calls ``on_trial_complete`` while the trial's status still reads RUNNING.
+    ``ended``: Ray is stopping the trial (``on_trial_complete``), while its status still reads
+    RUNNING. Ray stops trials for three reasons, told apart here: the trainable finished (its
+    last report says ``run_complete``; the run folder has COMPLETE), a scheduler cut it (ASHA:
+    Ray sets ``done`` on its last result), or the sweep was interrupted (neither: the trial
+    is pending, and --resume continues it).
     """
     if trial.status == "ERROR":
         return "error"
-    if trial.status == "TERMINATED" or ended:
-        # Ray marks the last result of a trainable that returned with done=True; the
-        # COMPLETE marker of the run folder says the same where the folder is visible.
-        finished = trial.last_result.get("done") or runs.is_complete(trial_dir(sweep_dir, trial.trial_id))
-        return "complete" if finished else "stopped"
+    if trial.status == "TERMINATED" or (ended and trial.status == "RUNNING"):
+        result = trial.last_result or {}
+        if result.get("run_complete") or runs.is_complete(trial_dir(sweep_dir, trial.trial_id)):
+            return "complete"
+        return "stopped" if result.get("done") else "pending"
     if trial.status == "RUNNING":
         return "running"
-    return "pending"  # PENDING, or PAUSED by an interrupted sweep
+    return "pending"  # PENDING, or PAUSED
 
 
 def error_line(trial: Trial) -> str | None:

@@ -176,7 +176,7 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
         run_config=tune.RunConfig(
             name=info["name"], storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # small markers (see trainable.py)
             callbacks=[SummaryCallback(str(sweep_dir), list(space.params))],
         ),
     )

@@ -64,29 +64,31 @@ def _gpu_ids() -> list[int | str]:
 class EpochReporter:
     """``fit``'s on_epoch callback: report the epoch's metrics and a checkpoint marker to Tune.
 
-    The last planned epoch is held back until ``flush()``, called after ``fit`` returns: Tune
-    may stop a trial as soon as it reports (ASHA at ``max_t``), and by then the run folder
-    must already carry its COMPLETE marker.
+    The last epoch is held back until ``finish()``, called after ``fit`` returns: Tune may
+    stop a trial as soon as it reports (ASHA at ``max_t``), and by then the run folder must
+    carry its COMPLETE marker. That last report says ``run_complete: True``, which is how
+    the driver tells a finished trial from one cut short by ASHA (Ray marks both "done").
     """
 
     def __init__(self, trial_id: str, best_so_far: float, epochs_planned: int) -> None:
         self.trial_id = trial_id
         self.best = best_so_far
         self.epochs_planned = epochs_planned
-        self.held: tuple[dict[str, Any], Path] | None = None
+        self.last: tuple[dict[str, Any], Path] | None = None
 
     def __call__(self, row: dict[str, Any], run_dir: Path) -> None:
         self.best = max(self.best, float(row["val_macro_f1"]))
-        metrics = {**row, "best_val_macro_f1": self.best, "epochs_planned": self.epochs_planned}
-        if int(row["epoch"]) >= self.epochs_planned:
-            self.held = (metrics, run_dir)
-        else:
+        metrics = {**row, "best_val_macro_f1": self.best, "epochs_planned": self.epochs_planned,
+                   "run_complete": False}
+        self.last = (metrics, run_dir)
+        if int(row["epoch"]) < self.epochs_planned:
             self.report(metrics, run_dir)
 
-    def flush(self) -> None:
-        if self.held is not None:
-            self.report(*self.held)
-            self.held = None
+    def finish(self) -> None:
+        """Report the run as complete: the held last epoch, or (after an early stop) the last one again."""
+        if self.last is not None:
+            metrics, run_dir = self.last
+            self.report({**metrics, "run_complete": True}, run_dir)
 
     def report(self, metrics: dict[str, Any], run_dir: Path) -> None:
         from ray import tune
@@ -119,7 +121,8 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         history = read_history(run_dir)
         if history:
             best = max(float(r["val_macro_f1"]) for r in history)
-            tune.report({**history[-1], "best_val_macro_f1": best, "epochs_planned": len(history)})
+            tune.report({**history[-1], "best_val_macro_f1": best, "epochs_planned": len(history),
+                         "run_complete": True})
         return
 
     cfg = build_config(setup.base_preset, {**setup.fixed, **config})
@@ -130,4 +133,4 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         log.info("trial %s resumes from %s", trial_id, run_dir / runs.CHECKPOINTS / "last.pt")
     reporter = EpochReporter(trial_id, best, cfg.epochs)
     fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
-    reporter.flush()
+    reporter.finish()
