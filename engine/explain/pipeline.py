@@ -82,7 +82,7 @@ def checkpoint_info(run_dir: Path, which: str = "best") -> dict[str, Any]:
 def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", split: str = "test",
              limit: int = 0, seed: int = 0, batch_size: int = 64) -> LoadedRun:
     """Load a run's checkpoint and the images of ``split`` (a stratified ``limit`` of them)."""
-    from ..train import Data, load_checkpoint, predict_proba, resolve_device, subsample
+    from ..train import Data, load_checkpoint, predict_proba, resolve_device
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
@@ -93,7 +93,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
     if split not in data.split:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.split)}")
     labels = data.labels.cpu().numpy()
-    index = subsample(data.split[split], labels, limit, seed)
+    index = data.split[split][stratified(labels[data.split[split]], limit, seed)]
     if len(index) == 0:
         raise ValueError(f"split {split!r} of {prepared} has no images")
     images = data.images[torch.from_numpy(index)].cpu()
@@ -103,10 +103,23 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
                      [data.rows[i] for i in index], images, labels[index], proba)
 
 
-def _stratified(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    from ..train import subsample
+def stratified(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``n`` items (all when n is 0 or too large), classes taken in turn.
 
-    return subsample(np.arange(len(labels)), labels, n, seed)
+    Round-robin over the classes (each shuffled by ``seed``) keeps the classes balanced
+    for any ``n``, even below the number of classes, where a stratified split fails.
+    """
+    labels = np.asarray(labels)
+    if n <= 0 or n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in np.unique(labels)]
+    chosen: list[int] = []
+    while len(chosen) < n:
+        for pool in pools:
+            if pool and len(chosen) < n:
+                chosen.append(int(pool.pop()))
+    return np.sort(np.array(chosen, dtype=np.int64))
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -213,7 +226,7 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
 
     stage_names = list(CLASSES)
     per_method: dict[str, list[dict[str, Any]]] = {}
-    chosen = _stratified(true, faithfulness_images, seed) if faithfulness else np.zeros(0, dtype=np.int64)
+    chosen = stratified(true, faithfulness_images, seed) if faithfulness else np.zeros(0, dtype=np.int64)
     if faithfulness:
         for method in methods:
             scores = faithfulness_scores(run.model, x[chosen], primary[method][0][chosen], pred[chosen],
@@ -229,7 +242,7 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
 
     results: dict[str, Any] = {}
     if sanity:
-        chosen = _stratified(true, sanity_images, seed)
+        chosen = stratified(true, sanity_images, seed)
         for method in methods:
             results[method] = {**sanity_check(run.model, x[chosen], pred[chosen], method, layers[0],
                                               batch_size=batch_size, seed=seed),
@@ -319,7 +332,7 @@ def _write_stages(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, m
 def _write_multilayer(out: Path, run: LoadedRun, base: list[dict[str, Any]], x: torch.Tensor, n_images: int,
                       method: str, seed: int) -> None:
     """One row per image: the input and the method's map at every layer, for a few images."""
-    chosen = _stratified(run.true, n_images, seed)[:n_images]
+    chosen = stratified(run.true, n_images, seed)
     for i in chosen:
         png = multilayer_view(run.model, run.images[i].numpy(), int(run.pred[i]), method=method,
                               caption=f"{base[i]['true']} (pred {base[i]['pred']})")
@@ -369,7 +382,7 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
     common = np.array([i for i, r in enumerate(a.rows) if r["sha256"] in in_b], dtype=np.int64)
     if len(common) == 0:
         raise ValueError(f"the {split} splits of {run_a} and {run_b} share no image (compared by sha256)")
-    common = common[_stratified(a.true[common], images, seed)]
+    common = common[stratified(a.true[common], images, seed)]
     other = np.array([in_b[a.rows[i]["sha256"]] for i in common], dtype=np.int64)
     maps_a = compute_maps(a.model, a.inputs(common), method, layer, a.pred[common], batch_size=batch_size)
     maps_b = compute_maps(b.model, b.inputs(other), method, layer, b.pred[other], batch_size=batch_size)

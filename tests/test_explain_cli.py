@@ -1,0 +1,170 @@
+"""``python -m engine explain`` end to end on the tiny run: every file of the cams/ contract."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import cli
+from engine.explain.pipeline import INDEX_COLUMNS
+from engine.runs import CLASSES
+
+METHODS, LAYERS = ("gradcam", "layercam"), ("norm5", "denseblock3")
+QUICK = ["--faithfulness-images", "8", "--road-percentiles", "50", "--sanity-images", "4", "--multilayer", "1"]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    code = cli.main(argv)
+    return code, capsys.readouterr().out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def run_copy(trained_tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy: the session fixture is shared with other test files."""
+    return Path(shutil.copytree(trained_tiny_run, tmp_path_factory.mktemp("explain") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def cams(run_copy: Path) -> Path:
+    assert cli.main(["explain", str(run_copy), "--methods", *METHODS, "--layers", ",".join(LAYERS), *QUICK]) == 0
+    return run_copy / "cams"
+
+
+def test_meta_records_checkpoint_and_settings(cams: Path, run_copy: Path):
+    meta = json.loads((cams / "meta.json").read_text())
+    best = (run_copy / "checkpoints" / "best.pt").read_bytes()
+    assert meta["checkpoint"] == "best" and isinstance(meta["checkpoint_epoch"], int)
+    assert meta["checkpoint_sha256"] == hashlib.sha256(best).hexdigest()
+    assert (meta["split"], meta["image_size"], meta["targets"]) == ("test", 64, ["pred", "true"])
+    assert meta["methods"] == list(METHODS) and meta["layers"] == list(LAYERS)
+    assert set(meta["images_per_s"]) == set(METHODS) and all(v > 0 for v in meta["images_per_s"].values())
+    assert meta["images"] == len(read_csv(run_copy / "predictions.csv")) // 2  # test half of val+test
+    assert meta["created_at"]
+
+
+def test_index_has_one_row_per_image_method_layer_target_and_its_files_exist(cams: Path):
+    rows = read_csv(cams / "index.csv")
+    meta = json.loads((cams / "meta.json").read_text())
+    assert tuple(rows[0]) == INDEX_COLUMNS
+    assert len(rows) == meta["images"] * len(METHODS) * len(LAYERS) * 2
+    assert {(r["method"], r["layer"], r["target"]) for r in rows} == {
+        (m, layer, t) for m in METHODS for layer in LAYERS for t in ("pred", "true")}
+    for row in rows[:: max(1, len(rows) // 40)] + [r for r in rows if r["correct"] == "0"]:
+        assert row["correct"] in ("0", "1") and (row["correct"] == "1") == (row["true"] == row["pred"])
+        assert row["target_class"] == (row["pred"] if row["target"] == "pred" else row["true"])
+        key = row["sha256"][:16]
+        assert row["image"] == f"images/{key}.png"
+        assert row["overlay"] == f"{row['method']}/{row['layer']}/{row['target']}/{key}.png"
+        assert row["map"] == row["overlay"][:-4] + ".npy"
+        assert Image.open(cams / row["image"]).size == (64, 64)
+        assert Image.open(cams / row["image"]).mode == "RGB"
+        assert Image.open(cams / row["overlay"]).size == (64, 64)
+        cam = np.load(cams / row["map"])
+        assert cam.dtype == np.float16 and cam.shape == (64, 64)
+        assert cam.min() >= 0 and cam.max() <= 1
+
+
+def test_misclassified_images_have_distinct_pred_and_true_maps(cams: Path):
+    rows = read_csv(cams / "index.csv")
+    wrong = [r for r in rows if r["correct"] == "0" and r["target"] == "pred"]
+    if not wrong:
+        pytest.skip("the tiny run classified every test image correctly")
+    row = wrong[0]
+    twin = next(r for r in rows if r["sha256"] == row["sha256"] and r["target"] == "true"
+                and r["method"] == row["method"] and r["layer"] == row["layer"])
+    assert not np.array_equal(np.load(cams / row["map"]), np.load(cams / twin["map"]))
+    assert (cams / row["method"] / row["layer"] / "pairs" / f"{row['sha256'][:16]}.png").is_file()
+
+
+def test_faithfulness_files_are_parseable_and_ranked(cams: Path):
+    for method in METHODS:
+        rows = read_csv(cams / "faithfulness" / f"{method}.csv")
+        assert list(rows[0]) == ["path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
+                                 "road_combined", "confidence_change"]
+        assert len(rows) == 8 and {r["layer"] for r in rows} == {"norm5"}
+        for r in rows:
+            assert float(r["road_combined"]) == pytest.approx((float(r["road_lerf"]) - float(r["road_morf"])) / 2,
+                                                             abs=2e-6)
+    summary = json.loads((cams / "faithfulness_summary.json").read_text())
+    assert summary["metrics"] == ["road_morf", "road_lerf", "road_combined", "confidence_change"]
+    assert summary["higher_is_better"]["road_combined"] is True and summary["higher_is_better"]["road_morf"] is False
+    for method in METHODS:
+        entry = summary["methods"][method]
+        assert entry["layer"] == "norm5"
+        for block in [entry["overall"], *entry["per_stage"].values()]:
+            for metric in summary["metrics"]:
+                assert set(block[metric]) == {"mean", "ci95", "n"} and len(block[metric]["ci95"]) == 2
+        assert set(entry["per_stage"]) == set(CLASSES)
+    assert set(summary["ranking"]) == set(CLASSES)
+    assert all(sorted(order) == sorted(METHODS) for order in summary["ranking"].values())
+
+
+def test_sanity_and_stage_files(cams: Path):
+    sanity = json.loads((cams / "sanity.json").read_text())
+    assert set(sanity) == set(METHODS)
+    for result in sanity.values():
+        assert isinstance(result["passed"], bool) and len(result["steps"]) == 5
+        assert {"randomized_from", "spearman", "ssim"} <= set(result["steps"][0])
+    summary = json.loads((cams / "stages" / "summary.json").read_text())
+    assert set(summary) == set(CLASSES)
+    for stage, entry in summary.items():
+        assert {"n", "n_correct", "area", "top_confident", "misclassified"} <= set(entry)
+        assert entry["method"] == "gradcam" and entry["layer"] == "norm5"
+        for name in ("panel.png", "mean_map.png"):
+            Image.open(io.BytesIO((cams / "stages" / stage / name).read_bytes())).verify()
+    assert len(list((cams / "multilayer").glob("*.png"))) == 1
+
+
+def test_compare_then_rerun_keeps_the_comparison_and_drops_stale_maps(cams: Path, run_copy: Path, capsys, tmp_path):
+    other = Path(shutil.copytree(run_copy, tmp_path / "other", ignore=shutil.ignore_patterns("cams")))
+    code, last = run_cli(["explain", str(run_copy), "--compare", str(other), "--compare-images", "4"], capsys)
+    assert code == 0 and Path(last) == run_copy / "cams" / "compare" / "other"
+    rows = read_csv(Path(last) / "compare.csv")
+    assert len(rows) == 4
+    # The same checkpoint on the same images: identical maps.
+    assert all(float(r["spearman"]) > 0.99 and r["pred_a"] == r["pred_b"] for r in rows)
+    assert (Path(last) / "compare.png").is_file() and json.loads((Path(last) / "meta.json").read_text())["b"]
+
+    code, last = run_cli(["explain", str(run_copy), "--no-faithfulness", "--no-sanity", "--no-stages",
+                          "--multilayer", "0", "--limit", "8"], capsys)
+    assert code == 0 and Path(last) == cams
+    assert not (cams / "layercam").exists()  # the folder is replaced, not merged
+    assert (cams / "compare" / "other" / "compare.csv").is_file()
+    assert json.loads((cams / "meta.json").read_text())["images"] == 8
+    assert json.loads((cams / "sanity.json").read_text()) == {}
+    assert json.loads((cams / "faithfulness_summary.json").read_text())["methods"] == {}
+    assert not list(run_copy.glob(".cams-*"))
+
+
+def test_cli_rejects_unknown_names_with_the_choices(run_copy: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["explain", str(run_copy), "--methods", "gradcam,nocam"])
+    assert exit_info.value.code == 2
+    assert "unknown method nocam; choose from gradcam" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["explain", str(run_copy), "--layer", "norm6"])
+    assert "unknown layer norm6" in capsys.readouterr().err
+
+
+def test_stratified_takes_classes_in_turn_for_any_n():
+    from engine.explain.pipeline import stratified
+
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
+    assert stratified(labels, 0).tolist() == list(range(18))
+    picked = stratified(labels, 2, seed=1)
+    assert len(picked) == 2 and len(set(labels[picked])) == 2
+    counts = np.bincount(labels[stratified(labels, 9)], minlength=3)
+    assert counts.tolist() == [3, 3, 3]
