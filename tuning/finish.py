@@ -66,7 +66,7 @@ def explain_run(run_dir: Path) -> bool:
         return False
     try:
         code = explain_cli.main([str(run_dir)])
-    except Exception:
+    except (Exception, SystemExit):  # argparse exits; an explainer bug must not lose the sweep
         log.warning("explanations of %s failed; the sweep result stands without them", run_dir, exc_info=True)
         return False
     if code:

@@ -278,9 +278,9 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
     (sweep_dir / TRIALS).mkdir(exist_ok=True)
     runs.write_json(sweep_dir / SWEEP_JSON, info)
 
-    warm_cache(Path(info["data_dir"]), space)
     status = "interrupted"
     try:
+        warm_cache(Path(info["data_dir"]), space)
         init_ray(opts)
         run_trials(opts, space, info, sweep_dir)
         expected = info["num_samples"] * space.grid_size(info["search"])
