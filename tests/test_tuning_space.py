@@ -84,6 +84,13 @@ def test_fractional_gpus_size_cpus_so_all_gpus_fill() -> None:
     assert plan(16, 4, gpus_per_trial=2).concurrent == 2
 
 
+def test_cpu_share_fits_the_smallest_gpu_node() -> None:
+    # 34 CPUs over 4 slots would be 8 each, but the 2-CPU node could then hold no trial.
+    res = plan(34, 2, gpus_per_trial=0.5, nodes=[(2, 1), (32, 1)])
+    assert (res.cpu, res.concurrent) == (1, 4)
+    assert plan(6, 0, gpus_per_trial=0, max_concurrent=2, nodes=[(2, 0)] * 3).cpu == 2
+
+
 def test_cpu_only_and_caps() -> None:
     assert plan(2, 0, gpus_per_trial=0, max_concurrent=2) == plan(2, 0, gpus_per_trial=0, cpus_per_trial=1)
     res = plan(8, 0, gpus_per_trial=0, max_concurrent=2)

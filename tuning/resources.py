@@ -36,9 +36,29 @@ def _round_down(value: float) -> float:
     return float(math.floor(value)) if value >= 1 else math.floor(value * 100) / 100
 
 
+def _node_cpu_limit(nodes: list[tuple[float, float]] | None, gpus_per_trial: float) -> float:
+    """The largest CPU share that still lets every node fill its own GPU slots (or hold one CPU trial)."""
+    if not nodes:
+        return float("inf")
+    if gpus_per_trial <= 0:
+        return max(c for c, _ in nodes)
+    limits = [c / math.floor(g * _per_gpu(gpus_per_trial) + 1e-9) for c, g in nodes
+              if math.floor(g * _per_gpu(gpus_per_trial) + 1e-9) > 0]
+    return min(limits, default=float("inf"))
+
+
+def _per_gpu(gpus_per_trial: float) -> float:
+    """Trials per GPU: floor(1/share) for a fraction (a trial never spans two GPUs), 1/n for n GPUs."""
+    return math.floor(1 / gpus_per_trial + 1e-9) if gpus_per_trial < 1 else 1 / gpus_per_trial
+
+
 def plan(cluster_cpus: float, cluster_gpus: float, *, gpus_per_trial: float, cpus_per_trial: float = 0,
-         max_concurrent: int = 0) -> TrialResources:
-    """Size one trial's request. ``cpus_per_trial`` 0 means derive it; ``max_concurrent`` 0 means no cap."""
+         max_concurrent: int = 0, nodes: list[tuple[float, float]] | None = None) -> TrialResources:
+    """Size one trial's request. ``cpus_per_trial`` 0 means derive it; ``max_concurrent`` 0 means no cap.
+
+    ``nodes``: (CPUs, GPUs) of each node of a cluster. A trial runs on one node, so the derived
+    CPU share must also fit the GPU slots of the node with the fewest CPUs per slot.
+    """
     if cluster_cpus <= 0:
         raise ResourceError("the Ray cluster reports no CPUs")
     if gpus_per_trial < 0 or cpus_per_trial < 0:
@@ -49,9 +69,7 @@ def plan(cluster_cpus: float, cluster_gpus: float, *, gpus_per_trial: float, cpu
                                 "use --gpus-per-trial 0 to train on CPUs")
         if gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial):
             raise ResourceError(f"gpus_per_trial={gpus_per_trial}: above 1 it must be a whole number")
-        # A fractional share packs floor(1/share) trials onto each GPU; a trial never spans two.
-        per_gpu = math.floor(1 / gpus_per_trial + 1e-9) if gpus_per_trial < 1 else 1 / gpus_per_trial
-        slots = math.floor(int(cluster_gpus) * per_gpu + 1e-9)
+        slots = math.floor(int(cluster_gpus) * _per_gpu(gpus_per_trial) + 1e-9)
         if slots == 0:
             raise ResourceError(f"gpus_per_trial={gpus_per_trial} does not fit {cluster_gpus} GPU(s)")
     else:
@@ -63,7 +81,7 @@ def plan(cluster_cpus: float, cluster_gpus: float, *, gpus_per_trial: float, cpu
                         "raise --gpus-per-trial or --max-concurrent", max_concurrent, gpus_per_trial, cluster_gpus)
         slots = min(slots, max_concurrent)
 
-    cpu = cpus_per_trial or _round_down(cluster_cpus / slots)
+    cpu = cpus_per_trial or _round_down(min(cluster_cpus / slots, _node_cpu_limit(nodes, gpus_per_trial)))
     if cpus_per_trial and math.floor(cluster_cpus / cpus_per_trial + 1e-9) < slots:
         log.warning("cpus_per_trial=%g lets only %d trial(s) run at once, fewer than the %d the GPUs hold; "
                     "Ray will pack them onto the first GPU(s)", cpus_per_trial,

@@ -93,12 +93,15 @@ class SummaryCallback(Callback):
         self.sweep_dir = sweep_dir
         self.param_keys = list(param_keys)
 
-    def rows(self, trials: list[Trial], ended: Trial | None = None) -> list[dict[str, Any]]:
-        return [trial_row(t, self.param_keys, trial_status(t, self.sweep_dir, ended=t is ended)) for t in trials]
+    def rows(self, trials: list[Trial], ended: Trial | None = None,
+             started: Trial | None = None) -> list[dict[str, Any]]:
+        return [trial_row(t, self.param_keys,
+                          "running" if t is started else trial_status(t, self.sweep_dir, ended=t is ended))
+                for t in trials]
 
-    def write(self, trials: list[Trial], ended: Trial | None = None) -> None:
+    def write(self, trials: list[Trial], ended: Trial | None = None, started: Trial | None = None) -> None:
         try:
-            write_summary(Path(self.sweep_dir), self.param_keys, self.rows(trials, ended))
+            write_summary(Path(self.sweep_dir), self.param_keys, self.rows(trials, ended, started))
         except OSError:  # a full disk must not stop the sweep; the final write will retry
             log.warning("could not write %s", Path(self.sweep_dir) / SUMMARY, exc_info=True)
 
@@ -109,7 +112,7 @@ class SummaryCallback(Callback):
                           params=dict(trial.config), status=status, error=error_line(trial))
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.write(trials)
+        self.write(trials, started=trial)  # Ray marks the trial RUNNING only after this call
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         self.write(trials)

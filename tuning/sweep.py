@@ -194,8 +194,9 @@ def run_trials(opts: SweepOptions, space: Space, info: dict[str, Any], sweep_dir
     gpus_per_trial = info["gpus_per_trial"]
     if gpus_per_trial is None:  # the space's share applies only where there are GPUs
         gpus_per_trial = space.gpus_per_trial if gpus else 0
+    nodes = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     res = plan(cpus, gpus, gpus_per_trial=gpus_per_trial, cpus_per_trial=info["cpus_per_trial"],
-               max_concurrent=info["max_concurrent_trials"])
+               max_concurrent=info["max_concurrent_trials"], nodes=nodes)
     info.update(gpus_per_trial=res.gpu, cpus_per_trial=res.cpu, cluster={"CPU": cpus, "GPU": gpus})
     runs.write_json(sweep_dir / SWEEP_JSON, info)
     log.info("cluster: %g CPU, %g GPU; each trial gets %g CPU (%d threads) and %g GPU; up to %d at once",
