@@ -249,7 +249,6 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
 
     given = load_space(opts.space)  # validate the named space first, even on --resume
     sweep_dir = resolve_folder(opts, given.name)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
 
     if opts.resume:
         info = runs.read_json(sweep_dir / SWEEP_JSON)
@@ -268,6 +267,7 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
             raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
                              "run `python -m engine prepare` first")
         space = given
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(space.path, sweep_dir / SPACE_COPY)
         info = {
             "name": sweep_dir.name, "space": space.name, "space_file": str(space.path),
