@@ -112,9 +112,32 @@ def heatmap_png(cam: np.ndarray, title: str) -> bytes:
     return _save(fig)
 
 
+def captioned_row(cells: Sequence[Cell], scale: int = 2) -> np.ndarray:
+    """Pictures side by side, each enlarged ``scale`` times under a caption strip (PIL, fast).
+
+    Used where there is one figure per image (hundreds per run): about a hundred times
+    cheaper than a matplotlib figure.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    tiles = [Image.fromarray(c.image).resize((c.image.shape[1] * scale, c.image.shape[0] * scale),
+                                             Image.Resampling.NEAREST) for c in cells]
+    strip, gap = 14 * scale, 4
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    canvas = Image.new("RGB", (width, strip + max(t.height for t in tiles)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=10 * scale)
+    left = 0
+    for tile, cell in zip(tiles, cells, strict=True):
+        canvas.paste(tile, (left, strip))
+        draw.text((left + 2, 1), cell.caption, fill="black", font=font)
+        left += tile.width + gap
+    return np.asarray(canvas)
+
+
 def side_by_side(image: np.ndarray, pred_overlay: np.ndarray, true_overlay: np.ndarray, *,
-                 pred: str, true: str, confidence: float, title: str = "") -> bytes:
-    """A misclassified image with the map for the predicted and for the true class."""
-    return image_grid([[Cell(image, f"input (true {true})"),
-                        Cell(pred_overlay, f"pred {pred} ({confidence:.2f})"),
-                        Cell(true_overlay, f"true {true}")]], title)
+                 pred: str, true: str, confidence: float) -> bytes:
+    """PNG of a misclassified image with the map for the predicted and for the true class."""
+    return png_bytes(captioned_row([Cell(image, f"true {true}"),
+                                    Cell(pred_overlay, f"map {pred} (pred {confidence:.2f})"),
+                                    Cell(true_overlay, f"map {true} (true)")]))

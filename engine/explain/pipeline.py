@@ -132,7 +132,7 @@ def _key(row: dict[str, Any]) -> str:
 def explain_run(
     run_dir: Path, *, methods: Sequence[str] = ("gradcam",), layers: Sequence[str] = ("norm5",),
     split: str = "test", checkpoint: str = "best", targets: Sequence[str] = TARGETS, limit: int = 0,
-    batch_size: int = 32, device: str = "auto", faithfulness: bool = True, faithfulness_images: int = 96,
+    batch_size: int = 32, device: str = "auto", faithfulness: bool = True, faithfulness_images: int = 64,
     road_percentiles: Sequence[int] = DEFAULT_PERCENTILES, sanity: bool = True, sanity_images: int = 8,
     stages: bool = True, top_k: int = 4, panel_misclassified: int = 4, multilayer_images: int = 4,
     multilayer_method: str = "layercam", seed: int = 0,
@@ -236,6 +236,8 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
                      **{m: f"{scores[m][j]:.6f}" for m in METRICS}} for j, i in enumerate(chosen)]
             runs.write_csv(out / "faithfulness" / f"{method}.csv", FAITHFULNESS_COLUMNS, rows)
             per_method[method] = rows
+            log.info("%s: faithfulness of %d images (road_combined %.3f)", method, len(chosen),
+                     float(np.mean(scores["road_combined"])))
     summary = summarize(per_method, stage_names, percentiles=road_percentiles, seed=seed)
     summary.update({**run.checkpoint, "target": "pred", "images": len(chosen)})
     runs.write_json(out / "faithfulness_summary.json", summary)
@@ -248,6 +250,9 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
                                               batch_size=batch_size, seed=seed),
                                "target": "pred", **run.checkpoint}
     runs.write_json(out / "sanity.json", results)
+    if sanity:
+        log.info("sanity check: %s", ", ".join(f"{m} {'passed' if r['passed'] else 'FAILED'}"
+                                               for m, r in results.items()))
 
     if stages:
         _write_stages(out, base, pictures, primary[methods[0]], methods[0], layers[0], top_k=top_k,
@@ -281,12 +286,11 @@ def _write_maps(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, map
 def _write_pairs(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: tuple[np.ndarray, np.ndarray],
                  wrong: np.ndarray, method: str, layer: str) -> None:
     """For each misclassified image: the predicted-class and true-class maps side by side."""
-    title = f"{get_method(method).title} at {layer}"
     for i in wrong:
         row = base[i]
         png = figures.side_by_side(pictures[i], figures.overlay(pictures[i], maps[0][i]),
                                    figures.overlay(pictures[i], maps[1][i]), pred=row["pred"], true=row["true"],
-                                   confidence=float(row["confidence"]), title=title)
+                                   confidence=float(row["confidence"]))
         runs.atomic_write_bytes(out / method / layer / "pairs" / f"{_key(row)}.png", png)
 
 
@@ -331,12 +335,28 @@ def _write_stages(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, m
 
 def _write_multilayer(out: Path, run: LoadedRun, base: list[dict[str, Any]], x: torch.Tensor, n_images: int,
                       method: str, seed: int) -> None:
-    """One row per image: the input and the method's map at every layer, for a few images."""
+    """One figure per image: the input and the method's map at every layer, for a few images."""
     chosen = stratified(run.true, n_images, seed)
-    for i in chosen:
-        png = multilayer_view(run.model, run.images[i].numpy(), int(run.pred[i]), method=method,
-                              caption=f"{base[i]['true']} (pred {base[i]['pred']})")
+    maps = multilayer_maps(run.model, x[chosen], run.pred[chosen], method=method)
+    for k, i in enumerate(chosen):
+        png = multilayer_figure(run.images[i].numpy(), {layer: m[k] for layer, m in maps.items()}, method=method,
+                                target_class=int(run.pred[i]), caption=f"{base[i]['true']} (pred {base[i]['pred']})")
         runs.atomic_write_bytes(out / "multilayer" / f"{_key(base[i])}.png", png)
+
+
+def multilayer_maps(model: nn.Module, inputs: torch.Tensor, target_classes: Sequence[int], *,
+                    method: str = "layercam", layers: Sequence[str] = CAM_LAYERS) -> dict[str, np.ndarray]:
+    """Maps of the same images and classes at each of ``layers``: {layer: (N, H, W)}."""
+    return {layer: compute_maps(model, inputs, method, layer, target_classes) for layer in layers}
+
+
+def multilayer_figure(image: np.ndarray, maps: dict[str, np.ndarray], *, method: str, target_class: int,
+                      caption: str = "") -> bytes:
+    """PNG of one image's maps across layers, shallow to deep, in one labelled row."""
+    cells = [figures.Cell(image, "input")]
+    cells += [figures.Cell(figures.overlay(image, cam), layer) for layer, cam in maps.items()]
+    title = f"{get_method(method).title} for class {CLASSES[target_class]}" + (f": {caption}" if caption else "")
+    return figures.image_grid([cells], title)
 
 
 def multilayer_view(model: nn.Module, image: np.ndarray, target_class: int, *, method: str = "layercam",
@@ -349,12 +369,9 @@ def multilayer_view(model: nn.Module, image: np.ndarray, target_class: int, *, m
     from ..train import to_input
 
     x = to_input(torch.from_numpy(np.ascontiguousarray(image))[None], torch.device("cpu"), channels_last=False)
-    cells = [figures.Cell(image, "input")]
-    for layer in layers:
-        cam = compute_maps(model, x, method, layer, [target_class])[0]
-        cells.append(figures.Cell(figures.overlay(image, cam), layer))
-    title = f"{get_method(method).title} for class {CLASSES[target_class]}" + (f": {caption}" if caption else "")
-    return figures.image_grid([cells], title)
+    maps = multilayer_maps(model, x, [target_class], method=method, layers=layers)
+    return multilayer_figure(image, {layer: m[0] for layer, m in maps.items()}, method=method,
+                             target_class=target_class, caption=caption)
 
 
 # ----------------------------------------------------------------------------- compare
