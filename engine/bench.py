@@ -129,7 +129,7 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
 
 def gradcam_rows(model: nn.Module, data: Data, cfg, device: torch.device, n_images: int) -> dict[str, Any]:
     try:
-        from .explain import cam_throughput
+        from .explain.methods import cam_throughput
     except ImportError as exc:
         return {"skipped": f"Grad-CAM unavailable: {exc}"}
     images = data.images[torch.from_numpy(data.split["test"][:n_images]).to(data.images.device)]
