@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -33,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     outputs = args.outputs.expanduser().resolve()
     env = {**os.environ, "ALL_OUTPUTS": str(outputs), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     print(f"dashboard: http://{args.host}:{args.port}  (outputs: {outputs})", flush=True)
-    try:
-        return subprocess.call(command(outputs, args.host, args.port), env=env)
-    except KeyboardInterrupt:
-        return 0
+    cmd = command(outputs, args.host, args.port)
+    # Replace this process by the server, so that stopping the launcher stops the server.
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -16,16 +16,16 @@ import streamlit as st  # noqa: E402
 
 from dashboard import loaders, ui  # noqa: E402
 
-st.set_page_config(page_title="ALL stages · DenseNet dashboard", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="ALL stages · DenseNet dashboard", page_icon=":material/biotech:", layout="wide")
 
 pages = [
-    st.Page("pages/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
-    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/tune:", url_path="sweeps"),
-    st.Page("pages/run.py", title="Run", icon=":material/analytics:", url_path="run"),
-    st.Page("pages/gallery.py", title="Grad-CAM gallery", icon=":material/photo_library:", url_path="gallery"),
-    st.Page("pages/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
-    st.Page("pages/predict.py", title="Predict", icon=":material/upload_file:", url_path="predict"),
-    st.Page("pages/present.py", title="Present", icon=":material/slideshow:", url_path="present"),
+    st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
+    st.Page("views/sweeps.py", title="Sweeps", icon=":material/tune:", url_path="sweeps"),
+    st.Page("views/run.py", title="Run", icon=":material/analytics:", url_path="run"),
+    st.Page("views/gallery.py", title="Grad-CAM gallery", icon=":material/photo_library:", url_path="gallery"),
+    st.Page("views/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
+    st.Page("views/predict.py", title="Predict", icon=":material/upload_file:", url_path="predict"),
+    st.Page("views/present.py", title="Present", icon=":material/slideshow:", url_path="present"),
 ]
 navigation = st.navigation(pages)
 

@@ -219,7 +219,7 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
     if best is not None and best in set(done.get("trial_id", [])):
         score = float(scores[done["trial_id"] == best].iloc[0])
         title = f"{title} · best {best}: {score:.3f}"
-    return _layout(fig, title, height=440, margin=dict(l=70, r=40, t=90, b=40))
+    return _layout(fig, title, height=440, margin=dict(l=70, r=40, t=110, b=40))
 
 
 # ----------------------------------------------------------------------------- Grad-CAM

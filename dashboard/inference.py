@@ -38,7 +38,7 @@ def preprocess(data: bytes, size: int) -> np.ndarray:
 
 def predict(model: torch.nn.Module, image: np.ndarray, target: int | None = None) -> dict[str, Any]:
     """Stage probabilities and the Grad-CAM (layer norm5) of ``target`` (default: the predicted stage)."""
-    x = to_input(torch.from_numpy(np.ascontiguousarray(image[None])), torch.device("cpu"), channels_last=False)
+    x = to_input(torch.from_numpy(np.array(image[None])), torch.device("cpu"), channels_last=False)
     with torch.no_grad():
         proba = torch.softmax(model(x).double(), 1)[0].numpy()
     k = int(proba.argmax()) if target is None else int(target)

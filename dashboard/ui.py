@@ -17,11 +17,11 @@ from .paths import OutsideOutputs, inside, outputs_dir
 log = logging.getLogger(__name__)
 
 PAGES = {
-    "data": "pages/data.py", "sweeps": "pages/sweeps.py", "run": "pages/run.py", "gallery": "pages/gallery.py",
-    "compare": "pages/compare.py", "predict": "pages/predict.py", "present": "pages/present.py",
+    "data": "views/data.py", "sweeps": "views/sweeps.py", "run": "views/run.py", "gallery": "views/gallery.py",
+    "compare": "views/compare.py", "predict": "views/predict.py", "present": "views/present.py",
 }
-STATUS_ICONS = {"complete": "✅", "running": "🏃", "pending": "⏳", "stopped": "⏹️", "error": "❌",
-                "interrupted": "⚠️", "corrupt": "⛔"}
+STATUS_ICONS = {"complete": "✓", "running": "▶", "pending": "…", "stopped": "■", "error": "✗",
+                "interrupted": "!", "corrupt": "✗"}
 
 HOW_TO = """
 **Nothing to show yet.** The dashboard reads `{root}`. Produce results with:
@@ -50,7 +50,7 @@ def found() -> dict[str, list]:
 
 
 def empty_state(what: str = "results") -> None:
-    st.info(f"No {what} in this outputs folder yet.", icon="ℹ️")
+    st.info(f"No {what} in this outputs folder yet.", icon=":material/info:")
     st.markdown(HOW_TO.format(root=root()))
 
 
@@ -60,11 +60,11 @@ def section(name: str) -> Iterator[None]:
     try:
         yield
     except (LoadError, OutsideOutputs) as exc:
-        st.warning(f"{name}: {exc}", icon="⚠️")
+        st.warning(f"{name}: {exc}", icon=":material/warning:")
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as exc:
         log.warning("%s failed", name, exc_info=True)
         st.warning(f"{name} could not be shown: the files look partial or corrupt ({type(exc).__name__}: {exc})",
-                   icon="⚠️")
+                   icon=":material/warning:")
 
 
 def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int = 0,
@@ -88,12 +88,12 @@ def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int =
 
 def run_problems(run: RunInfo) -> None:
     if run.status == "corrupt":
-        st.warning(f"`{run.label}` is corrupt: {run.problem}", icon="⛔")
+        st.warning(f"`{run.label}` is corrupt: {run.problem}", icon=":material/block:")
     elif run.status == "interrupted":
         st.warning(f"`{run.label}` has no COMPLETE marker and stopped writing: it was interrupted. "
-                   f"Resume it with `python -m engine train --resume {run.path}`.", icon="⚠️")
+                   f"Resume it with `python -m engine train --resume {run.path}`.", icon=":material/warning:")
     elif run.status == "running":
-        st.info(f"`{run.label}` is still training; its files are refreshed as they change.", icon="🏃")
+        st.info(f"`{run.label}` is still training; its files are refreshed as they change.", icon=":material/directions_run:")
 
 
 def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:

@@ -35,7 +35,7 @@ def app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str = "data"):
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     if page != "data":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     return at
 
 
@@ -376,7 +376,7 @@ def test_sweeps_page_shows_running_and_errored_trials(tmp_path: Path, monkeypatc
     content = texts(at)
     assert "refreshes every" in content and "errored trial" in " ".join(e.label for e in at.expander)
     table = at.dataframe[0].value
-    assert {"🏃 running", "❌ error", "⏳ pending"} <= set(table["state"])
+    assert {"▶ running", "✗ error", "… pending"} <= set(table["state"])
 
 
 def test_bench_outputs_render(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

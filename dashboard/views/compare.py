@@ -28,9 +28,9 @@ try:
     ma = loaders.metrics(root, a.path)["splits"].get(split)
     mb = loaders.metrics(root, b.path)["splits"].get(split)
 except loaders.LoadError as exc:
-    st.warning(str(exc), icon="⚠️")
+    st.warning(str(exc), icon=":material/warning:")
 if ma is None or mb is None:
-    st.warning(f"Both runs need the {split} split evaluated.", icon="⚠️")
+    st.warning(f"Both runs need the {split} split evaluated.", icon=":material/warning:")
     st.stop()
 
 with ui.section("Metric deltas"):

@@ -19,12 +19,12 @@ ui.run_problems(run)
 try:
     index = loaders.cams_index(root, run.path)
 except loaders.LoadError as exc:
-    st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon="⚠️")
+    st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon=":material/warning:")
     st.stop()
 try:
     meta = loaders.cams_meta(root, run.path)
 except loaders.LoadError as exc:
-    st.caption(f"⚠️ {exc}")
+    st.caption(f"⚠ {exc}")
     meta = {}
 if meta:
     st.caption(f"{meta.get('images', '?')} {meta.get('split', '')} images · checkpoint epoch "
@@ -57,7 +57,7 @@ with left:
     for i, (_, row) in enumerate(images.head(int(limit)).iterrows()):
         with columns[i % 2], st.container(border=True):
             wrong = row["true"] != row["pred"]
-            mark = "❌ misclassified as" if wrong else "✅ predicted"
+            mark = "✗ misclassified as" if wrong else "✓ predicted"
             st.markdown(f"**{row['path'].rsplit('/', 1)[-1]}** · {mark} **{row['pred']}** "
                         f"({float(row['confidence']):.2f})")
             shown = [("input", row["image"])]

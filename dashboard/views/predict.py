@@ -42,18 +42,18 @@ try:
 
     cfg, model = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"))
 except (OSError, RuntimeError, KeyError, ValueError) as exc:
-    st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon="⛔")
+    st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon=":material/block:")
     st.stop()
 try:
     image = inference.preprocess(data, cfg.image_size)
 except ValueError as exc:
-    st.error(f"`{upload.name}` cannot be used: {exc}.", icon="🚫")
+    st.error(f"`{upload.name}` cannot be used: {exc}.", icon=":material/block:")
     st.stop()
 
 with st.spinner("Classifying and computing Grad-CAM…"):
     result = inference.predict(model, image, None if target == "predicted stage" else ["benign", "early", "pre",
                                                                                      "pro"].index(target))
-st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})", icon="🔬")
+st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})", icon=":material/biotech:")
 left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")

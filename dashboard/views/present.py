@@ -26,7 +26,7 @@ if run.explained:
     try:
         index = loaders.cams_index(root, run.path)
     except loaders.LoadError as exc:
-        st.warning(f"Grad-CAM maps: {exc}", icon="⚠️")
+        st.warning(f"Grad-CAM maps: {exc}", icon=":material/warning:")
 else:
     st.info("This run has no Grad-CAM maps: the deck will hold metrics and the confusion matrix only.")
 
@@ -61,13 +61,13 @@ if st.button("Build deck", type="primary", icon=":material/slideshow:", key="pre
         st.session_state["present_result"] = {"pptx": str(paths["pptx"]), "html": str(paths["html"]),
                                               "slides": deck.slides, "warnings": deck.warnings}
     except (loaders.LoadError, OSError, ValueError) as exc:
-        st.error(f"The deck could not be built: {exc}", icon="⛔")
+        st.error(f"The deck could not be built: {exc}", icon=":material/block:")
 
 result = st.session_state.get("present_result")
 if result:
-    st.success(f"Deck written: `{result['pptx']}` and `{result['html']}` ({len(result['slides'])} slides)", icon="✅")
+    st.success(f"Deck written: `{result['pptx']}` and `{result['html']}` ({len(result['slides'])} slides)", icon=":material/check_circle:")
     for warning in result["warnings"]:
-        st.caption(f"⚠️ {warning}")
+        st.caption(f"⚠ {warning}")
     st.markdown("**Slides:** " + " · ".join(f"{i}. {t}" for i, t in enumerate(result["slides"], 1)))
     d = st.columns(2)
     for col, kind, mime in ((d[0], "pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),

@@ -34,13 +34,19 @@ st.caption(" · ".join(f"{k}: {cfg[k]}" for k in ("model", "preset", "image_size
 
 if metrics is None:
     st.warning(f"`{run.label}` is not evaluated: run `python -m engine evaluate {run.path}` "
-               "to get metrics.json and predictions.csv.", icon="⚠️")
+               "to get metrics.json and predictions.csv.", icon=":material/warning:")
     for problem in data["problems"]:
-        st.caption(f"⚠️ {problem}")
+        st.caption(f"⚠ {problem}")
 
 if metrics is not None and split in metrics["splits"]:
     m = metrics["splits"][split]
     classes = [str(c) for c in metrics.get("classes") or loaders.CLASSES]
+    if st.session_state.get("cell_true") not in classes or st.session_state.get("cell_pred") not in classes:
+        # Start on the largest error cell (the most interesting one), else the largest cell.
+        cm = m["confusion_matrix"]
+        cells = [(cm[i][j], i != j, i, j) for i in range(len(classes)) for j in range(len(classes))]
+        _, _, i, j = max(cells, key=lambda c: (c[1] and c[0] > 0, c[0]))
+        st.session_state["cell_true"], st.session_state["cell_pred"] = classes[i], classes[j]
     with ui.section("Metrics"):
         ui.metric_cards(m)
     left, right = st.columns([5, 4])
@@ -82,7 +88,7 @@ if metrics is not None and split in metrics["splits"]:
             try:
                 index = loaders.cams_index(root, run.path)
             except loaders.LoadError as exc:
-                st.warning(f"Grad-CAM index: {exc}", icon="⚠️")
+                st.warning(f"Grad-CAM index: {exc}", icon=":material/warning:")
         methods = sorted(index["method"].unique()) if index is not None else []
         layers = sorted(index["layer"].unique()) if index is not None else []
         method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
@@ -90,7 +96,7 @@ if metrics is not None and split in metrics["splits"]:
                                   index=layers.index("norm5") if "norm5" in layers else 0)
         pred_rows = data["predictions"]
         if pred_rows is None:
-            st.warning("predictions.csv is missing: cannot list the cell's images.", icon="⚠️")
+            st.warning("predictions.csv is missing: cannot list the cell's images.", icon=":material/warning:")
         else:
             cell = pred_rows[(pred_rows["split"] == split) & (pred_rows["true"] == true) & (pred_rows["pred"] == pred)]
             cell = cell.sort_values("confidence", ascending=False)

@@ -30,7 +30,7 @@ def sweep_view() -> None:
     try:
         info = loaders.sweep_info(root, sweep.path)
     except loaders.LoadError as exc:
-        st.warning(f"{exc}; showing what the trial folders hold.", icon="⚠️")
+        st.warning(f"{exc}; showing what the trial folders hold.", icon=":material/warning:")
         info = {}
     frame = loaders.trials(root, sweep.path)
     best = loaders.best_trial(root, sweep.path)
@@ -48,7 +48,7 @@ def sweep_view() -> None:
     st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
                                                         "finished_at") if info.get(k)))
     if running:
-        st.caption(f"🏃 running: this view refreshes every {REFRESH_S} s")
+        st.caption(f"▶ running: this view refreshes every {REFRESH_S} s")
     if frame.empty:
         st.info("No trial has started yet.")
         return
@@ -56,7 +56,7 @@ def sweep_view() -> None:
         best_score = scores[frame["trial_id"] == best_id]
         st.success(f"★ Best trial **{best_id}**" + (f": val macro-F1 {float(best_score.iloc[0]):.4f}"
                                                    if len(best_score) and pd.notna(best_score.iloc[0]) else ""),
-                   icon="🏆")
+                   icon=":material/emoji_events:")
 
     params = loaders.param_columns(frame)
     with st.expander("Filter trials", expanded=False):
@@ -95,7 +95,7 @@ def sweep_view() -> None:
     )
     errors = shown[shown["status"] == "error"]
     if len(errors):
-        with st.expander(f"❌ {len(errors)} errored trial(s)"):
+        with st.expander(f"✗ {len(errors)} errored trial(s)"):
             for _, row in errors.iterrows():
                 st.markdown(f"**{row['trial_id']}**: {row.get('error') or 'no error message'}")
 
@@ -122,7 +122,7 @@ def sweep_view() -> None:
     if histories:
         st.plotly_chart(figures.learning_curves(histories, metric, best=best_id), key=f"curves_chart_{label}")
     for problem in problems:
-        st.caption(f"⚠️ {problem} (not started, errored or partial)")
+        st.caption(f"⚠ {problem} (not started, errored or partial)")
     if best_id and best_id in paths:
         run_label = Path(paths[best_id]).resolve().relative_to(root).as_posix()
         st.page_link(ui.PAGES["run"], label=f"Open the best trial ({best_id}) on the Run page",

@@ -1,0 +1,181 @@
+"""End to end: the real server (``python -m dashboard``) driven by real Chromium through Playwright.
+
+Clicks a confusion-matrix cell and checks the gallery shows exactly that cell's images, opens
+every page without an exception, and saves a screenshot of each under outputs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dashboard import fixture as dash_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = REPO / "outputs" / "screenshots"
+PAGES = {"data": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM gallery",
+         "compare": "Compare runs", "predict": "Predict", "present": "Present"}
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
+    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    outputs = dash_fixture.shared(tmp_path_factory, prepared_tiny)
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen([sys.executable, "-m", "dashboard", "--outputs", str(outputs["root"]),
+                                    "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=handle,
+                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"url": url, **outputs}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update"])
+        yield chromium
+        chromium.close()
+
+
+def settle(page, timeout_ms: int = 60_000) -> None:
+    """Wait until the script run finished: the app is rendered and the 'running' indicator is gone."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_selector("h1", timeout=timeout_ms)
+    deadline = time.time() + timeout_ms / 1000
+    quiet = 0
+    while time.time() < deadline and quiet < 3:
+        running = page.locator("[data-testid='stStatusWidget']").count()
+        quiet = quiet + 1 if running == 0 else 0
+        page.wait_for_timeout(500)
+    page.wait_for_timeout(800)
+
+
+def full_screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main container, so grow the viewport to fit it."""
+    height = page.evaluate("""() => {
+        const main = document.querySelector('[data-testid="stMain"]') || document.body;
+        return Math.max(main.scrollHeight, document.body.scrollHeight);
+    }""")
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(max(int(height) + 40, 800), 12000)})
+    page.wait_for_timeout(1200)
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": width, "height": 1000})
+
+
+def assert_no_exception(page, name: str) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, name
+    assert "Traceback" not in page.inner_text("body"), name
+
+
+def test_every_page_opens_and_is_screenshotted(server, browser) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    best = server["best"].relative_to(server["root"]).as_posix()
+    for url_path, title in PAGES.items():
+        query = f"?run={best}" if url_path == "run" else ""
+        page.goto(f"{server['url']}/{'' if url_path == 'data' else url_path}{query}")  # data is the default page
+        settle(page)
+        assert_no_exception(page, url_path)
+        assert title in page.locator("h1").first.inner_text(), url_path
+        full_screenshot(page, SCREENSHOTS / f"{url_path}.png")
+    page.close()
+
+
+def test_clicking_a_confusion_matrix_cell_shows_its_images(server, browser) -> None:
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    best = server["best"].relative_to(server["root"]).as_posix()
+    page.goto(f"{server['url']}/run?run={best}")
+    settle(page)
+    pred = pd.read_csv(server["best"] / "predictions.csv")
+    test = pred[pred["split"] == "test"]
+    classes = ["benign", "early", "pre", "pro"]
+    counts = test.groupby(["true", "pred"]).size()
+    # an off-diagonal cell with images if there is one, else the fullest cell
+    cells = sorted(counts.items(), key=lambda kv: (kv[0][0] == kv[0][1], -kv[1]))
+    (true, guess), n = cells[0]
+    chart = page.locator("[data-testid='stPlotlyChart']").first
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    i, j = classes.index(true), classes.index(guess)
+    page.mouse.click(box["x"] + (j + 0.5) * box["width"] / 4, box["y"] + (i + 0.5) * box["height"] / 4)
+    heading = page.locator(".st-key-cell_gallery h4").first
+    heading.wait_for(timeout=30_000)
+    deadline = time.time() + 30
+    while f"true {true} → predicted {guess}" not in heading.inner_text() and time.time() < deadline:
+        page.wait_for_timeout(300)
+    settle(page)
+    assert f"true {true} → predicted {guess}" in heading.inner_text()
+    assert f"{n} images" in heading.inner_text()
+    shown = page.locator(".st-key-cell_gallery .cell-image")
+    expected = set(test[(test["true"] == true) & (test["pred"] == guess)]["path"])
+    titles = {shown.nth(k).get_attribute("title") for k in range(shown.count())}
+    assert shown.count() == min(n, 24)
+    assert titles <= expected and (len(titles) == len(expected) or n > 24)
+    assert page.locator(".st-key-cell_gallery [data-testid='stImage']").count() >= shown.count()
+    assert_no_exception(page, "run after click")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    full_screenshot(page, SCREENSHOTS / "run-cell-selected.png")
+    page.close()
+
+
+def test_html_report_renders_offline(server, browser, tmp_path: Path) -> None:
+    from dashboard import report
+
+    deck = report.build(server["root"], report.Findings(run=str(server["best"]), stages=["early"], per_stage=2))
+    path = tmp_path / "report.html"
+    path.write_text(deck.html)
+    page = browser.new_page()
+    requested: list[str] = []
+    page.route("**/*", lambda route: (requested.append(route.request.url),
+                                      route.continue_() if route.request.url.startswith(("file:", "data:"))
+                                      else route.abort()))
+    page.goto(path.as_uri())
+    page.wait_for_selector(".plotly-graph-div .main-svg", timeout=30_000)
+    assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
+    assert page.locator("img").count() >= 2
+    page.close()
