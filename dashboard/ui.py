@@ -93,7 +93,8 @@ def run_problems(run: RunInfo) -> None:
         st.warning(f"`{run.label}` has no COMPLETE marker and stopped writing: it was interrupted. "
                    f"Resume it with `python -m engine train --resume {run.path}`.", icon=":material/warning:")
     elif run.status == "running":
-        st.info(f"`{run.label}` is still training; its files are refreshed as they change.", icon=":material/directions_run:")
+        st.info(f"`{run.label}` is still training; its files are refreshed as they change.",
+                icon=":material/directions_run:")
 
 
 def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:

@@ -53,7 +53,8 @@ except ValueError as exc:
 with st.spinner("Classifying and computing Grad-CAM…"):
     result = inference.predict(model, image, None if target == "predicted stage" else ["benign", "early", "pre",
                                                                                      "pro"].index(target))
-st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})", icon=":material/biotech:")
+st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})",
+           icon=":material/biotech:")
 left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")

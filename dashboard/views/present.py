@@ -65,7 +65,8 @@ if st.button("Build deck", type="primary", icon=":material/slideshow:", key="pre
 
 result = st.session_state.get("present_result")
 if result:
-    st.success(f"Deck written: `{result['pptx']}` and `{result['html']}` ({len(result['slides'])} slides)", icon=":material/check_circle:")
+    st.success(f"Deck written: `{result['pptx']}` and `{result['html']}` ({len(result['slides'])} slides)",
+               icon=":material/check_circle:")
     for warning in result["warnings"]:
         st.caption(f"⚠ {warning}")
     st.markdown("**Slides:** " + " · ".join(f"{i}. {t}" for i, t in enumerate(result["slides"], 1)))
