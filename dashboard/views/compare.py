@@ -100,8 +100,9 @@ with ui.section("Maps"):
             if only:
                 both = both[both["pred_a"] != both["pred_b"]]
             st.caption(f"{len(common)} images have maps in both runs; {len(both)} shown by these filters.")
-            for _sha, row in both.head(12).iterrows():
-                with st.container(border=True):
+            grid = st.columns(3)
+            for k, (_sha, row) in enumerate(both.head(12).iterrows()):
+                with grid[k % 3], st.container(border=True):
                     st.markdown(f"**{row['path_a'].rsplit('/', 1)[-1]}** · true **{row['true_a']}** · "
                                 f"A: {row['pred_a']} ({float(row['confidence_a']):.2f}) · "
                                 f"B: {row['pred_b']} ({float(row['confidence_b']):.2f})")
