@@ -134,9 +134,11 @@ def test_clicking_a_confusion_matrix_cell_shows_its_images(server, browser) -> N
     test = pred[pred["split"] == "test"]
     classes = ["benign", "early", "pre", "pro"]
     counts = test.groupby(["true", "pred"]).size()
-    # an off-diagonal cell with images if there is one, else the fullest cell
-    cells = sorted(counts.items(), key=lambda kv: (kv[0][0] == kv[0][1], -kv[1]))
+    # The page opens on the largest error cell; click the fullest diagonal cell, so the gallery must change.
+    cells = sorted(counts.items(), key=lambda kv: (kv[0][0] != kv[0][1], -kv[1]))
     (true, guess), n = cells[0]
+    default = page.locator(".st-key-cell_gallery h4").first.inner_text()
+    assert f"true {true} → predicted {guess}" not in default or not (test["true"] != test["pred"]).any()
     chart = page.locator("[data-testid='stPlotlyChart']").first
     chart.scroll_into_view_if_needed()
     box = chart.locator(".nsewdrag").first.bounding_box()
