@@ -99,7 +99,7 @@ def test_faithfulness_files_are_parseable_and_ranked(cams: Path):
             assert float(r["road_combined"]) == pytest.approx((float(r["road_lerf"]) - float(r["road_morf"])) / 2,
                                                              abs=2e-6)
     summary = json.loads((cams / "faithfulness_summary.json").read_text())
-    assert summary["metrics"] == ["road_morf", "road_lerf", "road_combined", "confidence_change"]
+    assert summary["metrics"] == ["road_combined", "road_morf", "road_lerf", "confidence_change"]
     assert summary["higher_is_better"]["road_combined"] is True and summary["higher_is_better"]["road_morf"] is False
     for method in METHODS:
         entry = summary["methods"][method]
@@ -108,7 +108,7 @@ def test_faithfulness_files_are_parseable_and_ranked(cams: Path):
             for metric in summary["metrics"]:
                 assert set(block[metric]) == {"mean", "ci95", "n"} and len(block[metric]["ci95"]) == 2
         assert set(entry["per_stage"]) == set(CLASSES)
-    assert set(summary["ranking"]) == set(CLASSES)
+    assert set(summary["ranking"]) == {"all", *CLASSES}
     assert all(sorted(order) == sorted(METHODS) for order in summary["ranking"].values())
 
 

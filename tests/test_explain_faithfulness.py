@@ -123,6 +123,6 @@ def test_summary_ranks_methods_per_stage_by_road_combined_higher_first():
 
     summary = summarize({"weak": rows(0.1), "strong": rows(0.5)}, ["benign", "pro"])
     assert summary["metrics"] == list(METRICS) and summary["higher_is_better"] == HIGHER_IS_BETTER
-    assert summary["ranking"] == {"benign": ["strong", "weak"], "pro": ["strong", "weak"]}
+    assert summary["ranking"] == {"all": ["strong", "weak"], "benign": ["strong", "weak"], "pro": ["strong", "weak"]}
     assert summary["methods"]["strong"]["per_stage"]["pro"]["road_combined"]["mean"] == pytest.approx(0.5)
     assert summary["methods"]["weak"]["overall"]["road_morf"]["n"] == 6

@@ -28,7 +28,8 @@ from ..progress import progress
 
 log = logging.getLogger(__name__)
 
-METRICS = ("road_morf", "road_lerf", "road_combined", "confidence_change")
+# The ranking score first: readers (the dashboard) show the first listed metric by default.
+METRICS = ("road_combined", "road_morf", "road_lerf", "confidence_change")
 HIGHER_IS_BETTER = {"road_morf": False, "road_lerf": True, "road_combined": True, "confidence_change": True}
 RANK_BY = "road_combined"
 # pytorch-grad-cam's ROADCombined uses 10, 20, ..., 90 (18 imputations and forward passes
@@ -141,8 +142,8 @@ def summarize(per_method: dict[str, list[dict[str, Any]]], stages: Sequence[str]
               percentiles: Sequence[int] = DEFAULT_PERCENTILES, seed: int = 0) -> dict[str, Any]:
     """The ``faithfulness_summary.json`` structure from each method's per-image rows.
 
-    Rows carry ``true`` (the stage), ``layer`` and the METRICS. ``ranking`` lists, per stage,
-    the methods best first by mean road_combined (higher is better).
+    Rows carry ``true`` (the stage), ``layer`` and the METRICS. ``ranking`` lists, per stage
+    and for ``"all"`` images, the methods best first by mean road_combined (higher is better).
     """
     methods: dict[str, Any] = {}
     for method, rows in per_method.items():
@@ -165,6 +166,7 @@ def summarize(per_method: dict[str, list[dict[str, Any]]], stages: Sequence[str]
         "units": "change in the softmax probability of the explained (predicted) class",
         "road_percentiles": list(percentiles),
         "methods": methods,
-        "ranking": {stage: ranked(lambda m, s=stage: methods[m]["per_stage"][s][RANK_BY]["mean"]) for stage in stages},
-        "ranking_overall": ranked(lambda m: methods[m]["overall"][RANK_BY]["mean"]),
+        "ranking": {"all": ranked(lambda m: methods[m]["overall"][RANK_BY]["mean"]),
+                    **{stage: ranked(lambda m, s=stage: methods[m]["per_stage"][s][RANK_BY]["mean"])
+                       for stage in stages}},
     }

@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 TARGETS = ("pred", "true")
 INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer", "target",
                  "target_class", "image", "overlay", "map")
-FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", *METRICS)
+FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
+                        "road_combined", "confidence_change")
 COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
                    "overlay_a", "overlay_b")
 
