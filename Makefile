@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard test test-fast bench lint clean
+.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench test test-fast bench lint clean
 
 help:
 	@echo "make demo DATA_DIR=...   prepare, a cpu-quick sweep, evaluate and explain the best trial, serve the dashboard"
@@ -79,6 +79,9 @@ demo: prepare
 
 dashboard: setup
 	$(PY) -m dashboard --outputs $(OUTPUTS) --host $(HOST) --port $(PORT)
+
+dashboard-bench: setup
+	$(PY) -m dashboard.bench --trials 200
 
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -129,7 +129,8 @@ def write_cams(run: Path, image_source: Any = None, *, seed: int = 0, image_size
         }
     summary["ranking"] = {s: list(METHODS) for s in ("all", *CLASSES)}
     _json(cams / "faithfulness_summary.json", summary)
-    _json(cams / "sanity.json", {"model_randomisation": {m: {"ssim": 0.1} for m in METHODS}})
+    # Same shapes as engine/explain writes: keyed by method and by stage.
+    _json(cams / "sanity.json", {m: {"method": m, "layer": "norm5", "passed": True, "steps": []} for m in METHODS})
     import matplotlib
 
     for cls in CLASSES:
@@ -142,7 +143,7 @@ def write_cams(run: Path, image_source: Any = None, *, seed: int = 0, image_size
                                  np.asarray(Image.open(cams / r["overlay"]).convert("RGB"))], 0) for r in picks]
         if tiles:
             _png(cams / "stages" / cls / "panel.png", np.concatenate(tiles, 1))
-    _json(cams / "stages" / "summary.json", {c: {"images": seen[c]} for c in CLASSES})
+    _json(cams / "stages" / "summary.json", {c: {"n": seen[c]} for c in CLASSES})
     _json(cams / "meta.json", {"checkpoint": "best", "checkpoint_epoch": 1, "checkpoint_sha256": "0" * 64,
                                "split": "test", "image_size": image_size, "methods": list(METHODS),
                                "layers": list(LAYERS), "targets": ["pred", "true"], "images": len(rows),

@@ -27,11 +27,11 @@ HOW_TO = """
 **Nothing to show yet.** The dashboard reads `{root}`. Produce results with:
 
 ```bash
-make prepare                      # python -m engine prepare --data-dir data/ALL --out {root}/prepared
+make prepare DATA_DIR=data/raw   # python -m engine prepare --data-dir data/raw --out {root}/prepared
 make train                        # python -m engine train --data {root}/prepared --out {root}/runs
 make evaluate RUN={root}/runs/ID  # python -m engine evaluate RUN   (metrics.json, predictions.csv)
 make explain  RUN={root}/runs/ID  # python -m engine explain RUN    (Grad-CAM maps in RUN/cams)
-make sweep                        # python -m tuning sweep --data {root}/prepared --out {root}/sweeps
+make tune                         # python -m tuning sweep --data {root}/prepared --out {root}/sweeps
 ```
 
 or start the dashboard on another folder: `python -m dashboard --outputs DIR`.
