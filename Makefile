@@ -21,6 +21,8 @@ NAME ?=
 GPUS_PER_TRIAL ?=
 RESUME ?=
 NUM_SAMPLES ?=
+ADDRESS ?=
+STORAGE ?=
 HOST ?= 127.0.0.1
 PORT ?= 8501
 NO_SERVE ?=
@@ -71,9 +73,12 @@ pipeline: prepare
 tune: setup
 	$(PY) -m tuning sweep --space $(SPACE) --data $(PREPARED) --out $(SWEEPS) \
 		$(if $(NAME),--name $(NAME)) $(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) \
-		$(if $(NUM_SAMPLES),--num-samples $(NUM_SAMPLES)) $(if $(RESUME),--resume)
+		$(if $(NUM_SAMPLES),--num-samples $(NUM_SAMPLES)) $(if $(RESUME),--resume) \
+		$(if $(ADDRESS),--address $(ADDRESS)) $(if $(STORAGE),--storage $(STORAGE))
 
+# The demo sweep is rebuilt on every call unless RESUME=1 continues it.
 demo: prepare
+	$(if $(RESUME),,rm -rf $(SWEEPS)/$(or $(NAME),demo))
 	$(MAKE) tune SPACE=$(SPACE) NAME=$(or $(NAME),demo)
 	$(if $(NO_SERVE),,$(MAKE) dashboard)
 
