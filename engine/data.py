@@ -229,8 +229,11 @@ def near_duplicate_pairs(hashes: list[int], max_bits: int = NEAR_DUPLICATE_BITS)
 def prepare(data_dir: Path, out: Path, seed: int = 0,
             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
     """Validate, deduplicate and split ``data_dir``; write the manifest and the report."""
-    data_dir, out = Path(data_dir).resolve(), Path(out)
-    class_dirs = find_class_dirs(data_dir)
+    out = Path(out)
+    class_dirs = find_class_dirs(Path(data_dir).resolve())
+    # Paths are relative to the folder holding the class folders, so ALL/ and ALL/Original/
+    # give the same manifest.
+    data_dir = next(iter(class_dirs.values())).parent
     jobs = []
     for cls, folder in class_dirs.items():
         files = list_files(folder)

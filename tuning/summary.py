@@ -126,4 +126,8 @@ class SummaryCallback(Callback):
         self.write(trials)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        # Ray may write a trial's error file only after on_trial_error: settle errors again.
+        for trial in trials:
+            if trial.status == "ERROR":
+                self.settle(trial)
         self.write(trials)
