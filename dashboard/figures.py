@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,6 +146,12 @@ def reliability(calibration: Mapping[str, Any], title: str = "Reliability diagra
                    legend=dict(x=0.02, y=0.98, yanchor="top"))
 
 
+def _epoch_axis(fig: go.Figure, histories: Iterable[pd.DataFrame]) -> None:
+    """Title the x axes 'epoch' and, for short runs, tick whole epochs only (no 1.5, 2.5)."""
+    last = max((hist["epoch"].max() for hist in histories if "epoch" in hist and len(hist)), default=0)
+    fig.update_xaxes(title="epoch", **({"dtick": 1} if 0 < last <= 20 else {}))
+
+
 def history_panels(hist: pd.DataFrame, title: str = "Learning curves") -> go.Figure:
     """Loss (train, val) and accuracy / macro-F1 per epoch from history.csv."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy and macro-F1"))
@@ -156,7 +162,7 @@ def history_panels(hist: pd.DataFrame, title: str = "Learning curves") -> go.Fig
         if column in hist:
             fig.add_scatter(x=hist["epoch"], y=hist[column], name=column, mode="lines+markers",
                             line=dict(color=colour, dash=dash, width=3), row=1, col=col)
-    fig.update_xaxes(title="epoch")
+    _epoch_axis(fig, [hist])
     return _layout(fig, title, height=380)
 
 
@@ -172,7 +178,7 @@ def learning_curves(histories: Mapping[str, pd.DataFrame], metric: str = "val_ma
                         name=f"★ {label} (best)" if is_best else label,
                         line=dict(width=5 if is_best else 2, color=BEST_COLOUR if is_best else None),
                         marker=dict(size=8 if is_best else 5))
-    fig.update_xaxes(title="epoch")
+    _epoch_axis(fig, histories.values())
     fig.update_yaxes(title=metric)
     return _layout(fig, title or f"{metric} per epoch", height=400)
 

@@ -136,12 +136,15 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             if stage not in loaders.CLASSES:
                 continue
             candidates = stage_candidates(index, stage, layer)
+            files = index[(index["true"] == stage) & (index["layer"] == layer)
+                          & (index["target"] == "pred")].drop_duplicates("path")
             shas = [s for s in findings.images.get(stage, []) if s in set(candidates["sha256"])]
             shas = shas or _auto_pick(candidates, findings.per_stage)
             stages_out[stage] = {
                 "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage),
                 "mean_map": loaders.stage_file(root, run, stage, "mean_map.png"),
-                "n": len(candidates), "errors": int((candidates["correct"] == 0).sum()),
+                # Count files, as the metrics do: byte-identical copies are one candidate but several images.
+                "n": len(files), "errors": int((files["correct"] == 0).sum()),
             }
         if findings.faithfulness:
             try:

@@ -123,6 +123,11 @@ def fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def fmt_param(value: Any) -> str:
+    """A hyper-parameter as a person would write it: 0.00333 rather than 0.0033305729602260046."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def metric_cards(m: dict[str, Any]) -> None:
     """The headline metrics of one split, with 95% bootstrap intervals where the engine computed them."""
     cards = [

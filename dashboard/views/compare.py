@@ -9,6 +9,15 @@ from dashboard import figures, loaders, ui
 
 st.title("Compare runs")
 runs = sorted((r for r in ui.found()["runs"] if r.evaluated), key=lambda r: (not r.explained, r.label))
+if len(runs) == 1:
+    # One evaluated run (e.g. a sweep whose other trials ASHA stopped): say so rather than "nothing yet".
+    others = [r for r in ui.found()["runs"] if not r.evaluated]
+    st.info(f"Only one evaluated run (`{runs[0].label}`): comparing needs two folders with metrics.json.",
+            icon=":material/info:")
+    if others:
+        st.markdown("Evaluate another run to compare it, e.g. `python -m engine evaluate "
+                    f"{others[0].path}`. Not evaluated: " + ", ".join(f"`{o.label}`" for o in others) + ".")
+    st.stop()
 if len(runs) < 2:
     ui.empty_state("pair of evaluated runs (two or more folders with metrics.json)")
     st.stop()

@@ -50,7 +50,9 @@ by_target = {(r["sha256"], r["target"]): r for _, r in rows.iterrows()}
 
 left, right = st.columns([3, 1])
 with left:
-    st.subheader(f"{stage}: {len(images)} image(s)")
+    files = rows["path"].nunique()  # byte-identical copies (same sha256) are shown once
+    st.subheader(f"{stage}: {len(images)} image(s)" + (f" ({files} files, copies shown once)"
+                                                       if files != len(images) else ""))
     if images.empty:
         st.info("No image matches these filters.")
     columns = st.columns(2)

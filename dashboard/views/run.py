@@ -29,8 +29,9 @@ with top[2]:
 
 ui.run_problems(run)
 cfg = data["config"] or {}
-st.caption(" · ".join(f"{k}: {cfg[k]}" for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size")
-                      if k in cfg) + (f" · checkpoint epoch {metrics.get('checkpoint_epoch')}" if metrics else ""))
+st.caption(" · ".join(f"{k}: {ui.fmt_param(cfg[k])}"
+                      for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size") if k in cfg)
+           + (f" · checkpoint epoch {metrics.get('checkpoint_epoch')}" if metrics else ""))
 
 if metrics is None:
     st.warning(f"`{run.label}` is not evaluated: run `python -m engine evaluate {run.path}` "
