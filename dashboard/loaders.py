@@ -144,6 +144,11 @@ def _run_status(folder: Path) -> tuple[str, str | None]:
         except (OSError, ValueError, AttributeError):
             status = "complete"
         return ("stopped" if status == "stopped" else "complete"), None
+    try:  # a sweep trial cut short by ASHA says so in its trial.json
+        if json.loads((folder / "trial.json").read_text()).get("status") == "stopped":
+            return "stopped", None
+    except (OSError, ValueError, AttributeError):
+        pass
     newest = max((s[0] for s in (stamp(folder / n) for n in ("history.csv", "config.json")) if s), default=0)
     if time.time() - newest / 1e9 < RUNNING_WINDOW_S:
         return "running", None
