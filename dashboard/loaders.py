@@ -53,8 +53,8 @@ def _read_csv(path: str, version: tuple[int, int] | None) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def read_json(root: Path | str, path: Path | str) -> Any:
-    """A JSON file inside ``root``; LoadError when missing or corrupt."""
+def _existing(root: Path | str, path: Path | str) -> tuple[Path, tuple[int, int]]:
+    """A file inside ``root`` and its cache key (mtime, size); LoadError when outside or missing."""
     try:
         full = inside(root, path)
     except OutsideOutputs as exc:
@@ -62,6 +62,12 @@ def read_json(root: Path | str, path: Path | str) -> Any:
     key = stamp(full)
     if key is None or not full.is_file():
         raise LoadError(f"{relative(root, full)} not found")
+    return full, key
+
+
+def read_json(root: Path | str, path: Path | str) -> Any:
+    """A JSON file inside ``root``; LoadError when missing or corrupt."""
+    full, key = _existing(root, path)
     try:
         return _read_json(str(full), key)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -72,13 +78,7 @@ def read_json(root: Path | str, path: Path | str) -> Any:
 
 def read_csv(root: Path | str, path: Path | str, required: tuple[str, ...] = ()) -> pd.DataFrame:
     """A CSV file inside ``root`` as a DataFrame; LoadError when missing, corrupt or lacking columns."""
-    try:
-        full = inside(root, path)
-    except OutsideOutputs as exc:
-        raise LoadError(str(exc)) from None
-    key = stamp(full)
-    if key is None or not full.is_file():
-        raise LoadError(f"{relative(root, full)} not found")
+    full, key = _existing(root, path)
     try:
         frame = _read_csv(str(full), key)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
