@@ -97,6 +97,17 @@ def run_problems(run: RunInfo) -> None:
                 icon=":material/directions_run:")
 
 
+def cams_index(run: RunInfo):
+    """The run's Grad-CAM index, or None (with a warning when it exists but cannot be read)."""
+    if not run.explained:
+        return None
+    try:
+        return loaders.cams_index(root(), run.path)
+    except LoadError as exc:
+        st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon=":material/warning:")
+        return None
+
+
 def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:
     """Show an image file from inside the outputs folder, or a placeholder when it is missing."""
     if path is None:

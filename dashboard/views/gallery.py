@@ -16,10 +16,8 @@ if not runs:
 root = ui.root()
 run = ui.pick_run(runs, key="gallery_run")
 ui.run_problems(run)
-try:
-    index = loaders.cams_index(root, run.path)
-except loaders.LoadError as exc:
-    st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon=":material/warning:")
+index = ui.cams_index(run)
+if index is None:
     st.stop()
 try:
     meta = loaders.cams_meta(root, run.path)

@@ -21,13 +21,8 @@ with top[0]:
 split = top[1].radio("Split", ["test", "val"], key="present_split")
 title = top[2].text_input("Title", "ALL stage classifier: findings", key="present_title")
 
-index = None
-if run.explained:
-    try:
-        index = loaders.cams_index(root, run.path)
-    except loaders.LoadError as exc:
-        st.warning(f"Grad-CAM maps: {exc}", icon=":material/warning:")
-else:
+index = ui.cams_index(run)
+if not run.explained:
     st.info("This run has no Grad-CAM maps: the deck will hold metrics and the confusion matrix only.")
 
 c = st.columns([3, 3, 2, 2])

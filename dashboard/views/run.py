@@ -84,12 +84,7 @@ if metrics is not None and split in metrics["splits"]:
         pick = st.columns([1, 1, 2, 2])
         true = pick[0].selectbox("True stage", classes, key="cell_true")
         pred = pick[1].selectbox("Predicted stage", classes, key="cell_pred")
-        index = None
-        if run.explained:
-            try:
-                index = loaders.cams_index(root, run.path)
-            except loaders.LoadError as exc:
-                st.warning(f"Grad-CAM index: {exc}", icon=":material/warning:")
+        index = ui.cams_index(run)
         methods = sorted(index["method"].unique()) if index is not None else []
         layers = sorted(index["layer"].unique()) if index is not None else []
         method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
