@@ -17,6 +17,7 @@ IMAGES ?=
 SET ?=
 SPACE ?= cpu-quick
 SWEEPS ?= $(OUTPUTS)/sweeps
+BENCH_OUT ?= $(OUTPUTS)/bench
 NAME ?=
 GPUS_PER_TRIAL ?=
 RESUME ?=
@@ -30,12 +31,12 @@ PYTEST_ARGS ?=
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench test test-fast bench lint clean
+.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench test test-fast bench bench-gpu lint clean
 
 help:
 	@echo "make demo DATA_DIR=...   prepare, a cpu-quick sweep, evaluate and explain the best trial, serve the dashboard"
 	@echo "make test                the whole test suite (installs everything it needs)"
-	@echo "make setup | prepare | train | evaluate | explain | predict | pipeline | tune | dashboard | bench | lint"
+	@echo "make setup | prepare | train | evaluate | explain | predict | pipeline | tune | dashboard | bench | bench-gpu | lint"
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -96,6 +97,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m engine bench $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+# The whole GPU check, on a machine that already has PyTorch (no venv, no internet needed):
+# the CUDA tests, then the bench with time to 99.5% val accuracy and the plain loop trained in full.
+bench-gpu:
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda or gpu"
+	$(PYTHON) -m engine bench --data-dir $(DATA_DIR) --time-to-accuracy 0.995 --compare-accuracy --out $(BENCH_OUT)
 
 lint: setup
 	$(VENV)/bin/ruff check .

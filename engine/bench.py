@@ -11,7 +11,7 @@ a GPU as it is; it imports nothing beyond PyTorch, torchvision, NumPy and scikit
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -30,10 +30,23 @@ from torch import nn
 
 from . import runs
 from .config import build_config
-from .data import find_class_dirs, load_cache, prepare
+from .data import find_class_dirs, load_cache, prepare, read_manifest
 from .models import create_model
+from .progress import progress
 from .runs import CLASSES
-from .train import Data, make_optimizer, make_scheduler, predict_proba, resolve_device, switch, train_one_epoch
+from .train import (
+    Data,
+    GraphedTrainStep,
+    make_optimizer,
+    make_scheduler,
+    make_train_step,
+    predict_proba,
+    resolve_device,
+    seed_everything,
+    switch,
+    to_input,
+    train_one_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +56,46 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_loop(data_dir: Path, cfg, device: torch.device, steps: int, warmup: int, workers: int) -> dict[str, float]:
-    """The baseline: torchvision ImageFolder + PIL + DataLoader workers, fp32, NCHW.
+def plain_transforms(size: int, train: bool):
+    """What a user would write for the engine's augmentation (flips, free rotation, +-10% scale,
+    colour jitter of 0.2), so both loops do the same work per image."""
+    from torchvision import transforms
 
-    Its augmentation is what a user would write for the engine's own (flips, free rotation,
-    +-10% scale, colour jitter of 0.2), so both loops do the same work per image.
-    """
-    from torchvision import datasets, transforms
+    steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+    if train:
+        steps += [transforms.RandomHorizontalFlip(), transforms.RandomAffine(180, scale=(0.9, 1.1)),
+                  transforms.ColorJitter(0.2, 0.2, 0.2)]
+    return transforms.Compose([*steps, transforms.ToTensor(),
+                               transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
-    root = next(iter(find_class_dirs(data_dir).values())).parent
-    transform = transforms.Compose([
-        transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size),
-        transforms.RandomHorizontalFlip(), transforms.RandomAffine(180, scale=(0.9, 1.1)),
-        transforms.ColorJitter(0.2, 0.2, 0.2), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    ])
-    dataset = datasets.ImageFolder(root, transform=transform)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=workers, drop_last=True,
+
+def class_root(data_dir: Path) -> Path:
+    """The folder that holds the four class folders (manifest paths are relative to it)."""
+    return next(iter(find_class_dirs(data_dir).values())).parent
+
+
+def plain_dataset(data_dir: Path, size: int, train: bool, keep: set[Path] | None = None):
+    """torchvision ImageFolder over the class folders, optionally only the files in ``keep``."""
+    from torchvision import datasets
+
+    dataset = datasets.ImageFolder(class_root(data_dir), transform=plain_transforms(size, train))
+    if keep is None:
+        return dataset
+    return torch.utils.data.Subset(dataset, [i for i, (path, _) in enumerate(dataset.samples)
+                                             if Path(path).resolve() in keep])
+
+
+def plain_loader(dataset, cfg, device: torch.device, workers: int, train: bool) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=train, num_workers=workers, drop_last=train,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0),
     )
+
+
+def plain_loop(data_dir: Path, cfg, device: torch.device, steps: int, warmup: int, workers: int) -> dict[str, float]:
+    """The baseline: torchvision ImageFolder + PIL + DataLoader workers, fp32, NCHW."""
+    loader = plain_loader(plain_dataset(data_dir, cfg.image_size, train=True), cfg, device, workers, train=True)
     torch.manual_seed(0)
     model = create_model(cfg, len(CLASSES)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -92,9 +124,47 @@ def plain_loop(data_dir: Path, cfg, device: torch.device, steps: int, warmup: in
     return {"train_images_per_s": seen / seconds, "images": seen, "seconds": seconds}
 
 
+def plain_accuracy(data_dir: Path, prepared: Path, cfg, device: torch.device, workers: int) -> dict[str, Any]:
+    """The plain loop trained like the engine (same split, epochs, AdamW, schedule), then its val accuracy.
+
+    The engine's speed only counts if it learns as well: this is the accuracy to compare with.
+    """
+    rows = read_manifest(prepared)
+    root = class_root(data_dir)
+    files = {s: {(root / r["path"]).resolve() for r in rows if r["split"] == s} for s in ("train", "val")}
+    train = plain_loader(plain_dataset(data_dir, cfg.image_size, True, files["train"]), cfg, device, workers, True)
+    val = plain_loader(plain_dataset(data_dir, cfg.image_size, False, files["val"]), cfg, device, workers, False)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg, len(CLASSES)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * len(train))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    seconds = 0.0
+    for _ in progress(range(cfg.epochs), desc="plain loop, full training", unit="epoch"):
+        model.train()
+        start = time.perf_counter()
+        for x, y in train:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        _sync(device)
+        seconds += time.perf_counter() - start
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in val:
+            correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+            total += len(y)
+    return {"epochs": cfg.epochs, "training_seconds": seconds, "val_acc": correct / total, "val_images": total,
+            "train_images_per_s": cfg.epochs * len(train) * cfg.batch_size / seconds}
+
+
 def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
-    torch.manual_seed(cfg.seed)
+    seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
     use_amp, channels_last = switch(cfg.amp, device), switch(cfg.channels_last, device)
     model = create_model(cfg, len(CLASSES)).to(device)
@@ -106,13 +176,16 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     forward = model if cfg.compile == "off" else torch.compile(
         model, mode=None if cfg.compile == "default" else cfg.compile)
+    step = make_train_step(forward, optimizer, criterion, device, cfg)
+    # Warm-up covers cuDNN autotuning, compilation and the CUDA-graph capture.
+    warmup = max(warmup, getattr(step, "warmup", 0) + 2)
     train_idx = data.split["train"]
     rng = np.random.default_rng(0)
 
     def run(n_steps: int) -> dict[str, float]:
-        idx = rng.choice(train_idx, size=n_steps * cfg.batch_size, replace=len(train_idx) < n_steps * cfg.batch_size)
-        return train_one_epoch(forward, data, idx, cfg, optimizer, scheduler, criterion, device, gen,
-                               epoch=0, use_amp=use_amp, channels_last=channels_last)
+        n = n_steps * cfg.batch_size
+        idx = rng.choice(train_idx, size=n, replace=len(train_idx) < n)
+        return train_one_epoch(step, data, idx, cfg, scheduler, device, gen, epoch=0, channels_last=channels_last)
 
     compile_start = time.perf_counter()
     run(warmup)
@@ -125,22 +198,57 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
                   channels_last=channels_last)
     _sync(device)
     eval_seconds = time.perf_counter() - start
+    graphed = isinstance(step, GraphedTrainStep) and not step.failed
     return {"train_images_per_s": result["train_images_per_s"], "images": steps * cfg.batch_size,
             "seconds": result["train_seconds"], "warmup_seconds": warm_seconds,
             "eval_images_per_s": len(val) / eval_seconds, "amp_bf16": use_amp, "channels_last": channels_last,
             "data_on_device": data.images.device.type == "cuda", "compile": cfg.compile,
+            "cuda_graphs": graphed, "fused_optimizer": bool(optimizer.defaults.get("fused")),
             "model": model, "data": data}
 
 
+# What each fast-path switch adds, measured one on top of the other (GPU only).
+LADDER: tuple[tuple[str, dict[str, str]], ...] = (
+    ("decoded cache + device augmentation, fp32",
+     {"amp": "off", "channels_last": "off", "fused_optimizer": "off", "cuda_graphs": "off"}),
+    ("+ bf16 autocast, channels_last", {"fused_optimizer": "off", "cuda_graphs": "off"}),
+    ("+ fused AdamW", {"cuda_graphs": "off"}),
+    ("+ CUDA-graph training step", {}),
+)
+
+
+def ladder(prepared: Path, cfg, device: torch.device, steps: int, warmup: int) -> list[dict[str, Any]]:
+    rows = []
+    for name, overrides in LADDER:
+        result = engine_loop(prepared, dataclasses.replace(cfg, **overrides), device, steps, warmup)
+        result.pop("model"), result.pop("data")
+        rows.append({"variant": name, **result})
+        torch.cuda.empty_cache()
+    return rows
+
+
 def gradcam_rows(model: nn.Module, data: Data, cfg, device: torch.device, n_images: int) -> dict[str, Any]:
+    """Grad-CAM images/s batched against one at a time; on a GPU also the CPU/GPU map difference."""
     try:
-        from .explain.methods import cam_throughput
+        from .explain.methods import cam_throughput, compute_maps
     except ImportError as exc:
         return {"skipped": f"Grad-CAM unavailable: {exc}"}
-    images = data.images[torch.from_numpy(data.split["test"][:n_images]).to(data.images.device)]
-    batched = cam_throughput(model, images, "gradcam", "norm5", batch_size=min(32, n_images), device=device)
+    test = data.split["test"]
+    n_images = n_images or len(test)
+    images = data.images[torch.from_numpy(test[:n_images]).to(data.images.device)]
+    batch = 64 if device.type == "cuda" else 32
+    batched = cam_throughput(model, images, "gradcam", "norm5", batch_size=min(batch, n_images), device=device)
     single = cam_throughput(model, images[: max(2, n_images // 4)], "gradcam", "norm5", batch_size=1, device=device)
-    return {"batched_images_per_s": batched, "single_images_per_s": single, "speedup": batched / single}
+    rows: dict[str, Any] = {"images": n_images, "batch_size": min(batch, n_images), "batched_images_per_s": batched,
+                            "single_images_per_s": single, "speedup": batched / single}
+    if device.type == "cuda":
+        # Same weights, same images, fp32 on both: the maps should agree to rounding.
+        x = to_input(images[:8], device, channels_last=False)
+        on_gpu = compute_maps(model.float().to(device).eval(), x, "gradcam", "norm5")
+        on_cpu = compute_maps(copy.deepcopy(model).float().cpu().eval(), x.cpu(), "gradcam", "norm5")
+        rows["cpu_gpu_max_abs_diff"] = float(np.abs(on_gpu - on_cpu).max())
+        rows["cpu_gpu_mean_abs_diff"] = float(np.abs(on_gpu - on_cpu).mean())
+    return rows
 
 
 def shared_gpu(prepared: Path, overrides: dict[str, Any], counts: tuple[int, ...], steps: int) -> list[dict[str, Any]]:
@@ -157,56 +265,72 @@ def shared_gpu(prepared: Path, overrides: dict[str, Any], counts: tuple[int, ...
     return rows
 
 
-def time_to_accuracy(prepared: Path, preset: str, target: float, out: Path) -> dict[str, Any]:
-    """Train ``preset`` until validation accuracy reaches ``target``; seconds of training spent."""
+def time_to_accuracy(prepared: Path, cfg, preset: str, target: float, out: Path) -> dict[str, Any]:
+    """Train ``cfg`` in full; the seconds of training until validation accuracy first reached ``target``.
+
+    The run goes on to its last epoch, so its final validation accuracy can be set against
+    the plain loop's after the same epochs.
+    """
     from .train import fit
 
-    spent = {"seconds": 0.0, "epoch": None, "val_acc": 0.0}
-
-    class Reached(Exception):
-        pass
+    reached: dict[str, Any] = {"seconds": 0.0, "epoch": None, "wall_seconds": None}
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
 
     def on_epoch(row: dict[str, Any], run_dir: Path) -> None:
-        spent["seconds"] += row["epoch_seconds"]
-        spent["val_acc"] = row["val_acc"]
-        if row["val_acc"] >= target:
-            spent["epoch"] = row["epoch"]
-            raise Reached
+        reached["seconds"] += row["epoch_seconds"] if reached["epoch"] is None else 0.0
+        history.append({k: row[k] for k in ("epoch", "epoch_seconds", "val_acc", "val_macro_f1")})
+        if reached["epoch"] is None and row["val_acc"] >= target:
+            reached["epoch"], reached["wall_seconds"] = row["epoch"], time.perf_counter() - start
 
-    cfg = build_config(preset)
-    with contextlib.suppress(Reached):
-        fit(cfg, prepared, out / runs.new_run_id("tta-"), preset=preset, on_epoch=on_epoch)
-    return {"preset": preset, "target_val_acc": target, "reached": spent["epoch"] is not None,
-            "training_seconds": spent["seconds"], "epochs": spent["epoch"], "last_val_acc": spent["val_acc"]}
+    run_dir = fit(cfg, prepared, out / runs.new_run_id("tta-"), preset=preset, on_epoch=on_epoch)
+    env = runs.read_json(run_dir / runs.ENV)
+    return {"preset": preset, "target_val_acc": target, "reached": reached["epoch"] is not None,
+            "training_seconds": reached["seconds"] if reached["epoch"] else float("nan"),
+            "wall_seconds_with_validation": reached["wall_seconds"], "epoch": reached["epoch"],
+            "epochs_run": len(history), "final_val_acc": history[-1]["val_acc"] if history else float("nan"),
+            "total_training_seconds": sum(h["epoch_seconds"] for h in history),
+            "cuda_graphs": env.get("cuda_graphs"), "history": history}
 
 
 def format_table(result: dict[str, Any]) -> str:
+    def line(name: str, value: float, fmt: str = ".1f") -> str:
+        return f"{name:<52}{value:>14{fmt}}"
+
     plain, eng = result["plain"], result["engine"]
     lines = [
         f"bench on {result['device_name']} ({result['device']}), {result['config']['model']} "
         f"{result['config']['image_size']} px, batch {result['config']['batch_size']}",
-        f"{'measure':<44}{'value':>14}",
-        f"{'data prep: hash + decode (parallel), img/s':<44}{result['prepare_images_per_s']:>14.1f}",
-        f"{'decoded cache load, s':<44}{result['cache_load_seconds']:>14.3f}",
-        f"{'plain loop train, img/s':<44}{plain['train_images_per_s']:>14.1f}",
-        f"{'engine train, img/s':<44}{eng['train_images_per_s']:>14.1f}",
-        f"{'speed-up (engine / plain)':<44}{result['speedup']:>14.2f}",
-        f"{'plain epoch estimate, s':<44}{result['plain_epoch_seconds']:>14.1f}",
-        f"{'engine epoch estimate, s':<44}{result['engine_epoch_seconds']:>14.1f}",
-        f"{'engine evaluation, img/s':<44}{eng['eval_images_per_s']:>14.1f}",
+        f"{'measure':<52}{'value':>14}",
+        line("data prep: hash + decode (parallel), img/s", result["prepare_images_per_s"]),
+        line("decoded cache load, s", result["cache_load_seconds"], ".3f"),
+        line("plain loop train, img/s", plain["train_images_per_s"]),
+    ]
+    lines += [line(f"engine: {row['variant']}, img/s", row["train_images_per_s"]) for row in result.get("ladder", [])]
+    lines += [
+        line("engine train, img/s", eng["train_images_per_s"]),
+        line("speed-up (engine / plain)", result["speedup"], ".2f"),
+        line("plain epoch estimate, s", result["plain_epoch_seconds"]),
+        line("engine epoch estimate, s", result["engine_epoch_seconds"]),
+        line("engine evaluation, img/s", eng["eval_images_per_s"]),
     ]
     cam = result.get("gradcam", {})
     if "speedup" in cam:
-        lines += [f"{'Grad-CAM batched, img/s':<44}{cam['batched_images_per_s']:>14.1f}",
-                  f"{'Grad-CAM one at a time, img/s':<44}{cam['single_images_per_s']:>14.1f}",
-                  f"{'Grad-CAM speed-up':<44}{cam['speedup']:>14.2f}"]
+        lines += [line(f"Grad-CAM batched ({cam['batch_size']}), img/s", cam["batched_images_per_s"]),
+                  line("Grad-CAM one at a time, img/s", cam["single_images_per_s"]),
+                  line("Grad-CAM speed-up", cam["speedup"], ".2f")]
+    if "cpu_gpu_max_abs_diff" in cam:
+        lines.append(line("Grad-CAM CPU vs GPU, max abs difference", cam["cpu_gpu_max_abs_diff"], ".2e"))
     for row in result.get("shared_gpu", []):
-        lines.append(f"{'GPU shared by ' + str(row['processes']) + ' trainings, total img/s':<44}"
-                     f"{row['total_images_per_s']:>14.1f}")
+        lines.append(line(f"GPU shared by {row['processes']} trainings, total img/s", row["total_images_per_s"]))
     if result.get("time_to_accuracy"):
         tta = result["time_to_accuracy"]
-        lines.append(f"{'time to ' + str(tta['target_val_acc']) + ' val acc (' + tta['preset'] + '), s':<44}"
-                     f"{tta['training_seconds'] if tta['reached'] else float('nan'):>14.1f}")
+        lines += [line(f"time to {tta['target_val_acc']} val acc ({tta['preset']}), s", tta["training_seconds"]),
+                  line(f"engine val acc after {tta['epochs_run']} epochs", tta["final_val_acc"], ".4f")]
+    if result.get("plain_accuracy"):
+        acc = result["plain_accuracy"]
+        lines += [line(f"plain loop val acc after {acc['epochs']} epochs", acc["val_acc"], ".4f"),
+                  line("plain loop full training, s", acc["training_seconds"])]
     return "\n".join(lines)
 
 
@@ -217,11 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default=None, help="preset (default: cpu-quick at 64 px on CPU, gpu-full on GPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=0, help="timed training steps per loop (default 12 CPU, 40 GPU)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="plain-loop workers")
-    parser.add_argument("--cam-images", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="plain-loop workers")
+    parser.add_argument("--cam-images", type=int, default=0,
+                        help="test images for the Grad-CAM rows (default: 32 on CPU, the whole test split on GPU)")
     parser.add_argument("--shared-gpu", default="1,2,4", help="process counts for the shared-GPU measurement")
     parser.add_argument("--time-to-accuracy", type=float, default=0.0, metavar="VAL_ACC",
-                        help="also train the preset until this validation accuracy (e.g. 0.995)")
+                        help="also train the preset in full and report when it first reached this val accuracy")
+    parser.add_argument("--compare-accuracy", action="store_true",
+                        help="also train the plain loop for the preset's epochs and report its val accuracy")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -232,12 +359,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     device = resolve_device("auto")
-    preset = args.preset or ("gpu-full" if device.type == "cuda" else "cpu-quick")
-    overrides: dict[str, Any] = {} if device.type == "cuda" else {"image_size": 64}
+    cuda = device.type == "cuda"
+    preset = args.preset or ("gpu-full" if cuda else "cpu-quick")
+    overrides: dict[str, Any] = {} if cuda else {"image_size": 64}
     overrides.update(parse_overrides(args.overrides))
     cfg = build_config(preset, overrides)
-    steps = args.steps or (40 if device.type == "cuda" else 12)
-    warmup = 3 if device.type == "cuda" else 2
+    steps = args.steps or (40 if cuda else 12)
+    warmup = 3 if cuda else 2
 
     if args.worker:  # one training of the shared-GPU measurement
         result = engine_loop(args.prepared, cfg, device, steps, warmup)
@@ -246,49 +374,63 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.prepared is None and args.data_dir is None:
         raise FileNotFoundError("pass --data-dir (raw images) or --prepared (a prepared folder)")
+    out = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    result: dict[str, Any] = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "git_commit": runs.git_commit(),
+        "preset": preset, "config": cfg.to_dict(), "steps": steps, "warmup_steps": warmup,
+        "command": " ".join(sys.argv),
+    }
+
+    def stage(name: str, value: Any) -> None:
+        # Written after every stage, so a long GPU bench that is cut off keeps what it measured.
+        result[name] = value
+        runs.write_json(out, result)
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         if args.data_dir is not None:
             prepared = args.prepared or Path(tmp) / "prepared"
             report = prepare(args.data_dir, prepared)
-            prepare_rate = report["files_found"] / (time.perf_counter() - start)
+            stage("prepare_images_per_s", report["files_found"] / (time.perf_counter() - start))
         else:
-            prepared, prepare_rate = args.prepared, float("nan")
+            prepared = args.prepared
+            stage("prepare_images_per_s", float("nan"))
         load_cache(prepared, cfg.image_size)  # build it once; the timed load below reads it
         start = time.perf_counter()
         np.array(load_cache(prepared, cfg.image_size))
-        cache_seconds = time.perf_counter() - start
+        stage("cache_load_seconds", time.perf_counter() - start)
         data_dir = args.data_dir or Path(runs.read_json(prepared / "data_report.json")["data_dir"])
 
         log.info("bench: plain torchvision loop")
-        plain = plain_loop(data_dir, dataclasses.replace(cfg, compile="off"), device, steps, warmup, args.workers)
+        stage("plain", plain_loop(data_dir, dataclasses.replace(cfg, compile="off"), device, steps, warmup,
+                                  args.workers))
+        if cuda:
+            log.info("bench: engine loop, one fast-path switch at a time")
+            stage("ladder", ladder(prepared, cfg, device, steps, warmup))
         log.info("bench: engine loop")
         eng = engine_loop(prepared, cfg, device, steps, warmup)
         model, data = eng.pop("model"), eng.pop("data")
-        log.info("bench: Grad-CAM")
-        cam = gradcam_rows(model, data, cfg, device, args.cam_images)
         train_images = len(data.split["train"])
-        result: dict[str, Any] = {
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "device": str(device),
-            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                            else platform.processor() or "cpu"),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "git_commit": runs.git_commit(),
-            "preset": preset, "config": cfg.to_dict(), "steps": steps, "warmup_steps": warmup,
-            "prepare_images_per_s": prepare_rate, "cache_load_seconds": cache_seconds,
-            "plain": plain, "engine": eng,
-            "speedup": eng["train_images_per_s"] / plain["train_images_per_s"],
-            "plain_epoch_seconds": train_images / plain["train_images_per_s"],
-            "engine_epoch_seconds": train_images / eng["train_images_per_s"],
-            "gradcam": cam,
-        }
-        if device.type == "cuda":
+        stage("engine", eng)
+        result.update({"speedup": eng["train_images_per_s"] / result["plain"]["train_images_per_s"],
+                       "plain_epoch_seconds": train_images / result["plain"]["train_images_per_s"],
+                       "engine_epoch_seconds": train_images / eng["train_images_per_s"]})
+        log.info("bench: Grad-CAM")
+        stage("gradcam", gradcam_rows(model, data, cfg, device, args.cam_images or (0 if cuda else 32)))
+        del model, data
+        if cuda:
+            torch.cuda.empty_cache()
+            log.info("bench: trainings sharing the GPU")
             counts = tuple(int(n) for n in args.shared_gpu.split(",") if n)
-            result["shared_gpu"] = shared_gpu(prepared, overrides, counts, steps)
+            stage("shared_gpu", shared_gpu(prepared, overrides, counts, steps))
         if args.time_to_accuracy:
-            result["time_to_accuracy"] = time_to_accuracy(prepared, preset, args.time_to_accuracy, Path(tmp) / "tta")
-    out = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    runs.write_json(out, result)
+            log.info("bench: %s to %.3f validation accuracy", preset, args.time_to_accuracy)
+            stage("time_to_accuracy", time_to_accuracy(prepared, cfg, preset, args.time_to_accuracy, Path(tmp) / "tta"))
+        if args.compare_accuracy:
+            log.info("bench: plain loop trained in full")
+            stage("plain_accuracy", plain_accuracy(data_dir, prepared, cfg, device, args.workers))
     print(format_table(result))
     print(out)
     return 0

@@ -54,6 +54,7 @@ class Config:
     channels_last: str = "auto"  # auto = on for CUDA
     data_on_device: str = "auto"  # keep the decoded uint8 cache on the GPU when it fits
     fused_optimizer: str = "auto"  # fused AdamW kernel; auto = on for CUDA
+    cuda_graphs: str = "auto"  # capture the training step once, replay it per batch; auto = on for CUDA
     compile: str = "off"
     eval_batch_size: int = 128
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
@@ -73,7 +74,9 @@ class Config:
             (0 < self.warmup_frac < 1, "warmup_frac must be in (0, 1)"),
             (0 <= self.augment <= 2, "augment must be in [0, 2]"),
         ]
-        for name in ("amp", "channels_last", "data_on_device", "fused_optimizer"):
+        checks.append((not (self.cuda_graphs == "on" and self.compile != "off"),
+                       "cuda_graphs=on and compile are exclusive (compile's reduce-overhead mode uses CUDA graphs)"))
+        for name in ("amp", "channels_last", "data_on_device", "fused_optimizer", "cuda_graphs"):
             checks.append((getattr(self, name) in SWITCHES, f"{name} must be one of {SWITCHES}"))
         for ok, message in checks:
             if not ok:

@@ -173,8 +173,10 @@ def _check_file(args: tuple[str, str, str]) -> Checked:
         image = open_rgb(data)
     except ValueError as exc:
         return Checked(rel, cls, sha, reason=str(exc))
-    import imagehash
-
+    try:
+        import imagehash
+    except ImportError:  # a bare GPU machine: prepare still runs, without the near-duplicate check
+        return Checked(rel, cls, sha, image.width, image.height, original_mode, phash=-1)
     phash = int(str(imagehash.phash(image)), 16)
     return Checked(rel, cls, sha, image.width, image.height, original_mode, phash)
 
@@ -281,10 +283,13 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
     atomic_write_text(out / MANIFEST, buffer.getvalue())
 
     unique = sorted(by_hash)
+    near_checked = all(c.phash >= 0 for c in good)
+    if not near_checked:
+        log.warning("prepare: ImageHash is not installed; near-duplicates were not looked for")
     near = [
         {"a": by_hash[unique[i]][0].path, "b": by_hash[unique[j]][0].path, "distance": d}
         for i, j, d in near_duplicate_pairs([by_hash[s][0].phash for s in unique])
-    ]
+    ] if near_checked else []
     counts = {cls: {s: 0 for s in SPLITS} for cls in CLASSES}
     for r in rows:
         counts[r["class"]][r["split"]] += 1
@@ -304,6 +309,7 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
         "label_conflicts": conflicts,
         "near_duplicates": near,
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+        "near_duplicates_checked": near_checked,
         "rejected": rejected,
     }
     write_json(out / REPORT, report)

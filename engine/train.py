@@ -1,8 +1,9 @@
 """Training: ``fit(cfg, prepared, run_dir)`` trains a DenseNet and fills a run folder.
 
 Read it top to bottom: device and seeds, data as one uint8 tensor, model and optimiser,
-then the epoch loop (train, validate, checkpoint, early stop). Imports nothing beyond
-PyTorch, NumPy and (lazily) scikit-learn, so it runs on a GPU machine's stock PyTorch.
+the training step (eager, or captured once as a CUDA graph), then the epoch loop (train,
+validate, checkpoint, early stop). Imports nothing beyond PyTorch and NumPy, so it runs on
+a GPU machine's stock PyTorch; scikit-learn only for ``max_train_images`` subsets.
 """
 
 from __future__ import annotations
@@ -99,11 +100,21 @@ def subsample(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.
 # ----------------------------------------------------------------------------- batches
 
 
-def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW on ``device``."""
+def norm_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as (1, 3, 1, 1) tensors on ``device``, for ``to_input``."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(STD, device=device).view(1, 3, 1, 1))
+
+
+def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool,
+             stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW on ``device``.
+
+    Loops pass ``stats`` made once by ``norm_stats``: building them here copies from host
+    memory, which waits for the GPU to finish all queued work, every batch.
+    """
+    mean, std = stats or norm_stats(device)
     x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
@@ -140,45 +151,152 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Ten
     return (x - mean) * contrast + mean + brightness
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    # CUDA graph capture needs the weight-cast cache off; a training step uses each weight once anyway.
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
+
+
+# ----------------------------------------------------------------------------- one training step
+
+
+class TrainStep:
+    """Forward, loss, backward and optimiser update for one batch; returns (loss, logits).
+
+    The returned tensors are only valid until the next call (the graphed step reuses them).
+    """
+
+    fixed_batch = False  # True: every batch must have the same size
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 device: torch.device, use_amp: bool) -> None:
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.use_amp = device, use_amp
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.use_amp, cache=False):
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), logits.detach()
+
+
+class GraphedTrainStep(TrainStep):
+    """The same step captured once as a CUDA graph, then replayed for every batch.
+
+    DenseNet-121 is a long chain of small kernels: launched one by one from Python, the GPU
+    waits on the CPU. A replay launches the whole step at once. The first ``warmup`` calls
+    run eagerly on a side stream (cuDNN autotuning, optimiser state), as PyTorch's
+    whole-network capture recipe asks; they are real training steps. Batches must all have
+    the same size, and the learning rate lives in device tensors the scheduler's value is
+    copied into before each replay. If capture fails the step stays eager, with a warning.
+    """
+
+    fixed_batch = True
+    warmup = 3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed = False
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.failed:
+            return super().__call__(x, y)
+        if self.graph is None and self.calls < self.warmup:
+            self.calls += 1
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                out = super().__call__(x, y)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            return out
+        if self.graph is None:
+            try:
+                self._capture(x, y)
+            except Exception as exc:  # any capture failure falls back to eager
+                log.warning("CUDA graph capture failed (%s); training eagerly", exc)
+                self.failed = True
+                self.optimizer.zero_grad(set_to_none=True)
+                return super().__call__(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        for lr, group in zip(self.lrs, self.optimizer.param_groups, strict=True):
+            lr.fill_(group["lr"])
+        self.graph.replay()
+        return self.static_loss, self.static_logits
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.static_x, self.static_y = x.clone(), y.clone()
+        groups = self.optimizer.param_groups
+        # The graph reads the learning rate from these tensors; the groups keep plain floats
+        # for the scheduler and the checkpoint.
+        floats = [group["lr"] for group in groups]
+        self.lrs = [torch.tensor(float(lr), device=self.device) for lr in floats]
+        for group, lr in zip(groups, self.lrs, strict=True):
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_loss, self.static_logits = super().__call__(self.static_x, self.static_y)
+        finally:
+            for group, lr in zip(groups, floats, strict=True):
+                group["lr"] = lr
+        self.graph = graph
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                    device: torch.device, cfg: Config) -> TrainStep:
+    """The eager step, or the CUDA-graph step where ``cfg.cuda_graphs`` resolves on."""
+    kind = GraphedTrainStep if use_cuda_graphs(cfg, device) else TrainStep
+    return kind(model, optimizer, criterion, device, switch(cfg.amp, device))
+
+
+def use_cuda_graphs(cfg: Config, device: torch.device) -> bool:
+    return switch(cfg.cuda_graphs, device) and device.type == "cuda" and cfg.compile == "off"
+
+
+def steps_per_epoch(n_images: int, batch_size: int, fixed_batch: bool) -> int:
+    """Optimiser steps in one epoch: a short last batch is dropped when batches are fixed,
+    and a last batch of one always (BatchNorm cannot train on a single image)."""
+    full, rest = divmod(n_images, batch_size)
+    return max(1, full + (not fixed_batch and rest >= 2))
 
 
 # ----------------------------------------------------------------------------- loops
 
 
 def train_one_epoch(
-    model: nn.Module, data: Data, indices: np.ndarray, cfg: Config, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module, device: torch.device,
-    gen: torch.Generator, *, epoch: int, use_amp: bool, channels_last: bool,
+    step: TrainStep, data: Data, indices: np.ndarray, cfg: Config,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, gen: torch.Generator, *,
+    epoch: int, channels_last: bool,
 ) -> dict[str, float]:
-    model.train()
+    step.model.train()
     # The shuffle depends only on (seed, epoch), so a resumed run sees the same batches.
     shuffle = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     order = torch.from_numpy(indices)[torch.randperm(len(indices), generator=shuffle)]
-    # Drop a last batch of one: BatchNorm cannot train on a single image.
-    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches.pop()
-    total_loss, correct, seen = 0.0, 0, 0
+    n_steps = steps_per_epoch(len(order), cfg.batch_size, step.fixed_batch)
+    # Index tensors go to the device once per epoch, not once per batch (each copy would wait for the GPU).
+    image_order, label_order = order.to(data.images.device), order.to(data.labels.device)
+    stats = norm_stats(device)
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     start = time.perf_counter()
-    bar = progress(batches, desc=f"epoch {epoch}", unit="batch", leave=False)
-    for batch in bar:
-        x = to_input(data.images[batch.to(data.images.device)], device, channels_last)
-        x = augment(x, cfg.augment, gen)
-        y = data.labels[batch.to(data.labels.device)]
-        with autocast(device, use_amp):
-            logits = model(x)
-            loss = criterion(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    for i in progress(range(n_steps), desc=f"epoch {epoch}", unit="batch", leave=False):
+        batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
+        x = augment(to_input(data.images[image_order[batch]], device, channels_last, stats), cfg.augment, gen)
+        y = data.labels[label_order[batch]]
+        loss, logits = step(x, y)
         scheduler.step()
-        total_loss += loss.detach() * len(batch)
+        total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
-        seen += len(batch)
+        seen += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -200,8 +318,9 @@ def predict_proba(
     out = []
     index = torch.from_numpy(indices)
     chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+    stats = norm_stats(device)
     for chunk in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None):
-        x = to_input(images[chunk.to(images.device)], device, channels_last)
+        x = to_input(images[chunk.to(images.device)], device, channels_last, stats)
         with autocast(device, use_amp):
             logits = model(x)
         out.append(torch.softmax(logits.double(), 1).cpu())
@@ -210,18 +329,29 @@ def predict_proba(
 
 def validate(model: nn.Module, data: Data, cfg: Config, device: torch.device, *,
              use_amp: bool, channels_last: bool) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, log_loss
-
     indices = data.split["val"]
     proba = predict_proba(model, data.images, indices, device, batch_size=cfg.eval_batch_size,
                           use_amp=use_amp, channels_last=channels_last)
-    y = data.labels.cpu().numpy()[indices]
+    return val_scores(data.labels.cpu().numpy()[indices], proba)
+
+
+def val_scores(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Log loss, accuracy and macro-F1 of one validation pass.
+
+    Written with NumPy so that training needs nothing beyond PyTorch on a bare GPU machine;
+    tests check each against scikit-learn, which ``evaluate`` uses for the full report.
+    """
+    k = proba.shape[1]
     pred = proba.argmax(1)
+    confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion).astype(float)
+    denominator = confusion.sum(0) + confusion.sum(1)  # 2 tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(k), where=denominator > 0)
+    p_true = np.clip(proba[np.arange(len(y)), y] / proba.sum(1), np.finfo(proba.dtype).eps, 1)
     return {
-        "val_loss": float(log_loss(y, proba, labels=list(range(len(CLASSES))))),
-        "val_acc": float(accuracy_score(y, pred)),
-        "val_macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(CLASSES))),
-                                       zero_division=0)),
+        "val_loss": float(-np.log(p_true).mean()),
+        "val_acc": float((pred == y).mean()),
+        "val_macro_f1": float(f1.mean()),
     }
 
 
@@ -235,13 +365,17 @@ def make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     fused = switch(cfg.fused_optimizer, device) and device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.effective_lr, fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr, fused=fused or None,
+                             capturable=use_cuda_graphs(cfg, device))
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: int):
     if cfg.schedule == "onecycle":
+        # AdamW keeps fixed betas: one-cycle's momentum cycling is meant for SGD, and a captured
+        # CUDA-graph step could not follow it.
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.effective_lr, total_steps=total_steps, pct_start=cfg.warmup_frac
+            optimizer, max_lr=cfg.effective_lr, total_steps=total_steps, pct_start=cfg.warmup_frac,
+            cycle_momentum=False,
         )
     warmup = max(1, int(total_steps * cfg.warmup_frac))
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [
@@ -251,10 +385,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: i
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:
-    from sklearn.utils.class_weight import compute_class_weight
-
-    classes = np.arange(len(CLASSES))
-    return torch.tensor(compute_class_weight("balanced", classes=classes, y=labels), dtype=torch.float32)
+    """scikit-learn's "balanced" weights, n / (classes * count), without importing it."""
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    if (counts == 0).any():
+        raise ConfigError("class_weighted needs every class in the training images")
+    return torch.tensor(len(labels) / (len(CLASSES) * counts), dtype=torch.float32)
 
 
 def fit(
@@ -282,13 +417,14 @@ def fit(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
-    steps_per_epoch = max(1, len(train_idx) // cfg.batch_size + (len(train_idx) % cfg.batch_size >= 2))
-    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
     weight = class_weights(labels_np[train_idx]).to(device) if cfg.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     forward = model if cfg.compile == "off" else torch.compile(
         model, mode=None if cfg.compile == "default" else cfg.compile)
+    step = make_train_step(forward, optimizer, criterion, device, cfg)
+    total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size, step.fixed_batch)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
 
     history: list[dict[str, Any]] = []
     start_epoch, best_f1, best_epoch = 1, -1.0, 0
@@ -309,6 +445,7 @@ def fit(
         runs.write_json(run_dir / runs.CONFIG, {**cfg.to_dict(), "data_dir": str(prepared), "preset": preset})
         env = runs.environment(str(device), cfg.seed)
         env.update({"amp_bf16": use_amp, "channels_last": channels_last,
+                    "cuda_graphs": isinstance(step, GraphedTrainStep),
                     "data_on_device": data.images.device.type == "cuda",
                     "train_images": len(train_idx), "val_images": len(data.split["val"])})
         runs.write_json(run_dir / runs.ENV, env)
@@ -316,8 +453,8 @@ def fit(
     status = "complete"
     for epoch in range(start_epoch, cfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
-        row.update(train_one_epoch(forward, data, train_idx, cfg, optimizer, scheduler, criterion, device,
-                                   gen, epoch=epoch, use_amp=use_amp, channels_last=channels_last))
+        row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
+                                   epoch=epoch, channels_last=channels_last))
         row.update(validate(forward, data, cfg, device, use_amp=use_amp, channels_last=channels_last))
         row["epoch_seconds"] = row.pop("train_seconds")
         history.append({k: row[k] for k in runs.HISTORY_COLUMNS})

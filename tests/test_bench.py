@@ -15,3 +15,36 @@ def test_bench_measures_both_loops_and_writes_its_report(prepared_tiny, tmp_path
     assert report["speedup"] == report["engine"]["train_images_per_s"] / report["plain"]["train_images_per_s"]
     assert report["engine"]["eval_images_per_s"] > 0
     assert any("speed-up (engine / plain)" in line for line in out)
+
+
+def test_plain_loop_trains_on_the_train_split_and_scores_the_val_split(prepared_tiny):
+    import torch
+
+    from engine import runs
+    from engine.bench import plain_accuracy
+    from engine.config import build_config
+    from engine.data import read_manifest
+
+    cfg = build_config("tiny", {"epochs": 2, "batch_size": 16})
+    data_dir = Path(runs.read_json(prepared_tiny / "data_report.json")["data_dir"])
+    result = plain_accuracy(data_dir, prepared_tiny, cfg, torch.device("cpu"), workers=0)
+    val_rows = [r for r in read_manifest(prepared_tiny) if r["split"] == "val"]
+    train_rows = [r for r in read_manifest(prepared_tiny) if r["split"] == "train"]
+    assert result["val_images"] == len(val_rows) and result["epochs"] == 2
+    assert 0 <= result["val_acc"] <= 1 and result["training_seconds"] > 0
+    # drop_last: whole batches of the train split only, so a leak of val/test images would show here
+    steps = len(train_rows) // 16
+    assert result["train_images_per_s"] == 2 * steps * 16 / result["training_seconds"]
+
+
+def test_time_to_accuracy_reports_the_first_epoch_at_target_and_trains_on(prepared_tiny, tmp_path):
+    from engine.bench import time_to_accuracy
+    from engine.config import build_config
+
+    cfg = build_config("tiny", {"epochs": 3, "early_stop_patience": 0})
+    result = time_to_accuracy(prepared_tiny, cfg, "tiny", 0.0, tmp_path)
+    assert result["reached"] and result["epoch"] == 1 and result["epochs_run"] == 3
+    assert result["training_seconds"] == result["history"][0]["epoch_seconds"]
+    assert result["total_training_seconds"] >= result["training_seconds"]
+    never = time_to_accuracy(prepared_tiny, cfg, "tiny", 1.01, tmp_path)
+    assert not never["reached"] and never["epoch"] is None and never["epochs_run"] == 3

@@ -44,3 +44,9 @@ def test_preset_file_with_unknown_key_is_rejected(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(AttributeError):
         Config().lr = 1.0  # type: ignore[misc]
+
+
+def test_cuda_graphs_and_compile_are_exclusive():
+    with pytest.raises(ConfigError, match="exclusive"):
+        build_config("tiny", {"cuda_graphs": "on", "compile": "default"})
+    assert build_config("tiny", {"compile": "default"}).cuda_graphs == "auto"

@@ -132,3 +132,18 @@ def test_cache_follows_manifest_order_and_rebuilds_when_it_changes(prepared_tiny
     lines = (prepared / "manifest.csv").read_text().splitlines()
     (prepared / "manifest.csv").write_text("\n".join(lines[:-5]) + "\n")
     assert load_cache(prepared, 32).shape[0] == len(manifest) - 5
+
+
+def test_prepare_without_imagehash_still_splits_and_says_near_duplicates_were_not_checked(
+        image_folder, tmp_path, monkeypatch):
+    import sys
+
+    # A bare GPU machine has no ImageHash: prepare must still run (the worker processes fork this state).
+    monkeypatch.setitem(sys.modules, "imagehash", None)
+    report = prepare(image_folder, tmp_path / "bare")
+    assert report["near_duplicates_checked"] is False and report["near_duplicates"] == []
+    assert report["images"] == report["files_found"] > 0
+    monkeypatch.undo()
+    full = prepare(image_folder, tmp_path / "full")
+    assert full["near_duplicates_checked"] is True
+    assert read_manifest(tmp_path / "bare") == read_manifest(tmp_path / "full")

@@ -108,9 +108,43 @@ def test_augment_is_seeded_and_shape_preserving():
     assert torch.equal(augment(x, 0.0, torch.Generator()), x)
 
 
-def test_class_weights_upweight_the_rare_class():
-    weights = train.class_weights(np.array([0] * 10 + [1] * 40 + [2] * 40 + [3] * 40))
-    assert weights[0] > weights[1] == pytest.approx(weights[2])
+def test_class_weights_upweight_the_rare_class_as_scikit_learn_does():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([0] * 10 + [1] * 40 + [2] * 40 + [3] * 30)
+    weights = train.class_weights(labels)
+    assert weights[0] > weights[3] > weights[1] == pytest.approx(weights[2])
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels)
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=1e-6)
+
+
+def test_val_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, 200)
+    proba = rng.dirichlet(np.ones(4), 200)
+    proba[y == 2] = [0.7, 0.1, 0.1, 0.1]  # class 2 is never predicted: its F1 is 0, not skipped
+    scores = train.val_scores(y, proba)
+    pred = proba.argmax(1)
+    assert scores["val_acc"] == pytest.approx(accuracy_score(y, pred))
+    assert scores["val_macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=range(4),
+                                                            zero_division=0))
+    assert scores["val_loss"] == pytest.approx(log_loss(y, proba, labels=range(4)))
+
+
+def test_fixed_batches_drop_the_short_last_batch():
+    assert train.steps_per_epoch(10, 4, fixed_batch=False) == 3
+    assert train.steps_per_epoch(9, 4, fixed_batch=False) == 2  # a last batch of one is dropped
+    assert train.steps_per_epoch(10, 4, fixed_batch=True) == 2
+    assert train.steps_per_epoch(3, 4, fixed_batch=True) == 1
+
+
+def test_cpu_training_never_uses_cuda_graphs(tmp_path):
+    cfg = build_config("tiny", {"cuda_graphs": "on"})
+    step = train.make_train_step(torch.nn.Linear(2, 2), torch.optim.SGD([torch.zeros(1)], lr=0.1),
+                                 torch.nn.CrossEntropyLoss(), torch.device("cpu"), cfg)
+    assert type(step) is train.TrainStep and not step.fixed_batch
 
 
 @pytest.mark.skipif(not os.environ.get("CUDA_VISIBLE_DEVICES") and not torch.cuda.is_available(),
@@ -119,3 +153,33 @@ def test_gpu_training_uses_bf16_and_channels_last(prepared_tiny, tmp_path):
     run = fit(build_config("tiny", {"epochs": 1}), prepared_tiny, tmp_path / "gpu")
     env = json.loads((run / "env.json").read_text())
     assert env["amp_bf16"] and env["channels_last"] and env["device"].startswith("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_trains_like_the_eager_step():
+    """Same start, same batches: the replayed graph must update the weights as eager steps do."""
+    device = torch.device("cuda")
+    cfg = build_config("tiny", {"amp": "off", "channels_last": "off", "cuda_graphs": "on", "batch_size": 8})
+    x = torch.randn(7, 8, 3, 64, 64, device=device)
+    y = torch.randint(0, 4, (7, 8), device=device)
+    results = []
+    for graphs in ("off", "on"):
+        torch.manual_seed(0)
+        model = create_model(build_config("tiny"), 4).to(device)
+        run_cfg = build_config("tiny", {"amp": "off", "cuda_graphs": graphs})
+        optimizer = train.make_optimizer(model, run_cfg, device)
+        scheduler = train.make_scheduler(optimizer, cfg, 7)
+        step = train.make_train_step(model, optimizer, torch.nn.CrossEntropyLoss(), device, run_cfg)
+        assert isinstance(step, train.GraphedTrainStep) == (graphs == "on")
+        losses = []
+        model.train()
+        for i in range(7):
+            loss, _ = step(x[i], y[i])
+            losses.append(float(loss))
+            scheduler.step()
+        assert not getattr(step, "failed", False)
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (eager_losses, eager_params), (graph_losses, graph_params) = results
+    np.testing.assert_allclose(graph_losses, eager_losses, rtol=1e-3, atol=1e-4)
+    for a, b in zip(eager_params, graph_params, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
