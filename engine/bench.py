@@ -11,6 +11,7 @@ a GPU as it is; it imports nothing beyond PyTorch, torchvision, NumPy and scikit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -162,7 +163,8 @@ def plain_accuracy(data_dir: Path, prepared: Path, cfg, device: torch.device, wo
             "train_images_per_s": cfg.epochs * len(train) * cfg.batch_size / seconds}
 
 
-def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: int,
+                profiler: Any = None) -> dict[str, Any]:
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
     seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
@@ -190,7 +192,8 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     compile_start = time.perf_counter()
     run(warmup)
     warm_seconds = time.perf_counter() - compile_start
-    result = run(steps)
+    with profiler or contextlib.nullcontext():
+        result = run(steps)
     val = data.split["val"]
     _sync(device)
     start = time.perf_counter()
@@ -217,14 +220,46 @@ LADDER: tuple[tuple[str, dict[str, str]], ...] = (
 )
 
 
-def ladder(prepared: Path, cfg, device: torch.device, steps: int, warmup: int) -> list[dict[str, Any]]:
+# Measured beside the default, to show whether another batch or layout would be faster (GPU only).
+ALTERNATIVES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("default, batch 512", {"batch_size": 512}),
+    ("default, batch 128", {"batch_size": 128}),
+    ("default, batch 128, no CUDA graphs", {"batch_size": 128, "cuda_graphs": "off"}),
+    ("default, NCHW instead of channels_last", {"channels_last": "off"}),
+)
+
+
+def ladder(prepared: Path, cfg, device: torch.device, steps: int, warmup: int,
+           variants: tuple[tuple[str, dict[str, Any]], ...] = LADDER) -> list[dict[str, Any]]:
     rows = []
-    for name, overrides in LADDER:
+    for name, overrides in variants:
         result = engine_loop(prepared, dataclasses.replace(cfg, **overrides), device, steps, warmup)
         result.pop("model"), result.pop("data")
         rows.append({"variant": name, **result})
         torch.cuda.empty_cache()
     return rows
+
+
+def profile_step(prepared: Path, cfg, device: torch.device, out: Path) -> dict[str, Any]:
+    """Where an eager training step spends its GPU time: the top operators, also as a text table.
+
+    Eager, not graphed, so each kernel shows under the operator that launched it.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = dataclasses.replace(cfg, cuda_graphs="off")
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    engine_loop(prepared, cfg, device, steps=3, warmup=3, profiler=prof)
+    events = prof.key_averages()
+
+    def device_time(event: Any) -> float:
+        return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+    total = sum(device_time(e) for e in events) or 1.0
+    top = sorted(events, key=device_time, reverse=True)[:15]
+    out.write_text(events.table(sort_by="self_device_time_total", row_limit=30))
+    return {"table": str(out), "device_ms_per_step": total / 3 / 1000,
+            "top": [{"op": e.key, "share": device_time(e) / total, "calls_per_step": e.count / 3} for e in top]}
 
 
 def gradcam_rows(model: nn.Module, data: Data, cfg, device: torch.device, n_images: int) -> dict[str, Any]:
@@ -306,7 +341,8 @@ def format_table(result: dict[str, Any]) -> str:
         line("decoded cache load, s", result["cache_load_seconds"], ".3f"),
         line("plain loop train, img/s", plain["train_images_per_s"]),
     ]
-    lines += [line(f"engine: {row['variant']}, img/s", row["train_images_per_s"]) for row in result.get("ladder", [])]
+    lines += [line(f"engine: {row['variant']}, img/s", row["train_images_per_s"])
+              for row in result.get("ladder", []) + result.get("alternatives", [])]
     lines += [
         line("engine train, img/s", eng["train_images_per_s"]),
         line("speed-up (engine / plain)", result["speedup"], ".2f"),
@@ -349,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train the preset in full and report when it first reached this val accuracy")
     parser.add_argument("--compare-accuracy", action="store_true",
                         help="also train the plain loop for the preset's epochs and report its val accuracy")
+    parser.add_argument("--profile", action="store_true",
+                        help="GPU: also profile a few eager training steps (top operators by GPU time)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -409,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             log.info("bench: engine loop, one fast-path switch at a time")
             stage("ladder", ladder(prepared, cfg, device, steps, warmup))
+            stage("alternatives", ladder(prepared, cfg, device, steps, warmup, ALTERNATIVES))
+            if args.profile:
+                stage("profile", profile_step(prepared, cfg, device, out.with_suffix(".profile.txt")))
         log.info("bench: engine loop")
         eng = engine_loop(prepared, cfg, device, steps, warmup)
         model, data = eng.pop("model"), eng.pop("data")

@@ -165,14 +165,16 @@ def cam_throughput(model: nn.Module, images: torch.Tensor, method: str, layer: s
     """Images per second of ``compute_maps`` (predicted-class targets) at ``batch_size``.
 
     ``images`` is uint8 NHWC (as in ``Data.images``) or an already normalised float NCHW
-    batch. One batch is run first, untimed, so one-off setup does not count.
+    batch. One batch of each size the timed pass uses is run first, untimed, so one-off
+    setup does not count (with cuDNN autotuning on, each new batch shape is tuned on first use).
     """
     from ..train import to_input
 
     device = torch.device(device)
     model = model.to(device).eval()
     x = to_input(images, device, channels_last=False) if images.dtype == torch.uint8 else images.to(device)
-    compute_maps(model, x[:batch_size], method, layer, batch_size=batch_size)
+    for size in {min(batch_size, len(x)), len(x) % batch_size} - {0}:
+        compute_maps(model, x[:size], method, layer, batch_size=batch_size)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
