@@ -100,7 +100,8 @@ def new_run_id(prefix: str = "") -> str:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+            # "-dirty" when tracked files differ from the commit: the figures then came from other code.
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=Path(__file__).parent,
             capture_output=True, text=True, timeout=5, check=True,
         )
         return out.stdout.strip()

@@ -123,9 +123,14 @@ def test_cam_throughput_reports_images_per_second(tiny_model):
     assert isinstance(rate, float) and rate > 0
 
 
-@pytest.mark.slow
-def test_batched_maps_are_at_least_three_times_faster_than_one_at_a_time(tiny_model):
-    images = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    single = cam_throughput(tiny_model, images, "gradcam", "norm5", 1, "cpu")
-    batched = cam_throughput(tiny_model, images, "gradcam", "norm5", 32, "cpu")
-    assert batched >= 3 * single, (batched, single)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_maps_on_gpu_match_the_maps_on_cpu(tiny_model, inputs):
+    """Same weights and images: fp32 maps agree across devices (cuDNN's TF32 convolutions aside).
+
+    `make bench` on a GPU reports the same comparison for DenseNet-121 at 224 px.
+    """
+    import copy
+
+    on_cpu = compute_maps(tiny_model, inputs, "gradcam", "norm5", [0, 1, 2, 3])
+    on_gpu = compute_maps(copy.deepcopy(tiny_model).cuda(), inputs.cuda(), "gradcam", "norm5", [0, 1, 2, 3])
+    np.testing.assert_allclose(on_gpu, on_cpu, atol=5e-3)
