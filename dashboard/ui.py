@@ -166,3 +166,14 @@ def per_class_table(m: dict[str, Any]):
                      "specificity": v.get("specificity"), "F1": v.get("f1"), "ROC-AUC": v.get("roc_auc"),
                      "support": v.get("support")})
     return pd.DataFrame(rows)
+
+
+def clicked_cell(event: Any, classes: Sequence[str]) -> tuple[str, str] | None:
+    """The (true, predicted) cell a click on ``figures.confusion_matrix`` selected, if any."""
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    clicked = None
+    for point in points:
+        custom = point.get("customdata")
+        if isinstance(custom, (list, tuple)) and len(custom) >= 2:
+            clicked = (str(custom[0]), str(custom[1]))
+    return clicked if clicked and all(c in classes for c in clicked) else None

@@ -76,9 +76,32 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         log.info("%s: accuracy %.4f [%.4f, %.4f]  macro-F1 %.4f  balanced %.4f  ECE %.4f", split,
                  metrics["accuracy"], *(x or 0 for x in metrics["accuracy_ci95"]), metrics["macro_f1"],
                  metrics["balanced_accuracy"], metrics["calibration"]["ece"])
+    result["ood"] = fit_ood(run_dir, model, data, cfg, dev, channels_last)
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
     runs.write_json(run_dir / runs.METRICS, result)
     return result
+
+
+def fit_ood(run_dir: Path, model: torch.nn.Module, data: Data, cfg, device: torch.device,
+            channels_last: bool) -> dict[str, Any]:
+    """Fit the out-of-distribution check on the training images, write ``ood.npz``; a summary for metrics.json."""
+    from . import ood
+
+    def feats(split: str) -> np.ndarray:
+        return ood.features(model, data.images, data.split[split], device, batch_size=cfg.eval_batch_size,
+                            channels_last=channels_last, desc=f"features {split}")
+
+    train = feats("train")
+    held_out = {s: feats(s) for s in ("val", "test") if len(data.split[s])}
+    labels = data.labels.cpu().numpy()[data.split["train"]]
+    detector = ood.fit(train, labels, held_out.get("val", train))
+    detector.save(run_dir / ood.FILE)
+    summary = {"file": ood.FILE, "method": "mahalanobis (Lee et al. 2018), Ledoit-Wolf covariance",
+               "threshold": detector.threshold, "quantile": detector.quantile,
+               "flagged_fraction": {s: float(detector.flags(f).mean()) for s, f in held_out.items()}}
+    log.info("out-of-distribution check: threshold %.2f (%.0f%% of val); test images flagged: %s",
+             detector.threshold, 100 * detector.quantile, summary["flagged_fraction"].get("test"))
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -45,11 +45,13 @@ class DenseNetClassifier(DenseNet):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.features(x)
-        out = F.relu(features)
+        return self.classifier(self.embed(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled features the classifier reads (N x channels), for the out-of-distribution check."""
+        out = F.relu(self.features(x))
         out = F.adaptive_avg_pool2d(out, (1, 1))
-        out = torch.flatten(out, 1)
-        return self.classifier(out)
+        return torch.flatten(out, 1)
 
 
 def _load_imagenet_state(name: str) -> dict[str, torch.Tensor]:

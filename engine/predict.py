@@ -1,13 +1,15 @@
 """``python -m engine predict RUN IMAGE...``: one JSON line per image with class probabilities.
 
 A file that cannot be read as an image gets a JSON line with an ``error`` and the others
-still answer; the exit status is 1 when any file failed.
+still answer; the exit status is 1 when any file failed. When the run was evaluated (it has
+``ood.npz``), each line also says whether the image looks out of distribution.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,9 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import ood
 from .data import load_image
 from .runs import CLASSES
 from .train import load_checkpoint, resolve_device, to_input
+
+log = logging.getLogger(__name__)
 
 
 class Predictor:
@@ -27,15 +32,28 @@ class Predictor:
         self.device = resolve_device(device)
         self.cfg, self.model = load_checkpoint(run_dir, checkpoint, self.device)
         self.run_dir = Path(run_dir)
+        path = self.run_dir / ood.FILE
+        self.ood = ood.OODDetector.load(path) if path.is_file() else None
+        if self.ood is None:
+            log.warning("%s has no %s: no out-of-distribution check (run `python -m engine evaluate %s`)",
+                        self.run_dir, ood.FILE, self.run_dir)
 
     def preprocess(self, source: Path | bytes) -> np.ndarray:
         """The image as the model sees it (uint8 HWC); ValueError with a reason otherwise."""
         return load_image(source, self.cfg.image_size)
 
-    @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.scores(images)[0]
+
+    @torch.no_grad()
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Class probabilities and (when the run has ``ood.npz``) out-of-distribution distances."""
+        self.model.eval()
         x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device, channels_last=False)
-        return torch.softmax(self.model(x).double(), 1).cpu().numpy()
+        features = self.model.embed(x)
+        proba = torch.softmax(self.model.classifier(features).double(), 1).cpu().numpy()
+        distance = None if self.ood is None else self.ood.score(features.double().cpu().numpy())
+        return proba, distance
 
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [{} for _ in paths]
@@ -48,11 +66,14 @@ class Predictor:
                 results[i] = {"path": str(path), "error": reason}
         for start in range(0, len(good), batch_size):
             chunk = good[start:start + batch_size]
-            proba = self.probabilities(np.stack([image for _, image in chunk]))
-            for (i, _), p in zip(chunk, proba, strict=True):
+            proba, distance = self.scores(np.stack([image for _, image in chunk]))
+            for n, ((i, _), p) in enumerate(zip(chunk, proba, strict=True)):
                 k = int(p.argmax())
                 results[i] = {"path": str(paths[i]), "pred": CLASSES[k], "confidence": round(float(p[k]), 6),
                               "probabilities": {c: round(float(v), 6) for c, v in zip(CLASSES, p, strict=True)}}
+                if distance is not None:
+                    results[i]["ood_distance"] = round(float(distance[n]), 3)
+                    results[i]["out_of_distribution"] = bool(distance[n] > self.ood.threshold)
         return results
 
 

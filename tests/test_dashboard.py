@@ -332,6 +332,19 @@ def test_predict_page_classifies_and_refuses_bad_files(outputs: dict[str, Path],
     no_exception(at)
     assert "Predicted stage" in texts(at)
     assert len(at.get("plotly_chart")) == 1
+    # An image of the training distribution passes the out-of-distribution check; noise does not.
+    report = json.loads((outputs["prepared"] / "data_report.json").read_text())
+    root = Path(next(iter(report["class_dirs"].values()))).parent
+    test_image = next(line.split(",")[0] for line in (outputs["prepared"] / "manifest.csv").read_text().splitlines()
+                      if line.split(",")[4:5] == ["test"])
+    at.file_uploader[0].set_value(("smear.png", (root / test_image).read_bytes(), "image/png")).run()
+    no_exception(at)
+    assert "Like the training images" in texts(at) and "Unlike the training images" not in texts(at)
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(noise, format="PNG")
+    at.file_uploader[0].set_value(("noise.png", noise.getvalue(), "image/png")).run()
+    no_exception(at)
+    assert "Unlike the training images" in texts(at) and "Predicted stage" in texts(at)
     at.file_uploader[0].set_value(("notes.png", b"this is not an image", "image/png")).run()
     no_exception(at)
     assert "cannot be used" in texts(at) and "not an image" in texts(at)

@@ -165,6 +165,49 @@ def test_clicking_a_confusion_matrix_cell_shows_its_images(server, browser) -> N
     page.close()
 
 
+def test_clicking_a_cell_on_the_compare_page_shows_both_runs_maps_of_that_cell(server, browser) -> None:
+    root = server["root"]
+    # The page puts explained runs first, by label: the fixture explains exactly these two.
+    run_a, run_b = sorted((server["best"], server["other"]), key=lambda r: r.relative_to(root).as_posix())
+
+    def pred_maps(run: Path) -> pd.DataFrame:
+        index = pd.read_csv(run / "cams" / "index.csv")
+        index = index[(index["target"] == "pred") & (index["layer"] == "norm5")]
+        return index[index["method"] == sorted(index["method"].unique())[0]].drop_duplicates("sha256")
+
+    ia, ib = pred_maps(run_a), pred_maps(run_b)
+    common = ia[ia["sha256"].isin(set(ib["sha256"]))]
+    counts = common.groupby(["true", "pred"]).size()
+    (true, guess), n = max(counts.items(), key=lambda kv: kv[1])
+    expected = set(common[(common["true"] == true) & (common["pred"] == guess)]["path"])
+
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(f"{server['url']}/compare")
+    settle(page)
+    chart = page.locator("[data-testid='stPlotlyChart']").first
+    assert run_a.relative_to(root).as_posix() in chart.inner_text()
+    chart.scroll_into_view_if_needed()
+    box = chart.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    classes = ["benign", "early", "pre", "pro"]
+    i, j = classes.index(true), classes.index(guess)
+    page.mouse.click(box["x"] + (j + 0.5) * box["width"] / 4, box["y"] + (i + 0.5) * box["height"] / 4)
+    page.get_by_text(f"true {true} → predicted {guess}").first.wait_for(timeout=30_000)
+    settle(page)
+    assert page.get_by_text("Cell of run A").count() == 1
+    assert page.get_by_text(f"{n} match").count() == 1
+    shown = page.locator("[class*='st-key-cmp_pair_'] .pair-image")
+    titles = {shown.nth(k).get_attribute("title") for k in range(shown.count())}
+    assert shown.count() == min(n, 12) and titles <= expected
+    assert_no_exception(page, "compare after click")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    full_screenshot(page, SCREENSHOTS / "compare-cell-selected.png")
+    page.get_by_role("button", name="Show all cells").click()
+    settle(page)
+    assert page.get_by_text("Cell of run A").count() == 0
+    page.close()
+
+
 def test_html_report_renders_offline(server, browser, tmp_path: Path) -> None:
     from dashboard import report
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
@@ -68,16 +70,24 @@ with ui.section("Metric deltas"):
     st.caption("Overlapping 95% intervals mean the difference may be chance; both runs are scored on the same "
                "images only when they share a prepared data set.")
 
+# A clicked cell, ("A" or "B", true, predicted), filters the maps below to that cell of that run.
+cell = st.session_state.get("cmp_cell")
 with ui.section("Confusion matrices"):
     mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cmp_mode")
     cols = st.columns(2)
     for col, run, m, name in ((cols[0], a, ma, "A"), (cols[1], b, mb, "B")):
         with col:
-            st.plotly_chart(figures.confusion_matrix(m["confusion_matrix"],
-                                                     normalized=m.get("confusion_matrix_normalized"),
-                                                     mode="normalized" if mode != "counts" else "counts",
-                                                     title=f"{name}: {run.label}", height=420),
-                            key=f"cmp_cm_{name}", config={"displayModeBar": False})
+            fig = figures.confusion_matrix(m["confusion_matrix"], normalized=m.get("confusion_matrix_normalized"),
+                                           mode="normalized" if mode != "counts" else "counts",
+                                           title=f"{name}: {run.label}", height=420,
+                                           selected=cell[1:] if cell and cell[0] == name else None)
+            event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"cmp_cm_{name}_{split}",
+                                    config={"displayModeBar": False})
+            clicked = ui.clicked_cell(event, loaders.CLASSES)
+            if clicked and (name, *clicked) != st.session_state.get("cmp_cell_clicked"):
+                st.session_state["cmp_cell_clicked"] = st.session_state["cmp_cell"] = (name, *clicked)
+                st.rerun()
+    st.caption("Click a cell of either matrix to see both runs' maps for its images below.")
 
 st.subheader("The same images, maps from each run")
 with ui.section("Maps"):
@@ -94,8 +104,15 @@ with ui.section("Maps"):
             method = f[0].selectbox("Method", methods, key="cmp_method")
             layer = f[1].selectbox("Layer", layers, key="cmp_layer",
                                    index=layers.index("norm5") if "norm5" in layers else 0)
-            stage = f[2].selectbox("Stage", ["all", *loaders.CLASSES], key="cmp_stage")
-            only = f[3].checkbox("Only where the runs disagree", value=True, key="cmp_disagree")
+            if cell:
+                f[2].markdown(f"**Cell of run {cell[0]}**  \ntrue {cell[1]} → predicted {cell[2]}")
+                if f[2].button("Show all cells", key="cmp_clear_cell"):
+                    st.session_state.pop("cmp_cell", None)
+                    st.rerun()
+                stage, only = cell[1], False
+            else:
+                stage = f[2].selectbox("Stage", ["all", *loaders.CLASSES], key="cmp_stage")
+                only = f[3].checkbox("Only where the runs disagree", value=True, key="cmp_disagree")
 
             def pick(index: pd.DataFrame) -> pd.DataFrame:
                 part = index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]
@@ -106,15 +123,23 @@ with ui.section("Maps"):
             both = pa.loc[common].merge(pb.loc[common], left_index=True, right_index=True, suffixes=("_a", "_b"))
             if stage != "all":
                 both = both[both["true_a"] == stage]
+            if cell:
+                both = both[both[f"pred_{cell[0].lower()}"] == cell[2]]
             if only:
                 both = both[both["pred_a"] != both["pred_b"]]
-            st.caption(f"{len(common)} images have maps in both runs; {len(both)} shown by these filters.")
+            splits = sorted(set(both["split_a"])) if "split_a" in both else []
+            where = f" (maps of the {', '.join(splits)} split)" if splits else ""
+            st.caption(f"{len(common)} images have maps in both runs; {len(both)} match{where}"
+                       f"{', the 12 most confident of A shown' if len(both) > 12 else ''}.")
+            both = both.sort_values("confidence_a", ascending=False, key=lambda c: c.astype(float))
             grid = st.columns(3)
             for k, (_sha, row) in enumerate(both.head(12).iterrows()):
-                with grid[k % 3], st.container(border=True):
-                    st.markdown(f"**{row['path_a'].rsplit('/', 1)[-1]}** · true **{row['true_a']}** · "
+                with grid[k % 3], st.container(border=True, key=f"cmp_pair_{k}"):
+                    name = html.escape(str(row["path_a"]).rsplit("/", 1)[-1])
+                    st.markdown(f"<span class='pair-image' title='{html.escape(str(row['path_a']), quote=True)}'>"
+                                f"<b>{name}</b></span> · true **{row['true_a']}** · "
                                 f"A: {row['pred_a']} ({float(row['confidence_a']):.2f}) · "
-                                f"B: {row['pred_b']} ({float(row['confidence_b']):.2f})")
+                                f"B: {row['pred_b']} ({float(row['confidence_b']):.2f})", unsafe_allow_html=True)
                     cols = st.columns(3)
                     with cols[0]:
                         ui.image(loaders.cam_path(root, a.path, row["image_a"]), caption="input")

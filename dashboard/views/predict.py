@@ -29,7 +29,7 @@ if upload is None:
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def model_of(path: str, version: tuple | None):  # version (mtime, size) is part of the key
+def model_of(path: str, version: tuple | None, ood_version: tuple | None):  # (mtime, size) stamps key the cache
     from dashboard import inference  # torch is imported here, on this page only
 
     return inference.load_model(path)
@@ -40,7 +40,7 @@ try:
     from dashboard import inference
     from dashboard.loaders import stamp
 
-    cfg, model = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"))
+    cfg, model, detector = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"), stamp(f"{run.path}/ood.npz"))
 except (OSError, RuntimeError, KeyError, ValueError) as exc:
     st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon=":material/block:")
     st.stop()
@@ -52,9 +52,20 @@ except ValueError as exc:
 
 with st.spinner("Classifying and computing Grad-CAM…"):
     result = inference.predict(model, image, None if target == "predicted stage" else ["benign", "early", "pre",
-                                                                                     "pro"].index(target))
+                                                                                     "pro"].index(target), detector)
+distance, threshold = result["ood_distance"], result["ood_threshold"]
+if distance is not None and distance > threshold:
+    st.warning(f"**Unlike the training images.** `{upload.name}` is farther from every stage in the model's feature "
+               f"space ({distance:.1f}) than {result['ood_quantile']:.0%} of the validation images "
+               f"({threshold:.1f}): another stain, magnification or cell type, or not a smear. Do not trust the "
+               "prediction below.", icon=":material/warning:")
 st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})",
            icon=":material/biotech:")
+if distance is None:
+    st.caption("No out-of-distribution check for this run: `python -m engine evaluate RUN` adds one (ood.npz).")
+elif distance <= threshold:
+    st.caption(f"Like the training images: feature distance {distance:.1f}, within the {result['ood_quantile']:.0%} "
+               f"of validation images ({threshold:.1f}).")
 left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")

@@ -59,13 +59,8 @@ if metrics is not None and split in metrics["splits"]:
                                        selected=(st.session_state.get("cell_true"), st.session_state.get("cell_pred")))
         event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"cm_{run.label}_{split}",
                                 config={"displayModeBar": False})
-        points = (event or {}).get("selection", {}).get("points", []) if event else []
-        clicked = None
-        for point in points:
-            custom = point.get("customdata")
-            if isinstance(custom, (list, tuple)) and len(custom) >= 2:
-                clicked = (str(custom[0]), str(custom[1]))
-        if clicked and clicked != st.session_state.get("cell_clicked") and all(c in classes for c in clicked):
+        clicked = ui.clicked_cell(event, classes)
+        if clicked and clicked != st.session_state.get("cell_clicked"):
             st.session_state["cell_clicked"] = clicked
             st.session_state["cell_true"], st.session_state["cell_pred"] = clicked
             st.rerun()
