@@ -3,9 +3,11 @@
 The yardstick is what a user writes without this project: ``ImageFolder``, PIL decoding every
 epoch, a ``DataLoader`` with workers, fp32. Both loops train the same model at the same
 resolution and batch size on the same images, in one process, one after the other. Results go
-to ``outputs/bench/<timestamp>.json`` and a printed table. Runs on CPU (small defaults) and on
-a GPU as it is; it imports nothing beyond PyTorch, torchvision, NumPy and scikit-learn
-(pytorch-grad-cam only for the Grad-CAM rows, skipped when it is missing).
+to ``outputs/bench/<timestamp>.json`` (rewritten after every stage) and a printed table. Runs on
+CPU (small defaults) and on a GPU as it is. Training needs only PyTorch, torchvision and NumPy;
+``--data-dir`` preparation also scikit-learn (ImageHash optional), and the Grad-CAM rows
+pytorch-grad-cam (skipped when it is missing). On a GPU it also measures each fast-path switch
+in turn, trainings sharing the GPU, time to accuracy and, on request, a profile of one step.
 """
 
 from __future__ import annotations
