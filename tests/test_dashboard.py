@@ -312,6 +312,8 @@ def test_run_page_cell_shows_exactly_its_images(outputs: dict[str, Path], monkey
         assert f"{n} images" in texts(at)
         shown = [m.value for m in at.markdown if "cell-image" in m.value]
         assert len(shown) == min(n, 24)
+    flagged = json.loads((outputs["best"] / "metrics.json").read_text())["ood"]["flagged_fraction"]["test"]
+    assert f"Out-of-distribution check (`ood.npz`): {flagged:.1%} of the test images" in texts(at)
 
 
 def test_run_page_warns_for_corrupt_and_partial_runs(outputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

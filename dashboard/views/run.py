@@ -50,6 +50,11 @@ if metrics is not None and split in metrics["splits"]:
         st.session_state["cell_true"], st.session_state["cell_pred"] = classes[i], classes[j]
     with ui.section("Metrics"):
         ui.metric_cards(m)
+        ood = metrics.get("ood") or {}
+        if split in (ood.get("flagged_fraction") or {}):
+            st.caption(f"Out-of-distribution check (`ood.npz`): {ood['flagged_fraction'][split]:.1%} of the {split} "
+                       f"images score beyond its threshold ({ood['threshold']:.1f}, the {ood['quantile']:.0%} "
+                       "quantile of validation images); the Predict page warns for uploads beyond it.")
     left, right = st.columns([5, 4])
     with left, ui.section("Confusion matrix"):
         st.subheader("Confusion matrix")
