@@ -99,6 +99,9 @@ def plain_loader(dataset, cfg, device: torch.device, workers: int, train: bool) 
 def plain_loop(data_dir: Path, cfg, device: torch.device, steps: int, warmup: int, workers: int) -> dict[str, float]:
     """The baseline: torchvision ImageFolder + PIL + DataLoader workers, fp32, NCHW."""
     loader = plain_loader(plain_dataset(data_dir, cfg.image_size, train=True), cfg, device, workers, train=True)
+    if len(loader) == 0:
+        raise ValueError(f"{len(loader.dataset)} images in {data_dir} are fewer than one batch of {cfg.batch_size}: "
+                         "lower batch_size (--set batch_size=N)")
     torch.manual_seed(0)
     model = create_model(cfg, len(CLASSES)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -47,7 +47,8 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     saved = runs.read_json(run_dir / runs.CONFIG)
     dev = resolve_device(device)
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
-    use_amp, channels_last = switch(cfg.amp, dev), switch(cfg.channels_last, dev)
+    # Scored in full precision (no bf16), as predict and explain compute, so all three agree on a GPU too.
+    channels_last = switch(cfg.channels_last, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev))
@@ -63,7 +64,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
             log.warning("split %s is empty; skipped", split)
             continue
         proba = predict_proba(model, data.images, indices, dev, batch_size=cfg.eval_batch_size,
-                              use_amp=use_amp, channels_last=channels_last, desc=f"evaluate {split}")
+                              use_amp=False, channels_last=channels_last, desc=f"evaluate {split}")
         rows = prediction_rows(split, [data.rows[i] for i in indices], proba)
         all_rows += rows
         # Metrics come from the rounded probabilities written to predictions.csv, so that

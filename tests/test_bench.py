@@ -5,8 +5,10 @@ from engine.bench import main
 
 
 def test_bench_measures_both_loops_and_writes_its_report(prepared_tiny, tmp_path, capsys):
+    # An explicit batch: the GPU default (gpu-full, 256) is larger than the tiny data set.
     assert main(["--prepared", str(prepared_tiny), "--set", "model=densenet-tiny", "--set", "image_size=48",
-                 "--steps", "2", "--workers", "1", "--cam-images", "4", "--out", str(tmp_path)]) == 0
+                 "--set", "batch_size=16", "--steps", "2", "--workers", "1", "--cam-images", "4",
+                 "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     report = json.loads(Path(out[-1]).read_text())
     assert report["config"]["model"] == "densenet-tiny" and report["config"]["image_size"] == 48
@@ -48,3 +50,16 @@ def test_time_to_accuracy_reports_the_first_epoch_at_target_and_trains_on(prepar
     assert result["total_training_seconds"] >= result["training_seconds"]
     never = time_to_accuracy(prepared_tiny, cfg, "tiny", 1.01, tmp_path)
     assert not never["reached"] and never["epoch"] is None and never["epochs_run"] == 3
+
+
+def test_plain_loop_says_when_the_data_is_smaller_than_one_batch(prepared_tiny):
+    import pytest
+    import torch
+
+    from engine import runs
+    from engine.bench import plain_loop
+    from engine.config import build_config
+
+    data_dir = Path(runs.read_json(prepared_tiny / "data_report.json")["data_dir"])
+    with pytest.raises(ValueError, match="fewer than one batch of 4096"):
+        plain_loop(data_dir, build_config("tiny", {"batch_size": 4096}), torch.device("cpu"), 1, 0, 0)

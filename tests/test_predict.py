@@ -1,5 +1,6 @@
 import json
 
+import torch
 from PIL import Image
 
 from engine.predict import main
@@ -36,4 +37,6 @@ def test_predict_matches_evaluation(trained_tiny_run, capsys):
     assert main([str(trained_tiny_run), str(image)]) == 0
     line = json.loads(capsys.readouterr().out)
     assert line["pred"] == row["pred"]
-    assert abs(line["probabilities"]["benign"] - float(row["prob_benign"])) < 1e-4
+    # Both in full precision; on a GPU cuDNN's TF32 convolutions (and other batch shapes) leave ~1e-4 noise.
+    tolerance = 2e-3 if torch.cuda.is_available() else 1e-4
+    assert abs(line["probabilities"]["benign"] - float(row["prob_benign"])) < tolerance

@@ -22,7 +22,8 @@ def test_run_folder_holds_the_contract(trained_tiny_run):
     config = json.loads((trained_tiny_run / "config.json").read_text())
     assert config["model"] == "densenet-tiny" and config["epochs"] == 4 and config["preset"] == "tiny"
     env = json.loads((trained_tiny_run / "env.json").read_text())
-    assert env["device"] == "cpu" and env["seed"] == 0 and env["torch"] == torch.__version__
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"  # device=auto
+    assert env["device"].split(":")[0] == expected_device and env["seed"] == 0 and env["torch"] == torch.__version__
     with (trained_tiny_run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
