@@ -188,7 +188,8 @@ class GraphedTrainStep(TrainStep):
     """The same step captured once as a CUDA graph, then replayed for every batch.
 
     DenseNet-121 is a long chain of small kernels: launched one by one from Python, the GPU
-    waits on the CPU. A replay launches the whole step at once. The first ``warmup`` calls
+    waits on the CPU at small batches. A replay launches the whole step at once (on an H200:
+    27% faster at batch 128, 4% at batch 256, where the GPU is already busy). The first ``warmup`` calls
     run eagerly on a side stream (cuDNN autotuning, optimiser state), as PyTorch's
     whole-network capture recipe asks; they are real training steps. Batches must all have
     the same size, and the learning rate lives in device tensors the scheduler's value is
