@@ -87,15 +87,16 @@ def create_model(cfg: Config, num_classes: int = 4) -> nn.Module:
             raise WeightsError(f"weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state)
-        # A 4-class checkpoint of ours carries its head; a 1000-class one does not fit it.
-        head = {k: v for k, v in state.items() if k.startswith("classifier.")}
+        # A 4-class checkpoint of ours carries its head ("classifier.weight", or "classifier.1.weight"
+        # behind dropout); a 1000-class one does not fit it.
+        head = {k.rsplit(".", 1)[1]: v for k, v in state.items() if k.startswith("classifier.")}
         body = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         missing, unexpected = model.load_state_dict(body, strict=False)
         if unexpected or [k for k in missing if not k.startswith("classifier.")]:
             raise WeightsError(f"{path}: does not fit {cfg.model} (unexpected {unexpected[:3]})")
-        if head and head["classifier.weight"].shape[0] == num_classes:
+        if "weight" in head and head["weight"].shape[0] == num_classes:
             model.classifier = nn.Linear(model.classifier.in_features, num_classes)
-            model.classifier.load_state_dict({k.split(".", 1)[1]: v for k, v in head.items()})
+            model.classifier.load_state_dict(head)
     if model.classifier.out_features != num_classes:
         model.classifier = nn.Linear(model.classifier.in_features, num_classes)
     if cfg.dropout > 0:

@@ -94,11 +94,17 @@ def test_missing_imagenet_weights_fail_at_once(tmp_path, monkeypatch):
         create_model(build_config(None, {"weights": str(tmp_path / "nope.pt")}))
 
 
-def test_local_weights_file_is_loaded(trained_tiny_run):
+def test_local_weights_file_is_loaded(trained_tiny_run, tmp_path):
     path = trained_tiny_run / "checkpoints" / "best.pt"
     model = create_model(build_config("tiny", {"weights": str(path)}))
     saved = torch.load(path, weights_only=True)["model"]
     assert torch.equal(model.state_dict()["classifier.weight"], saved["classifier.weight"])
+    # With dropout the head sits behind it ("classifier.1.*"), in the new model and in a saved one.
+    behind = create_model(build_config("tiny", {"weights": str(path), "dropout": 0.2}))
+    assert torch.equal(behind.state_dict()["classifier.1.weight"], saved["classifier.weight"])
+    torch.save({"model": behind.state_dict()}, tmp_path / "dropout.pt")
+    again = create_model(build_config("tiny", {"weights": str(tmp_path / "dropout.pt")}))
+    assert torch.equal(again.state_dict()["classifier.bias"], saved["classifier.bias"])
 
 
 def test_augment_is_seeded_and_shape_preserving():
