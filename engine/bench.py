@@ -49,6 +49,7 @@ from .train import (
     switch,
     to_input,
     train_one_epoch,
+    use_channels_last,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
     seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
-    use_amp, channels_last = switch(cfg.amp, device), switch(cfg.channels_last, device)
+    use_amp, channels_last = switch(cfg.amp, device), use_channels_last(cfg, device)
     model = create_model(cfg, len(CLASSES)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -51,7 +51,7 @@ class Config:
     seed: int = 0
     device: str = "auto"
     amp: str = "auto"  # bf16 autocast; auto = on for CUDA
-    channels_last: str = "auto"  # auto = on for CUDA
+    channels_last: str = "auto"  # auto = on (CUDA and CPU: both are faster with NHWC)
     data_on_device: str = "auto"  # keep the decoded uint8 cache on the GPU when it fits
     fused_optimizer: str = "auto"  # fused AdamW kernel; auto = on for CUDA
     cuda_graphs: str = "auto"  # capture the training step once, replay it per batch; auto = on for CUDA

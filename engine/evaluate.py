@@ -17,7 +17,7 @@ import torch
 from . import runs
 from .metrics import classification_metrics
 from .runs import CLASSES
-from .train import Data, load_checkpoint, predict_proba, resolve_device, switch
+from .train import Data, load_checkpoint, predict_proba, resolve_device, switch, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     dev = resolve_device(device)
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
     # Scored in full precision (no bf16), as predict and explain compute, so all three agree on a GPU too.
-    channels_last = switch(cfg.channels_last, dev)
+    channels_last = use_channels_last(cfg, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev))
