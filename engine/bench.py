@@ -33,7 +33,7 @@ from torch import nn
 
 from . import runs
 from .config import build_config
-from .data import find_class_dirs, load_cache, prepare, read_manifest
+from .data import class_root, find_class_dirs, load_cache, prepare, read_manifest
 from .models import create_model
 from .progress import progress
 from .runs import CLASSES
@@ -73,16 +73,11 @@ def plain_transforms(size: int, train: bool):
                                transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
 
 
-def class_root(data_dir: Path) -> Path:
-    """The folder that holds the four class folders (manifest paths are relative to it)."""
-    return next(iter(find_class_dirs(data_dir).values())).parent
-
-
 def plain_dataset(data_dir: Path, size: int, train: bool, keep: set[Path] | None = None):
     """torchvision ImageFolder over the class folders, optionally only the files in ``keep``."""
     from torchvision import datasets
 
-    dataset = datasets.ImageFolder(class_root(data_dir), transform=plain_transforms(size, train))
+    dataset = datasets.ImageFolder(class_root(find_class_dirs(data_dir)), transform=plain_transforms(size, train))
     if keep is None:
         return dataset
     return torch.utils.data.Subset(dataset, [i for i, (path, _) in enumerate(dataset.samples)
@@ -137,7 +132,7 @@ def plain_accuracy(data_dir: Path, prepared: Path, cfg, device: torch.device, wo
     The engine's speed only counts if it learns as well: this is the accuracy to compare with.
     """
     rows = read_manifest(prepared)
-    root = class_root(data_dir)
+    root = class_root(find_class_dirs(data_dir))
     files = {s: {(root / r["path"]).resolve() for r in rows if r["split"] == s} for s in ("train", "val")}
     train = plain_loader(plain_dataset(data_dir, cfg.image_size, True, files["train"]), cfg, device, workers, True)
     val = plain_loader(plain_dataset(data_dir, cfg.image_size, False, files["val"]), cfg, device, workers, False)

@@ -228,6 +228,11 @@ def near_duplicate_pairs(hashes: list[int], max_bits: int = NEAR_DUPLICATE_BITS)
 # ----------------------------------------------------------------------------- prepare
 
 
+def class_root(class_dirs: dict[str, Path]) -> Path:
+    """The folder that holds the class folders: manifest paths are relative to it."""
+    return next(iter(class_dirs.values())).parent
+
+
 def prepare(data_dir: Path, out: Path, seed: int = 0,
             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
     """Validate, deduplicate and split ``data_dir``; write the manifest and the report."""
@@ -235,7 +240,7 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
     class_dirs = find_class_dirs(Path(data_dir).resolve())
     # Paths are relative to the folder holding the class folders, so ALL/ and ALL/Original/
     # give the same manifest.
-    data_dir = next(iter(class_dirs.values())).parent
+    data_dir = class_root(class_dirs)
     jobs = []
     for cls, folder in class_dirs.items():
         files = list_files(folder)
