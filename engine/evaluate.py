@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import runs
+from . import ood, runs
 from .metrics import classification_metrics
 from .runs import CLASSES
-from .train import Data, load_checkpoint, predict_proba, resolve_device, switch, use_channels_last
+from .train import Data, load_checkpoint, resolve_device, switch, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         model = model.to(memory_format=torch.channels_last)
     data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev))
 
+    # One pass per split gives the pooled features; the classifier and the out-of-distribution
+    # check both read them, so no image goes through the network twice.
+    features = {s: ood.features(model, data.images, data.split[s], dev, batch_size=cfg.eval_batch_size,
+                                channels_last=channels_last, desc=f"features {s}")
+                for s in dict.fromkeys(("train", "val", *splits)) if len(data.split[s])}
     all_rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"classes": list(CLASSES), "checkpoint": checkpoint,
                               "checkpoint_epoch": int(torch.load(run_dir / runs.CHECKPOINTS / f"{checkpoint}.pt",
@@ -63,8 +68,9 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         if len(indices) == 0:
             log.warning("split %s is empty; skipped", split)
             continue
-        proba = predict_proba(model, data.images, indices, dev, batch_size=cfg.eval_batch_size,
-                              use_amp=False, channels_last=channels_last, desc=f"evaluate {split}")
+        with torch.no_grad():
+            logits = model.classifier(torch.from_numpy(features[split]).float().to(dev))
+        proba = torch.softmax(logits.double(), 1).cpu().numpy()
         rows = prediction_rows(split, [data.rows[i] for i in indices], proba)
         all_rows += rows
         # Metrics come from the rounded probabilities written to predictions.csv, so that
@@ -77,25 +83,17 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         log.info("%s: accuracy %.4f [%.4f, %.4f]  macro-F1 %.4f  balanced %.4f  ECE %.4f", split,
                  metrics["accuracy"], *(x or 0 for x in metrics["accuracy_ci95"]), metrics["macro_f1"],
                  metrics["balanced_accuracy"], metrics["calibration"]["ece"])
-    result["ood"] = fit_ood(run_dir, model, data, cfg, dev, channels_last)
+    result["ood"] = fit_ood(run_dir, features, data.labels.cpu().numpy()[data.split["train"]])
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
     runs.write_json(run_dir / runs.METRICS, result)
     return result
 
 
-def fit_ood(run_dir: Path, model: torch.nn.Module, data: Data, cfg, device: torch.device,
-            channels_last: bool) -> dict[str, Any]:
-    """Fit the out-of-distribution check on the training images, write ``ood.npz``; a summary for metrics.json."""
-    from . import ood
-
-    def feats(split: str) -> np.ndarray:
-        return ood.features(model, data.images, data.split[split], device, batch_size=cfg.eval_batch_size,
-                            channels_last=channels_last, desc=f"features {split}")
-
-    train = feats("train")
-    held_out = {s: feats(s) for s in ("val", "test") if len(data.split[s])}
-    labels = data.labels.cpu().numpy()[data.split["train"]]
-    detector = ood.fit(train, labels, held_out.get("val", train))
+def fit_ood(run_dir: Path, features: dict[str, np.ndarray], train_labels: np.ndarray) -> dict[str, Any]:
+    """Fit the out-of-distribution check on the training features, write ``ood.npz``; a summary for metrics.json."""
+    train = features["train"]
+    held_out = {s: f for s, f in features.items() if s in ("val", "test")}
+    detector = ood.fit(train, train_labels, held_out.get("val", train))
     detector.save(run_dir / ood.FILE)
     summary = {"file": ood.FILE, "method": "mahalanobis (Lee et al. 2018), Ledoit-Wolf covariance",
                "threshold": detector.threshold, "quantile": detector.quantile,
