@@ -100,7 +100,7 @@ def plain_loop(data_dir: Path, cfg, device: torch.device, steps: int, warmup: in
                          "lower batch_size (--set batch_size=N)")
     torch.manual_seed(0)
     model = create_model(cfg, len(CLASSES)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     model.train()
     seen, start = 0, None

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .progress import progress
-from .train import norm_stats, to_input
+from .train import map_batches
 
 FILE = "ood.npz"
 
@@ -69,14 +68,9 @@ def fit(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.n
     return dataclasses.replace(unfitted, threshold=threshold)
 
 
-@torch.no_grad()
 def features(model: nn.Module, images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
              batch_size: int, channels_last: bool, desc: str | None = None) -> np.ndarray:
     """Pooled features (float64, N x channels) of ``images[indices]`` (uint8 NHWC), in full precision."""
     model.eval()
-    stats = norm_stats(device)
-    index = torch.from_numpy(np.asarray(indices))
-    chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
-    out = [model.embed(to_input(images[c.to(images.device)], device, channels_last, stats)).double().cpu()
-           for c in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+    return map_batches(model.embed, images, indices, device, batch_size=batch_size, channels_last=channels_last,
+                       desc=desc)

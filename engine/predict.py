@@ -49,7 +49,7 @@ class Predictor:
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and (when the run has ``ood.npz``) out-of-distribution distances."""
         self.model.eval()
-        x = to_input(torch.from_numpy(np.ascontiguousarray(images)), self.device, channels_last=False)
+        x = to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
         features = self.model.embed(x)
         proba = torch.softmax(self.model.classifier(features).double(), 1).cpu().numpy()
         distance = None if self.ood is None else self.ood.score(features.double().cpu().numpy())

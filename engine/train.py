@@ -315,22 +315,31 @@ def train_one_epoch(
 
 
 @torch.no_grad()
+def map_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
+    batch_size: int, channels_last: bool, use_amp: bool = False, desc: str | None = None,
+) -> np.ndarray:
+    """``fn`` over the normalised ``images[indices]`` in batches; its outputs stacked as float64 rows."""
+    stats = norm_stats(device)
+    index = torch.from_numpy(np.asarray(indices))
+    chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
+    out = []
+    for chunk in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None):
+        x = to_input(images[chunk.to(images.device)], device, channels_last, stats)
+        with autocast(device, use_amp):
+            out.append(fn(x).double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0))
+
+
 def predict_proba(
     model: nn.Module, images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
     batch_size: int, use_amp: bool, channels_last: bool, desc: str | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (float64, N x classes) for ``images[indices]``."""
     model.eval()
-    out = []
-    index = torch.from_numpy(indices)
-    chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
-    stats = norm_stats(device)
-    for chunk in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None):
-        x = to_input(images[chunk.to(images.device)], device, channels_last, stats)
-        with autocast(device, use_amp):
-            logits = model(x)
-        out.append(torch.softmax(logits.double(), 1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASSES)))
+    logits = map_batches(model, images, indices, device, batch_size=batch_size, channels_last=channels_last,
+                         use_amp=use_amp, desc=desc)
+    return torch.softmax(torch.from_numpy(logits.reshape(-1, len(CLASSES))), 1).numpy()
 
 
 def validate(model: nn.Module, data: Data, cfg: Config, device: torch.device, *,

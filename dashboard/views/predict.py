@@ -40,7 +40,8 @@ try:
     from dashboard import inference
     from dashboard.loaders import stamp
 
-    cfg, model, detector = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"), stamp(f"{run.path}/ood.npz"))
+    predictor = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"), stamp(f"{run.path}/ood.npz"))
+    cfg = predictor.cfg
 except (OSError, RuntimeError, KeyError, ValueError) as exc:
     st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon=":material/block:")
     st.stop()
@@ -51,8 +52,8 @@ except ValueError as exc:
     st.stop()
 
 with st.spinner("Classifying and computing Grad-CAM…"):
-    result = inference.predict(model, image, None if target == "predicted stage" else ["benign", "early", "pre",
-                                                                                     "pro"].index(target), detector)
+    result = inference.predict(predictor, image, None if target == "predicted stage" else ["benign", "early", "pre",
+                                                                                         "pro"].index(target))
 distance, threshold = result["ood_distance"], result["ood_threshold"]
 if distance is not None and distance > threshold:
     st.warning(f"**Unlike the training images.** `{upload.name}` is farther from every stage in the model's feature "
