@@ -40,6 +40,7 @@ from .runs import CLASSES
 from .train import (
     Data,
     GraphedTrainStep,
+    compile_model,
     make_optimizer,
     make_scheduler,
     make_train_step,
@@ -177,9 +178,7 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     scheduler = make_scheduler(optimizer, cfg, 10 * (steps + warmup))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    forward = model if cfg.compile == "off" else torch.compile(
-        model, mode=None if cfg.compile == "default" else cfg.compile)
-    step = make_train_step(forward, optimizer, criterion, device, cfg)
+    step = make_train_step(compile_model(model, cfg), optimizer, criterion, device, cfg)
     # Warm-up covers cuDNN autotuning, compilation and the CUDA-graph capture.
     warmup = max(warmup, getattr(step, "warmup", 0) + 2)
     train_idx = data.split["train"]
@@ -211,13 +210,16 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
             "model": model, "data": data}
 
 
-# What each fast-path switch adds, measured one on top of the other (GPU only).
+# What each fast-path switch adds, measured one on top of the other (GPU only). The last row
+# compiles the model with Inductor (minutes of compilation, reported as warmup_seconds).
+EAGER = {"compile": "off"}
 LADDER: tuple[tuple[str, dict[str, str]], ...] = (
     ("decoded cache + device augmentation, fp32",
-     {"amp": "off", "channels_last": "off", "fused_optimizer": "off", "cuda_graphs": "off"}),
-    ("+ bf16 autocast, channels_last", {"fused_optimizer": "off", "cuda_graphs": "off"}),
-    ("+ fused AdamW", {"cuda_graphs": "off"}),
-    ("+ CUDA-graph training step", {}),
+     {**EAGER, "amp": "off", "channels_last": "off", "fused_optimizer": "off", "cuda_graphs": "off"}),
+    ("+ bf16 autocast, channels_last", {**EAGER, "fused_optimizer": "off", "cuda_graphs": "off"}),
+    ("+ fused AdamW", {**EAGER, "cuda_graphs": "off"}),
+    ("+ CUDA-graph training step", EAGER),
+    ("+ torch.compile (Inductor, default mode)", {"compile": "default"}),
 )
 
 
@@ -229,15 +231,23 @@ ALTERNATIVES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("default, NCHW instead of channels_last", {"channels_last": "off"}),
 )
 
+SKIPPABLE = ("ladder", "alternatives", "gradcam")
+
 
 def ladder(prepared: Path, cfg, device: torch.device, steps: int, warmup: int,
            variants: tuple[tuple[str, dict[str, Any]], ...] = LADDER) -> list[dict[str, Any]]:
     rows = []
     for name, overrides in variants:
-        result = engine_loop(prepared, dataclasses.replace(cfg, **overrides), device, steps, warmup)
+        try:
+            result = engine_loop(prepared, dataclasses.replace(cfg, **overrides), device, steps, warmup)
+        except Exception as exc:  # one failing switch (say, a compiler error) must not cost the other rows
+            log.exception("bench variant %r failed", name)
+            rows.append({"variant": name, "error": f"{type(exc).__name__}: {exc}", **overrides})
+            continue
+        finally:
+            torch.cuda.empty_cache()
         result.pop("model"), result.pop("data")
         rows.append({"variant": name, **result})
-        torch.cuda.empty_cache()
     return rows
 
 
@@ -344,10 +354,18 @@ def format_table(result: dict[str, Any]) -> str:
         line("decoded cache load, s", result["cache_load_seconds"], ".3f"),
         line("plain loop train, img/s", plain["train_images_per_s"]),
     ]
-    lines += [line(f"engine: {row['variant']}, img/s", row["train_images_per_s"])
-              for row in result.get("ladder", []) + result.get("alternatives", [])]
+    for row in result.get("ladder", []) + result.get("alternatives", []):
+        if "error" in row:
+            lines.append(f"{'engine: ' + row['variant']:<52}{'failed':>14}")
+            continue
+        lines.append(line(f"engine: {row['variant']}, img/s", row["train_images_per_s"]))
+        if row["compile"] != "off":
+            lines.append(line("  its compilation and warm-up, s", row["warmup_seconds"]))
+    lines.append(line(f"engine train{' (compiled)' if eng['compile'] != 'off' else ''}, img/s",
+                      eng["train_images_per_s"]))
+    if eng["compile"] != "off":
+        lines.append(line("  its compilation and warm-up, s", eng["warmup_seconds"]))
     lines += [
-        line("engine train, img/s", eng["train_images_per_s"]),
         line("speed-up (engine / plain)", result["speedup"], ".2f"),
         line("plain epoch estimate, s", result["plain_epoch_seconds"]),
         line("engine epoch estimate, s", result["engine_epoch_seconds"]),
@@ -383,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="plain-loop workers")
     parser.add_argument("--cam-images", type=int, default=0,
                         help="test images for the Grad-CAM rows (default: 32 on CPU, the whole test split on GPU)")
+    parser.add_argument("--skip", default="", metavar="STAGES",
+                        help=f"comma-separated stages to leave out: {', '.join(SKIPPABLE)}")
     parser.add_argument("--shared-gpu", default="1,2,4", help="process counts for the shared-GPU measurement")
     parser.add_argument("--time-to-accuracy", type=float, default=0.0, metavar="VAL_ACC",
                         help="also train the preset in full and report when it first reached this val accuracy")
@@ -399,6 +419,10 @@ def main(argv: list[str] | None = None) -> int:
     from .config import parse_overrides
 
     args = build_parser().parse_args(argv)
+    skip = {name for name in args.skip.split(",") if name}
+    if skip - set(SKIPPABLE):
+        raise ValueError(f"--skip: unknown stage(s) {', '.join(sorted(skip - set(SKIPPABLE)))}; "
+                         f"choose from {', '.join(SKIPPABLE)}")
     device = resolve_device("auto")
     cuda = device.type == "cuda"
     preset = args.preset or ("gpu-full" if cuda else "cpu-quick")
@@ -447,9 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         log.info("bench: plain torchvision loop")
         stage("plain", plain_loop(data_dir, dataclasses.replace(cfg, compile="off"), device, steps, warmup,
                                   args.workers))
-        if cuda:
+        if cuda and "ladder" not in skip:
             log.info("bench: engine loop, one fast-path switch at a time")
             stage("ladder", ladder(prepared, cfg, device, steps, warmup))
+        if cuda and "alternatives" not in skip:
             stage("alternatives", ladder(prepared, cfg, device, steps, warmup, ALTERNATIVES))
         log.info("bench: engine loop")
         eng = engine_loop(prepared, cfg, device, steps, warmup)
@@ -459,8 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         result.update({"speedup": eng["train_images_per_s"] / result["plain"]["train_images_per_s"],
                        "plain_epoch_seconds": train_images / result["plain"]["train_images_per_s"],
                        "engine_epoch_seconds": train_images / eng["train_images_per_s"]})
-        log.info("bench: Grad-CAM")
-        stage("gradcam", gradcam_rows(model, data, cfg, device, args.cam_images or (0 if cuda else 32)))
+        if "gradcam" not in skip:
+            log.info("bench: Grad-CAM")
+            stage("gradcam", gradcam_rows(model, data, cfg, device, args.cam_images or (0 if cuda else 32)))
         del model, data
         if cuda:
             torch.cuda.empty_cache()

@@ -19,6 +19,18 @@ def test_bench_measures_both_loops_and_writes_its_report(prepared_tiny, tmp_path
     assert any("speed-up (engine / plain)" in line for line in out)
 
 
+def test_bench_leaves_out_the_stages_it_is_told_to_skip(prepared_tiny, tmp_path, capsys):
+    import pytest
+
+    args = ["--prepared", str(prepared_tiny), "--set", "model=densenet-tiny", "--set", "image_size=48",
+            "--set", "batch_size=16", "--steps", "1", "--workers", "0", "--out", str(tmp_path)]
+    with pytest.raises(ValueError, match="unknown stage"):
+        main([*args, "--skip", "gradcam,warp"])
+    assert main([*args, "--skip", "gradcam"]) == 0
+    report = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
+    assert "gradcam" not in report and report["engine"]["train_images_per_s"] > 0
+
+
 def test_plain_loop_trains_on_the_train_split_and_scores_the_val_split(prepared_tiny):
     import torch
 
@@ -63,3 +75,20 @@ def test_plain_loop_says_when_the_data_is_smaller_than_one_batch(prepared_tiny):
     data_dir = Path(runs.read_json(prepared_tiny / "data_report.json")["data_dir"])
     with pytest.raises(ValueError, match="fewer than one batch of 4096"):
         plain_loop(data_dir, build_config("tiny", {"batch_size": 4096}), torch.device("cpu"), 1, 0, 0)
+
+
+def test_a_failing_variant_is_recorded_and_the_others_still_run(prepared_tiny):
+    import torch
+
+    from engine.bench import format_table, ladder
+    from engine.config import build_config
+
+    cfg = build_config("tiny", {"batch_size": 16, "image_size": 48})
+    rows = ladder(prepared_tiny, cfg, torch.device("cpu"), steps=1, warmup=1,
+                  variants=(("broken", {"model": "resnet50"}), ("as is", {})))
+    assert "model must be one of" in rows[0]["error"] and rows[1]["train_images_per_s"] > 0
+    table = format_table({"device_name": "cpu", "device": "cpu", "config": cfg.to_dict(), "prepare_images_per_s": 1.0,
+                          "cache_load_seconds": 0.1, "plain": {"train_images_per_s": 1.0}, "ladder": rows,
+                          "engine": rows[1], "speedup": 1.0, "plain_epoch_seconds": 1.0,
+                          "engine_epoch_seconds": 1.0})
+    assert "engine: broken" in table and "failed" in table

@@ -1,8 +1,10 @@
 import json
 
 import pytest
+import torch
 
 from engine.config import Config, ConfigError, build_config, list_presets, parse_overrides
+from engine.train import use_cuda_graphs
 
 
 def test_presets_resolve_to_valid_configs():
@@ -46,7 +48,16 @@ def test_config_is_frozen():
         Config().lr = 1.0  # type: ignore[misc]
 
 
-def test_cuda_graphs_and_compile_are_exclusive():
-    with pytest.raises(ConfigError, match="exclusive"):
-        build_config("tiny", {"cuda_graphs": "on", "compile": "default"})
-    assert build_config("tiny", {"compile": "default"}).cuda_graphs == "auto"
+def test_cuda_graphs_exclude_only_the_compile_modes_that_capture_graphs_themselves():
+    for mode in ("reduce-overhead", "max-autotune"):
+        with pytest.raises(ConfigError, match="exclusive"):
+            build_config("tiny", {"cuda_graphs": "on", "compile": mode})
+    # Inductor's default mode leaves graph capture to the engine's step.
+    assert build_config("tiny", {"cuda_graphs": "on", "compile": "default"}).compile == "default"
+
+
+def test_cuda_graphs_resolve_off_under_a_graphing_compile_mode():
+    cuda = torch.device("cuda")
+    assert use_cuda_graphs(build_config("tiny", {"compile": "default"}), cuda)
+    assert not use_cuda_graphs(build_config("tiny", {"compile": "reduce-overhead"}), cuda)
+    assert not use_cuda_graphs(build_config("tiny", {"compile": "default"}), torch.device("cpu"))
