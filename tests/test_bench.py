@@ -16,6 +16,7 @@ def test_bench_measures_both_loops_and_writes_its_report(prepared_tiny, tmp_path
         assert report[loop]["train_images_per_s"] > 0 and report[loop]["images"] == 2 * report["config"]["batch_size"]
     assert report["speedup"] == report["engine"]["train_images_per_s"] / report["plain"]["train_images_per_s"]
     assert report["engine"]["eval_images_per_s"] > 0
+    assert report["fastest"]["variant"] == "default"  # no ladder of variants on a CPU
     assert any("speed-up (engine / plain)" in line for line in out)
 
 
@@ -87,8 +88,14 @@ def test_a_failing_variant_is_recorded_and_the_others_still_run(prepared_tiny):
     rows = ladder(prepared_tiny, cfg, torch.device("cpu"), steps=1, warmup=1,
                   variants=(("broken", {"model": "resnet50"}), ("as is", {})))
     assert "model must be one of" in rows[0]["error"] and rows[1]["train_images_per_s"] > 0
-    table = format_table({"device_name": "cpu", "device": "cpu", "config": cfg.to_dict(), "prepare_images_per_s": 1.0,
-                          "cache_load_seconds": 0.1, "plain": {"train_images_per_s": 1.0}, "ladder": rows,
-                          "engine": rows[1], "speedup": 1.0, "plain_epoch_seconds": 1.0,
-                          "engine_epoch_seconds": 1.0})
+    table = format_table(report_of(cfg, rows))
     assert "engine: broken" in table and "failed" in table
+    fastest = {"variant": "as is", "train_images_per_s": 3.0, "speedup": 3.0}
+    assert "fastest engine variant: as is" in format_table({**report_of(cfg, rows), "fastest": fastest})
+
+
+def report_of(cfg, rows):
+    """The smallest bench report ``format_table`` accepts, around these ladder rows."""
+    return {"device_name": "cpu", "device": "cpu", "config": cfg.to_dict(), "prepare_images_per_s": 1.0,
+            "cache_load_seconds": 0.1, "plain": {"train_images_per_s": 1.0}, "ladder": rows,
+            "engine": rows[1], "speedup": 1.0, "plain_epoch_seconds": 1.0, "engine_epoch_seconds": 1.0}
