@@ -172,12 +172,11 @@ class TrainStep:
     The returned tensors are only valid until the next call (the graphed step reuses them).
     """
 
-    fixed_batch = False  # True: every batch must have the same size
-
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 device: torch.device, use_amp: bool) -> None:
+                 device: torch.device, use_amp: bool, fixed_batch: bool = False) -> None:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
         self.device, self.use_amp = device, use_amp
+        self.fixed_batch = fixed_batch  # True: every batch has the same size (a short last one is dropped)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.use_amp, cache=False):
@@ -201,11 +200,11 @@ class GraphedTrainStep(TrainStep):
     copied into before each replay. If capture fails the step stays eager, with a warning.
     """
 
-    fixed_batch = True
     warmup = 3
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.fixed_batch = True
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed = False
@@ -258,9 +257,12 @@ class GraphedTrainStep(TrainStep):
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     device: torch.device, cfg: Config) -> TrainStep:
-    """The eager step, or the CUDA-graph step where ``cfg.cuda_graphs`` resolves on."""
+    """The eager step, or the CUDA-graph step where ``cfg.cuda_graphs`` resolves on.
+
+    A compiled model gets fixed batches too: a short last batch would be compiled again.
+    """
     kind = GraphedTrainStep if use_cuda_graphs(cfg, device) else TrainStep
-    return kind(model, optimizer, criterion, device, switch(cfg.amp, device))
+    return kind(model, optimizer, criterion, device, switch(cfg.amp, device), fixed_batch=cfg.compile != "off")
 
 
 def use_cuda_graphs(cfg: Config, device: torch.device) -> bool:
@@ -271,7 +273,7 @@ def compile_model(model: nn.Module, cfg: Config) -> nn.Module:
     """The model to train with: itself, or its ``torch.compile`` in ``cfg.compile``'s mode.
 
     Inductor fuses DenseNet's BatchNorm, ReLU and concatenations, which dominate its GPU time.
-    Static shapes: a training batch keeps its size (the graphed step drops a short last
+    Static shapes: a training batch keeps its size (``make_train_step`` drops a short last
     batch), and validation runs the uncompiled model, so no shape is compiled twice.
     """
     if cfg.compile == "off":

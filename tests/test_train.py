@@ -154,6 +154,14 @@ def test_cpu_training_never_uses_cuda_graphs(tmp_path):
     assert type(step) is train.TrainStep and not step.fixed_batch
 
 
+def test_a_compiled_model_trains_on_full_batches_only():
+    """A short last batch would compile the model a second time (minutes on a GPU)."""
+    cfg = build_config("tiny", {"compile": "default"})
+    step = train.make_train_step(torch.nn.Linear(2, 2), torch.optim.SGD([torch.zeros(1)], lr=0.1),
+                                 torch.nn.CrossEntropyLoss(), torch.device("cpu"), cfg)
+    assert step.fixed_batch
+
+
 @pytest.mark.skipif(not os.environ.get("CUDA_VISIBLE_DEVICES") and not torch.cuda.is_available(),
                     reason="needs a CUDA GPU")
 def test_gpu_training_uses_bf16_and_channels_last(prepared_tiny, tmp_path):
