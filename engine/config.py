@@ -48,6 +48,7 @@ class Config:
     class_weighted: bool = False
     augment: float = 1.0  # 0 = none; 1 = flips, 90-degree and free rotation, colour jitter
     early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
+    precise_bn_images: int = 0  # >0: recompute BatchNorm statistics on this many train images before validating
     min_epochs: int = 1
     # hardware
     seed: int = 0
@@ -75,6 +76,7 @@ class Config:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 < self.warmup_frac < 1, "warmup_frac must be in (0, 1)"),
             (0 <= self.augment <= 2, "augment must be in [0, 2]"),
+            (self.precise_bn_images >= 0, "precise_bn_images must be 0 (off) or a number of images"),
         ]
         checks.append((not (self.cuda_graphs == "on" and self.compile in GRAPHING_COMPILE_MODES),
                        f"cuda_graphs=on and compile={self.compile} are exclusive (that mode captures its own graphs)"))

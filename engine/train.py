@@ -356,6 +356,36 @@ def predict_proba(
     return torch.softmax(torch.from_numpy(logits.reshape(-1, len(CLASSES))), 1).numpy()
 
 
+def recalibrate_batchnorm(model: nn.Module, data: Data, indices: np.ndarray, cfg: Config, device: torch.device, *,
+                          use_amp: bool, channels_last: bool) -> None:
+    """Precise BatchNorm (Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021).
+
+    Running statistics are an exponential average over the last few dozen steps, so at a high
+    learning rate they describe weights that no longer exist, and validation accuracy swings
+    while training accuracy does not. This replaces them by the plain average over batches of
+    ``cfg.precise_bn_images`` training images passed through the current weights, unaugmented
+    as validation images are. The weights do not change.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # Whole training-size batches (at least one): BatchNorm cannot take statistics over a batch of one.
+    n = min(len(indices), cfg.precise_bn_images)
+    n = max(n - n % cfg.batch_size, min(len(indices), cfg.batch_size))
+    if not norms or n < 2:
+        return
+    chosen = np.random.default_rng(cfg.seed).permutation(indices)[:n]  # the same images every epoch
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()  # in place: a captured CUDA graph keeps writing to the same buffers
+        m.momentum = None  # None: a cumulative average over the batches below
+    model.train()
+    try:
+        map_batches(model, data.images, chosen, device, batch_size=cfg.batch_size, channels_last=channels_last,
+                    use_amp=use_amp)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
+
 def validate(model: nn.Module, data: Data, cfg: Config, device: torch.device, *,
              use_amp: bool, channels_last: bool) -> dict[str, float]:
     indices = data.split["val"]
@@ -482,6 +512,8 @@ def fit(
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
                                    epoch=epoch, channels_last=channels_last))
+        if cfg.precise_bn_images:
+            recalibrate_batchnorm(model, data, train_idx, cfg, device, use_amp=use_amp, channels_last=channels_last)
         # The uncompiled model (same weights): compiling an eval-mode graph would cost minutes for seconds of work.
         row.update(validate(model, data, cfg, device, use_amp=use_amp, channels_last=channels_last))
         row["epoch_seconds"] = row.pop("train_seconds")
