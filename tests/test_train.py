@@ -253,3 +253,29 @@ def test_precise_batchnorm_replaces_running_statistics_by_those_of_the_current_w
     for key, value in model.state_dict().items():
         if key in weights:
             assert torch.equal(value, weights[key]), f"{key} changed"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_precise_batchnorm_and_a_captured_graph_share_the_running_statistics():
+    """After recalibration the replayed graph must go on updating the recalibrated buffers, not stale copies."""
+    device = torch.device("cuda")
+    cfg = build_config("tiny", {"amp": "off", "channels_last": "off", "cuda_graphs": "on", "batch_size": 8,
+                                "precise_bn_images": 16})
+    torch.manual_seed(0)
+    model = create_model(cfg, 4).to(device).train()
+    optimizer = train.make_optimizer(model, cfg, device)
+    step = train.make_train_step(model, optimizer, torch.nn.CrossEntropyLoss(), device, cfg)
+    x, y = torch.randn(8, 3, 64, 64, device=device), torch.randint(0, 4, (8,), device=device)
+    for _ in range(step.warmup + 2):  # warm-up, capture, one replay
+        step(x, y)
+    images = torch.randint(0, 256, (16, 64, 64, 3), dtype=torch.uint8, device=device)
+    data = train.Data(images, torch.zeros(16, dtype=torch.long, device=device), rows=[], split={})
+    train.recalibrate_batchnorm(model, data, np.arange(16), cfg, device, use_amp=False, channels_last=False)
+    norm0 = model.features.norm0
+    recalibrated = norm0.running_mean.clone()
+    model.train()
+    with torch.no_grad():
+        batch_mean = model.features.conv0(x).mean((0, 2, 3))  # conv0's weights before this step's update
+    step(x, y)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(norm0.running_mean, 0.9 * recalibrated + 0.1 * batch_mean, rtol=1e-3, atol=1e-4)
