@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.csv"
 REPORT = "data_report.json"
 MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "height")
+# Leukocyte mask of each image (engine.masks): a PNG in the prepared folder, its source and area.
+# Empty for an image without a usable mask, and absent from manifests prepared without masks.
+MASK_COLUMNS = ("mask", "mask_source", "mask_fraction")
+MASKS = "masks"
 SPLITS = ("train", "val", "test")
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
 # 40 megapixels is far above any smear photograph; more is treated as a decompression bomb.
@@ -129,13 +133,14 @@ def open_rgb(source: Path | bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
+def resize_square(image: Image.Image, size: int,
+                  resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
     """Resize the short side to ``size`` and centre-crop: the one preprocessing for all paths."""
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        image = image.resize((new_w, new_h), resample)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     image = image.crop((left, top, left + size, top + size))
     return np.asarray(image, dtype=np.uint8)
@@ -156,12 +161,50 @@ class Checked:
     mode: str = ""
     phash: int = 0
     reason: str = ""
+    mask_png: bytes = b""  # the chosen leukocyte mask, 0/255 PNG; empty without one
+    mask_source: str = ""
+    mask_fraction: float = 0.0
+    segmented_problem: str = ""
+    derived_problem: str = ""
+    mask_agreement: float | None = None
 
 
-def _check_file(args: tuple[str, str, str]) -> Checked:
-    full, rel, cls = args
+@dataclass(frozen=True)
+class FileJob:
+    full: str
+    rel: str
+    cls: str
+    mask_file: str | None = None  # the segmented copy to make the mask from; None: no mask wanted
+    derive_masks: bool = True  # derive a mask from the image where the segmented one cannot serve
+
+
+def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
+    from . import masks
+
+    segmented, problem = None, ""
+    path = Path(job.mask_file or "")
+    if not job.mask_file or not path.is_file():
+        problem = "missing"
+    else:
+        try:
+            segmented = np.asarray(open_rgb(path))
+        except ValueError as exc:
+            problem = f"unreadable: {exc}"
+    chosen = masks.choose(np.asarray(image), segmented, problem, job.derive_masks)
+    fields: dict[str, Any] = {"mask_source": chosen.source, "mask_fraction": chosen.fraction,
+                              "segmented_problem": chosen.segmented_problem, "derived_problem": chosen.derived_problem,
+                              "mask_agreement": chosen.agreement}
+    if chosen.mask is not None:
+        buffer = io.BytesIO()
+        Image.fromarray(chosen.mask.astype(np.uint8) * 255).save(buffer, format="PNG", optimize=True)
+        fields["mask_png"] = buffer.getvalue()
+    return fields
+
+
+def _check_file(job: FileJob) -> Checked:
+    rel, cls = job.rel, job.cls
     try:
-        data = Path(full).read_bytes()
+        data = Path(job.full).read_bytes()
     except OSError as exc:
         return Checked(rel, cls, "", reason=f"unreadable: {exc.strerror}")
     sha = hashlib.sha256(data).hexdigest()
@@ -173,12 +216,13 @@ def _check_file(args: tuple[str, str, str]) -> Checked:
         image = open_rgb(data)
     except ValueError as exc:
         return Checked(rel, cls, sha, reason=str(exc))
+    mask = _check_mask(job, image) if job.mask_file is not None else {}
     try:
         import imagehash
     except ImportError:  # a bare GPU machine: prepare still runs, without the near-duplicate check
-        return Checked(rel, cls, sha, image.width, image.height, original_mode, phash=-1)
+        return Checked(rel, cls, sha, image.width, image.height, original_mode, phash=-1, **mask)
     phash = int(str(imagehash.phash(image)), 16)
-    return Checked(rel, cls, sha, image.width, image.height, original_mode, phash)
+    return Checked(rel, cls, sha, image.width, image.height, original_mode, phash, **mask)
 
 
 def _workers() -> int:
@@ -233,20 +277,57 @@ def class_root(class_dirs: dict[str, Path]) -> Path:
     return next(iter(class_dirs.values())).parent
 
 
+def find_mask_dir(data_dir: Path, masks: Path | str | None) -> Path | None:
+    """The folder of segmented copies: ``masks`` itself, or with "auto" a ``Segmented/`` beside ``Original/``."""
+    if masks is None or masks == "none":
+        return None
+    if masks != "auto":
+        folder = Path(masks).resolve()
+        if not folder.is_dir():
+            raise DataError(f"mask folder not found: {folder}")
+        return folder
+    if data_dir.name.lower() != "original":
+        return None
+    beside = [c for c in data_dir.parent.iterdir() if c.is_dir() and c.name.lower() == "segmented"]
+    return beside[0] if beside else None
+
+
+def _mask_files(mask_dir: Path, class_dirs: dict[str, Path]) -> dict[str, Path]:
+    """Each class's folder of segmented copies (same class folder names as the images, any case)."""
+    found = _class_dirs(mask_dir)
+    if not found:
+        raise DataError(f"mask folder {mask_dir} has no class folders (benign, early, pre, pro) like the images'")
+    return found
+
+
 def prepare(data_dir: Path, out: Path, seed: int = 0,
-            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)) -> dict[str, Any]:
-    """Validate, deduplicate and split ``data_dir``; write the manifest and the report."""
+            fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), *,
+            masks: Path | str | None = "auto", derive_masks: bool = True) -> dict[str, Any]:
+    """Validate, deduplicate and split ``data_dir``; write the manifest and the report.
+
+    ``masks``: a folder of segmented copies (same class folders and file names) whose
+    leukocytes become the images' masks; "auto" uses ``Segmented/`` beside ``Original/``;
+    None or "none": no masks. ``derive_masks``: where a segmented copy cannot serve, derive
+    the mask from the image itself (``engine.masks``).
+    """
     out = Path(out)
     class_dirs = find_class_dirs(Path(data_dir).resolve())
     # Paths are relative to the folder holding the class folders, so ALL/ and ALL/Original/
     # give the same manifest.
     data_dir = class_root(class_dirs)
+    mask_dir = find_mask_dir(data_dir, masks)
+    mask_dirs = _mask_files(mask_dir, class_dirs) if mask_dir else {}
     jobs = []
     for cls, folder in class_dirs.items():
         files = list_files(folder)
         if not files:
             raise DataError(f"class folder {folder} is empty: every class needs images")
-        jobs += [(str(f), f.relative_to(data_dir).as_posix(), cls) for f in files]
+        for f in files:
+            # A mask pairs with its image by class folder and path inside it.
+            # "": a mask is wanted but the mask folder lacks this class (reported as missing).
+            mask_file = None if mask_dir is None else str(mask_dirs[cls] / f.relative_to(folder)) \
+                if cls in mask_dirs else ""
+            jobs.append(FileJob(str(f), f.relative_to(data_dir).as_posix(), cls, mask_file, derive_masks))
 
     with ProcessPoolExecutor(_workers()) as pool:
         checked = list(progress(pool.map(_check_file, jobs, chunksize=32), total=len(jobs),
@@ -277,14 +358,20 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
 
     rows = sorted(
         ({"path": c.path, "class": c.cls, "sha256": c.sha256, "group": c.sha256[:16],
-          "split": split_of[c.sha256[:16]], "width": c.width, "height": c.height} for c in good),
+          "split": split_of[c.sha256[:16]], "width": c.width, "height": c.height, **_mask_fields(c)}
+         for c in good),
         key=lambda r: (CLASSES.index(r["class"]), r["path"]),
     )
+    out.mkdir(parents=True, exist_ok=True)
+    if mask_dir:
+        for c in good:
+            if c.mask_png:
+                atomic_write_bytes(out / _mask_fields(c)["mask"], c.mask_png)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS + (MASK_COLUMNS if mask_dir else ()),
+                            lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MANIFEST, buffer.getvalue())
 
     unique = sorted(by_hash)
@@ -316,12 +403,49 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
         "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
         "near_duplicates_checked": near_checked,
         "rejected": rejected,
+        "masks": mask_report(good, mask_dir, derive_masks),
     }
     write_json(out / REPORT, report)
     _write_samples(data_dir, rows, out / "samples")
     log.info("prepare: %d images, %d rejected, %d duplicate groups, %d near-duplicate pairs -> %s",
              len(rows), len(rejected), len(report["duplicate_groups"]), len(near), out)
     return report
+
+
+def _mask_fields(c: Checked) -> dict[str, Any]:
+    if not c.mask_png:
+        return {"mask": "", "mask_source": "", "mask_fraction": ""}
+    return {"mask": f"{MASKS}/{c.sha256[:16]}.png", "mask_source": c.mask_source,
+            "mask_fraction": f"{c.mask_fraction:.6f}"}
+
+
+def mask_report(good: list[Checked], mask_dir: Path | None, derive_masks: bool) -> dict[str, Any]:
+    """Per stage: how many images have a mask of each source, and why the others' masks could not serve."""
+    from . import masks
+
+    if mask_dir is None:
+        return {"dir": None}
+    per_class: dict[str, dict[str, Any]] = {}
+    problems = []
+    for cls in CLASSES:
+        members = [c for c in good if c.cls == cls]
+        sources = Counter(c.mask_source or "none" for c in members)
+        # Why a segmented copy could not serve, by kind (the number in the reason varies per image).
+        unusable = Counter(c.segmented_problem.split(" (")[0] for c in members if c.segmented_problem)
+        agreement = [c.mask_agreement for c in members if c.mask_agreement is not None]
+        per_class[cls] = {
+            "images": len(members), **{s: sources.get(s, 0) for s in (*masks.SOURCES, "none")},
+            "segmented_unusable": dict(unusable),
+            "derived_unusable": dict(Counter(c.derived_problem.split(" (")[0] for c in members
+                                             if not c.mask_source and c.derived_problem)),
+            "mask_fraction_median": float(np.median([c.mask_fraction for c in members if c.mask_source] or [0])),
+            "derived_vs_segmented_iou_median": float(np.median(agreement)) if agreement else None,
+        }
+        problems += [{"path": c.path, "class": cls, "segmented": c.segmented_problem,
+                      "derived": c.derived_problem if not c.mask_source else "", "used": c.mask_source or "none"}
+                     for c in members if c.segmented_problem]
+    return {"dir": str(mask_dir), "derived_fallback": derive_masks, "rule": masks.RULE, "per_class": per_class,
+            "problems": problems}
 
 
 def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
@@ -337,6 +461,7 @@ def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
 
 
 def read_manifest(prepared: Path) -> list[dict[str, Any]]:
+    """The manifest's rows; the mask columns are '' where the data was prepared without masks."""
     path = Path(prepared) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} not found: run `python -m engine prepare` first")
@@ -345,7 +470,15 @@ def read_manifest(prepared: Path) -> list[dict[str, Any]]:
     missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    for row in rows:
+        for column in MASK_COLUMNS:
+            row[column] = row.get(column) or ""
     return rows
+
+
+def has_masks(rows: list[dict[str, Any]]) -> np.ndarray:
+    """Which manifest rows have a usable leukocyte mask."""
+    return np.array([bool(r["mask"]) for r in rows], dtype=bool)
 
 
 def data_root(prepared: Path) -> Path:
@@ -360,6 +493,35 @@ def _decode_for_cache(args: tuple[str, int]) -> np.ndarray:
     return load_image(Path(path), size)
 
 
+def _decode_mask(args: tuple[str, int]) -> np.ndarray:
+    path, size = args
+    if not path:
+        return np.zeros((size, size), dtype=bool)
+    # Bilinear, then half-way: the mask shrinks and grows like the image's edges do.
+    resized = resize_square(Image.open(path).convert("L"), size, Image.Resampling.BILINEAR)
+    return resized >= 128
+
+
+def _cached(prepared: Path, name: str, decode: Any, jobs: list[tuple[str, int]], shape: tuple[int, ...],
+            dtype: type, desc: str) -> np.ndarray:
+    """``cache/<name>.npy``, rebuilt when the manifest changed since (its hash is kept as the key)."""
+    key = hashlib.sha256((prepared / MANIFEST).read_bytes()).hexdigest()
+    array_path = prepared / "cache" / f"{name}.npy"
+    key_path = prepared / "cache" / f"{name}.key"
+    if array_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
+        return np.load(array_path, mmap_mode="r")
+    array = np.empty((len(jobs), *shape), dtype=dtype)
+    with ProcessPoolExecutor(_workers()) as pool:
+        decoded = pool.map(decode, jobs, chunksize=32)
+        for i, item in enumerate(progress(decoded, total=len(jobs), desc=desc, unit="img")):
+            array[i] = item
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(array_path, buffer.getvalue())
+    atomic_write_text(key_path, key + "\n")
+    return array
+
+
 def load_cache(prepared: Path, size: int) -> np.ndarray:
     """The decoded images of the manifest, in its order, as uint8 (N, size, size, 3).
 
@@ -367,22 +529,18 @@ def load_cache(prepared: Path, size: int) -> np.ndarray:
     a key of the manifest's hash, so a changed manifest rebuilds it.
     """
     prepared = Path(prepared)
-    manifest_bytes = (prepared / MANIFEST).read_bytes()
-    key = hashlib.sha256(manifest_bytes).hexdigest()
-    array_path = prepared / "cache" / f"{size}px.npy"
-    key_path = prepared / "cache" / f"{size}px.key"
-    if array_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
-        return np.load(array_path, mmap_mode="r")
     rows = read_manifest(prepared)
     root = data_root(prepared)
     jobs = [(str(root / r["path"]), size) for r in rows]
-    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-    with ProcessPoolExecutor(_workers()) as pool:
-        decoded = pool.map(_decode_for_cache, jobs, chunksize=32)
-        for i, image in enumerate(progress(decoded, total=len(jobs), desc=f"cache {size}px", unit="img")):
-            images[i] = image
-    buffer = io.BytesIO()
-    np.save(buffer, images)
-    atomic_write_bytes(array_path, buffer.getvalue())
-    atomic_write_text(key_path, key + "\n")
-    return images
+    return _cached(prepared, f"{size}px", _decode_for_cache, jobs, (size, size, 3), np.uint8, f"cache {size}px")
+
+
+def load_mask_cache(prepared: Path, size: int) -> np.ndarray:
+    """The leukocyte masks of the manifest, in its order, as bool (N, size, size), cropped like the images.
+
+    All False for an image without a usable mask (``has_masks`` tells which those are).
+    """
+    prepared = Path(prepared)
+    rows = read_manifest(prepared)
+    jobs = [(str(prepared / r["mask"]) if r["mask"] else "", size) for r in rows]
+    return _cached(prepared, f"{size}px-masks", _decode_mask, jobs, (size, size), bool, f"masks {size}px")

@@ -46,6 +46,31 @@ def bootstrap_ci(
     return _clean(result.confidence_interval.low), _clean(result.confidence_interval.high)
 
 
+def mean_ci(values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
+    """Mean with a percentile-bootstrap 95% interval (null bounds below two values)."""
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
+    n = len(values)
+    if n == 0:
+        return {"mean": None, "ci95": [None, None], "n": 0}
+    mean = float(values.mean())
+    if n < 2:
+        return {"mean": mean, "ci95": [None, None], "n": n}
+    if np.ptp(values) == 0:
+        return {"mean": mean, "ci95": [mean, mean], "n": n}
+    result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=0.95,
+                             method="percentile", random_state=np.random.default_rng(seed))
+    return {"mean": mean, "ci95": [float(result.confidence_interval.low), float(result.confidence_interval.high)],
+            "n": n}
+
+
+def proportion_ci(successes: int, n: int, confidence: float = 0.95) -> list[float | None]:
+    """Wilson score interval of a proportion (null bounds for n = 0)."""
+    if n == 0:
+        return [None, None]
+    interval = stats.binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
 def calibration(y_true: np.ndarray, proba: np.ndarray, n_bins: int = CALIBRATION_BINS) -> dict[str, Any]:
     """Top-label calibration: reliability bins, expected calibration error and Brier score."""
     confidence = proba.max(1)

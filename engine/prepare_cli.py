@@ -16,6 +16,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("outputs/prepared"), help="where to write the manifest")
     parser.add_argument("--seed", type=int, default=0, help="split seed")
     parser.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
+    parser.add_argument("--masks", default="auto", metavar="DIR",
+                        help="segmented copies of the images (leukocytes on black, same class folders and file "
+                        "names) to take the leukocyte masks from; auto (default): Segmented/ beside Original/; "
+                        "none: no masks")
+    parser.add_argument("--derived-masks", action=argparse.BooleanOptionalAction, default=True,
+                        help="where a segmented copy cannot serve (missing, empty, most of the image), derive the "
+                        "mask from the image's stain (default on)")
     parser.add_argument("--cache-size", type=int, action="append", default=[],
                         help="also build the decoded cache at this resolution (repeatable)")
     return parser
@@ -31,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--split expects three fractions like 0.7,0.15,0.15, got {args.split!r}") from None
     if len(fractions) != 3:
         raise ConfigError(f"--split expects three fractions, got {args.split!r}")
-    report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions)
+    report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
+                     derive_masks=args.derived_masks)
     if args.cache_size:
         from .data import load_cache
 
@@ -39,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             load_cache(args.out, size)
     print(f"{report['images']} images ({report['files_found']} files, {len(report['rejected'])} rejected, "
           f"{len(report['duplicate_groups'])} duplicate groups, {len(report['near_duplicates'])} near-duplicate pairs)")
+    if report["masks"]["dir"]:
+        print("leukocyte masks (segmented / derived / none): " + ", ".join(
+            f"{cls} {m['segmented']}/{m['derived']}/{m['none']}" for cls, m in report["masks"]["per_class"].items()))
     for item in report["rejected"]:
         print(f"rejected {item['path']}: {item['reason']}")
     print(args.out)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..metrics import mean_ci
 from ..progress import progress
 
 log = logging.getLogger(__name__)
@@ -117,25 +118,6 @@ def _score_batch(model: nn.Module, x: torch.Tensor, maps: np.ndarray, ranked: np
     out["road_lerf"].append(lerf)
     out["road_combined"].append((lerf - morf) / 2)
     out["confidence_change"].append(mult)
-
-
-def mean_ci(values: Sequence[float], *, seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
-    """Mean with a percentile-bootstrap 95% interval (null bounds below two values)."""
-    from scipy import stats
-
-    values = np.asarray([v for v in values if np.isfinite(v)], dtype=np.float64)
-    n = len(values)
-    if n == 0:
-        return {"mean": None, "ci95": [None, None], "n": 0}
-    mean = float(values.mean())
-    if n < 2:
-        return {"mean": mean, "ci95": [None, None], "n": n}
-    if np.ptp(values) == 0:
-        return {"mean": mean, "ci95": [mean, mean], "n": n}
-    result = stats.bootstrap((values,), np.mean, n_resamples=n_resamples, confidence_level=0.95,
-                             method="percentile", random_state=np.random.default_rng(seed))
-    return {"mean": mean, "ci95": [float(result.confidence_interval.low), float(result.confidence_interval.high)],
-            "n": n}
 
 
 def summarize(per_method: dict[str, list[dict[str, Any]]], stages: Sequence[str], *,

@@ -1,0 +1,154 @@
+"""Leukocyte masks: the rules in engine.masks, and their pairing with images in prepare."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine import masks
+from engine.data import MASK_COLUMNS, has_masks, load_mask_cache, prepare, read_manifest
+from tests.conftest import CLASS_FOLDERS, write_image_folder
+
+
+def disc(size: int, radius: float, centre: tuple[int, int] | None = None) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    cy, cx = centre or (size // 2, size // 2)
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+
+
+def stained(mask: np.ndarray, background=(235, 230, 200), cell=(170, 80, 170)) -> np.ndarray:
+    """A smear-like RGB image: a magenta cell on a pale yellow background."""
+    image = np.empty((*mask.shape, 3), dtype=np.uint8)
+    image[:] = background
+    image[mask] = cell
+    return image
+
+
+def test_segmented_copy_gives_the_cell_and_drops_specks():
+    cell = disc(96, 14)
+    segmented = np.where(cell[..., None], np.uint8(200), np.uint8(0)).repeat(3, axis=2)
+    segmented[5, 5] = 255  # a one-pixel speck of stain
+    segmented[cell.nonzero()[0][0] + 2, 48] = 0  # a hole in the cell
+    mask = masks.from_segmented(segmented)
+    assert not mask[5, 5]
+    assert masks.iou(mask, cell) > 0.9
+
+
+def test_derived_mask_finds_a_magenta_cell_on_a_pale_background():
+    cell = disc(96, 14, (40, 60))
+    mask = masks.derive(stained(cell))
+    assert masks.iou(mask, cell) > 0.9
+    assert not masks.derive(stained(np.zeros((96, 96), bool))).any()  # no cell, no mask
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.0, "empty"), (0.004, "empty"), (0.05, ""), (0.7, "covers most")])
+def test_problem_names_masks_that_cannot_serve(fraction, expected):
+    mask = np.zeros(10_000, bool)
+    mask[: int(fraction * 10_000)] = True
+    assert (masks.problem(mask.reshape(100, 100)).startswith(expected) if expected
+            else masks.problem(mask.reshape(100, 100)) == "")
+
+
+def test_choose_prefers_the_segmented_mask_and_falls_back_to_a_derived_one():
+    cell = disc(96, 14)
+    image = stained(cell)
+    good = np.where(cell[..., None], image, 0).astype(np.uint8)
+    chosen = masks.choose(image, good)
+    assert chosen.source == "segmented" and chosen.agreement is not None and chosen.agreement > 0.9
+    empty = masks.choose(image, np.zeros_like(image))
+    assert empty.source == "derived" and empty.segmented_problem.startswith("empty")
+    smaller = masks.choose(image, good[:50])
+    assert smaller.source == "derived" and "differs" in smaller.segmented_problem
+    missing = masks.choose(image, None, "missing", derive_missing=False)
+    assert missing.mask is None and missing.segmented_problem == "missing"
+
+
+def write_with_segmented(root: Path, per_class: int = 6) -> Path:
+    """Original/<Class> of generated images and Segmented/<Class> with each disc kept on black."""
+    write_image_folder(root / "Original", per_class=per_class, seed=3)
+    for name in CLASS_FOLDERS:
+        (root / "Segmented" / name).mkdir(parents=True)
+        for path in sorted((root / "Original" / name).iterdir()):
+            pixels = np.asarray(Image.open(path))
+            # The generated background is grey noise (170-230); the disc is saturated.
+            cell = (pixels.max(2).astype(int) - pixels.min(2)) > 60
+            Image.fromarray(np.where(cell[..., None], pixels, 0).astype(np.uint8)).save(
+                root / "Segmented" / name / path.name)
+    return root
+
+
+def test_prepare_pairs_masks_by_class_folder_and_name_and_reports_the_rest(tmp_path):
+    root = write_with_segmented(tmp_path / "ALL")
+    seg = root / "Segmented"
+    (seg / "Benign" / "benign-000.png").unlink()  # missing
+    (seg / "Early" / "early-000.png").rename(seg / "Early" / "renamed.png")  # name mismatch: missing too
+    Image.new("RGB", (48, 48)).save(seg / "Pre" / "pre-000.png")  # empty
+    Image.new("RGB", (30, 30), (200, 50, 200)).save(seg / "Pro" / "pro-000.png")  # wrong size
+
+    report = prepare(root, tmp_path / "prepared", derive_masks=False)
+    per_class = report["masks"]["per_class"]
+    assert report["masks"]["dir"] == str(seg)
+    assert per_class["benign"]["segmented_unusable"] == {"missing": 1}
+    assert per_class["early"]["segmented_unusable"] == {"missing": 1}
+    assert per_class["pre"]["segmented_unusable"] == {"empty or nearly empty": 1}
+    assert list(per_class["pro"]["segmented_unusable"]) == ["size 30x30 differs from the image's 48x48"]
+    for cls in per_class.values():
+        assert cls["segmented"] == 5 and cls["none"] == 1  # never silently used
+    saved = json.loads((tmp_path / "prepared" / "data_report.json").read_text())
+    assert saved["masks"]["per_class"] == per_class
+
+    rows = read_manifest(tmp_path / "prepared")
+    assert set(MASK_COLUMNS) <= set(rows[0])
+    unusable = {"Benign/benign-000.png", "Early/early-000.png", "Pre/pre-000.png", "Pro/pro-000.png"}
+    for row in rows:
+        assert bool(row["mask"]) == (row["path"] not in unusable), row
+        if row["mask"]:
+            assert row["mask_source"] == "segmented" and 0.01 < float(row["mask_fraction"]) < 0.5
+            assert (tmp_path / "prepared" / row["mask"]).is_file()
+
+    cached = load_mask_cache(tmp_path / "prepared", 32)
+    assert cached.shape == (len(rows), 32, 32) and cached.dtype == bool
+    present = has_masks(rows)
+    assert not cached[~present].any() and cached[present].any(axis=(1, 2)).all()
+    # Cropped and scaled like the images: the mask's area share survives the resize.
+    shares = cached[present].mean(axis=(1, 2))
+    expected = np.array([float(r["mask_fraction"]) for r in rows if r["mask"]])
+    assert np.allclose(shares, expected, atol=0.03)
+
+
+def test_prepare_without_segmented_copies_still_works(image_folder, tmp_path):
+    report = prepare(image_folder, tmp_path / "prepared")
+    assert report["masks"] == {"dir": None}
+    rows = read_manifest(tmp_path / "prepared")
+    assert not has_masks(rows).any()
+    assert "mask" not in (tmp_path / "prepared" / "manifest.csv").read_text().splitlines()[0]
+
+
+def test_an_explicit_mask_folder_that_does_not_exist_is_an_error(image_folder, tmp_path):
+    from engine.data import DataError
+
+    with pytest.raises(DataError, match="mask folder not found"):
+        prepare(image_folder, tmp_path / "prepared", masks=tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_real_masks_pair_with_every_real_image(real_subset, tmp_path):
+    """On real images and their real Segmented copies: every image gets a mask, and each Pro one the
+    segmented copy fails on is derived from the stain instead."""
+    from tests.conftest import REAL_DATA
+
+    segmented = real_subset / "Segmented"
+    for name in CLASS_FOLDERS:
+        (segmented / name).mkdir(parents=True)
+        for path in (real_subset / "Original" / name).iterdir():
+            shutil.copy(REAL_DATA / "Segmented" / name / path.name, segmented / name / path.name)
+    report = prepare(real_subset, tmp_path / "prepared")
+    per_class = report["masks"]["per_class"]
+    assert all(c["none"] == 0 for c in per_class.values())
+    assert per_class["pro"]["derived"] > per_class["pro"]["segmented"]  # the authors' segmentation fails on Pro
+    assert per_class["early"]["derived_vs_segmented_iou_median"] > 0.7
