@@ -23,8 +23,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-MODES = ("keep", "random", "black")
-GROW_AT_224 = 4  # px the mask is grown by, so a thin rim of each cell's own border stays with it
+from .config import BACKGROUNDS
+
+MODES = BACKGROUNDS
+GROW_AT_224 = 2  # px the mask is grown by: keeps each cell's own border, and little of the old background
 
 
 def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:

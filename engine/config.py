@@ -18,6 +18,7 @@ MODEL_NAMES = ("densenet121", "densenet169", "densenet201", "densenet-tiny")
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
+BACKGROUNDS = ("keep", "random", "black")  # engine.background.MODES, kept here so configs load without torch
 COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 # These compile modes capture CUDA graphs of their own, so the engine's hand-captured step stays off.
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
@@ -46,7 +47,11 @@ class Config:
     warmup_frac: float = 0.15
     label_smoothing: float = 0.1
     class_weighted: bool = False
-    augment: float = 1.0  # 0 = none; 1 = flips, 90-degree and free rotation, colour jitter
+    augment: float = 1.0  # 0 = none; 1 = flips, free rotation, scale and colour jitter
+    # Leukocyte-mask background augmentation (engine.background): keep, random or black, on a
+    # background_p share of training images; needs data prepared with masks.
+    background: str = "keep"
+    background_p: float = 0.8
     early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
     precise_bn_images: int = 0  # >0: recompute BatchNorm statistics on this many train images before validating
     min_epochs: int = 1
@@ -77,6 +82,8 @@ class Config:
             (0 < self.warmup_frac < 1, "warmup_frac must be in (0, 1)"),
             (0 <= self.augment <= 2, "augment must be in [0, 2]"),
             (self.precise_bn_images >= 0, "precise_bn_images must be 0 (off) or a number of images"),
+            (self.background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}"),
+            (0 <= self.background_p <= 1, "background_p must be in [0, 1]"),
         ]
         checks.append((not (self.cuda_graphs == "on" and self.compile in GRAPHING_COMPILE_MODES),
                        f"cuda_graphs=on and compile={self.compile} are exclusive (that mode captures its own graphs)"))

@@ -17,7 +17,7 @@ The image transforms are pure functions; ``reliance`` turns predictions into the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,3 +90,19 @@ def reliance(true: np.ndarray, preds: dict[str, np.ndarray], stage_names: Sequen
     return {"variants": variants, "chance": float(counts.max() / counts.sum()) if counts.sum() else None,
             "survival_without_cells": ratio("cells_removed", "original"),
             "survival_without_background": ratio("background_removed", "original")}
+
+
+def measure(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, masks: np.ndarray, true: np.ndarray,
+            stage_names: Sequence[str], *, radius: int = 3) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Classify the images as they are, without cells and without background.
+
+    ``predict`` maps uint8 (N, H, W, 3) images to class probabilities (N, classes). Returns the
+    ``reliance`` summary (with how each variant was made) and each variant's probabilities.
+    """
+    grow = grow_pixels(images.shape[1])
+    variants = {"original": images, "cells_removed": remove_cells(images, masks, grow, radius),
+                "background_removed": remove_background(images, masks, grow)}
+    proba = {name: predict(batch) for name, batch in variants.items()}
+    summary = reliance(true, {name: p.argmax(1) for name, p in proba.items()}, stage_names)
+    summary["how"] = {name: text.format(grow=grow, radius=radius) for name, text in HOW.items()}
+    return summary, proba

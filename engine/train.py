@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import runs
+from . import background, runs
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError, build_config, config_from_dict, parse_overrides
 from .data import load_cache, read_manifest
 from .models import create_model
@@ -291,10 +291,30 @@ def steps_per_epoch(n_images: int, batch_size: int, fixed_batch: bool) -> int:
 # ----------------------------------------------------------------------------- loops
 
 
+@dataclasses.dataclass
+class CellMasks:
+    """Leukocyte masks for background augmentation, indexed like ``Data.images``."""
+
+    masks: torch.Tensor  # bool (N, H, W), grown by background.GROW_AT_224 (scaled), on the images' device
+    present: torch.Tensor  # bool (N,): the image has a usable mask
+
+    @classmethod
+    def load(cls, prepared: Path, size: int, device: torch.device) -> CellMasks:
+        from .data import has_masks, load_mask_cache
+
+        present = has_masks(read_manifest(prepared))
+        if not present.any():
+            raise ConfigError(f"background augmentation needs leukocyte masks, and {prepared} has none: prepare "
+                              "the data with its Segmented/ folder beside Original/ (or --masks DIR)")
+        masks = torch.from_numpy(np.array(load_mask_cache(prepared, size)))
+        masks = background.grow(masks, max(1, round(background.GROW_AT_224 * size / 224)))
+        return cls(masks.to(device), torch.from_numpy(present).to(device))
+
+
 def train_one_epoch(
     step: TrainStep, data: Data, indices: np.ndarray, cfg: Config,
     scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, gen: torch.Generator, *,
-    epoch: int, channels_last: bool,
+    epoch: int, channels_last: bool, cells: CellMasks | None = None,
 ) -> dict[str, float]:
     step.model.train()
     # The shuffle depends only on (seed, epoch), so a resumed run sees the same batches.
@@ -310,7 +330,12 @@ def train_one_epoch(
     start = time.perf_counter()
     for i in progress(range(n_steps), desc=f"epoch {epoch}", unit="batch", leave=False):
         batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
-        x = augment(to_input(data.images[image_order[batch]], device, channels_last, stats), cfg.augment, gen)
+        x = to_input(data.images[image_order[batch]], device, channels_last, stats)
+        if cells is not None:
+            picked = label_order[batch].to(cells.masks.device)
+            x = background.replace_background(x, cells.masks[picked], cells.present[picked], cfg.background,
+                                              cfg.background_p, gen, *stats)
+        x = augment(x, cfg.augment, gen)
         y = data.labels[label_order[batch]]
         loss, logits = step(x, y)
         scheduler.step()
@@ -471,6 +496,7 @@ def fit(
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
     labels_np = data.labels.cpu().numpy()
     train_idx = subsample(data.split["train"], labels_np, cfg.max_train_images, cfg.seed)
+    cells = CellMasks.load(prepared, cfg.image_size, data.labels.device) if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
     if channels_last:
@@ -511,7 +537,7 @@ def fit(
     for epoch in range(start_epoch, cfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
-                                   epoch=epoch, channels_last=channels_last))
+                                   epoch=epoch, channels_last=channels_last, cells=cells))
         if cfg.precise_bn_images:
             recalibrate_batchnorm(model, data, train_idx, cfg, device, use_amp=use_amp, channels_last=channels_last)
         # The uncompiled model (same weights): compiling an eval-mode graph would cost minutes for seconds of work.
