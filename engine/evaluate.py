@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ood, runs
+from . import context, ood, runs
+from .data import has_masks, load_mask_cache
 from .metrics import classification_metrics
 from .runs import CLASSES
-from .train import Data, load_checkpoint, resolve_device, switch, use_channels_last
+from .train import Data, load_checkpoint, predict_proba, resolve_device, switch, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,12 @@ def misclassified(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
-             n_bootstrap: int = 1000, device: str = "auto") -> dict[str, Any]:
-    """Predict ``splits`` with a run's checkpoint; write predictions.csv and metrics.json."""
+             n_bootstrap: int = 1000, device: str = "auto", context_split: str = "test") -> dict[str, Any]:
+    """Predict ``splits`` with a run's checkpoint; write predictions.csv and metrics.json.
+
+    With leukocyte masks, ``context_split`` is also classified without cells and without
+    background (``context.json``; "" to skip).
+    """
     run_dir = Path(run_dir)
     saved = runs.read_json(run_dir / runs.CONFIG)
     dev = resolve_device(device)
@@ -86,7 +91,50 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     result["ood"] = fit_ood(run_dir, features, data.labels.cpu().numpy()[data.split["train"]])
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
     runs.write_json(run_dir / runs.METRICS, result)
+    if context_split in splits:
+        measure_context(run_dir, model, data, Path(saved["data_dir"]), cfg.image_size, dev, split=context_split,
+                        batch_size=cfg.eval_batch_size, channels_last=channels_last,
+                        checkpoint={"checkpoint": checkpoint, "checkpoint_epoch": result["checkpoint_epoch"]})
     return result
+
+
+def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared: Path, size: int,
+                    device: torch.device, *, split: str, batch_size: int, channels_last: bool,
+                    checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """Accuracy on ``split`` as it is, without leukocytes, without background: ``context.json`` and ``.csv``.
+
+    Only images with a leukocyte mask take part; without masks nothing is written.
+    """
+    present = has_masks(data.rows)
+    index = data.split[split][present[data.split[split]]]
+    if len(index) == 0:
+        log.info("no leukocyte masks in %s: context reliance not measured", prepared)
+        return None
+    masks = np.asarray(load_mask_cache(prepared, size))[index]
+    images = data.images[torch.from_numpy(index).to(data.images.device)].cpu().numpy()
+    true = data.labels.cpu().numpy()[index]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return predict_proba(model, torch.from_numpy(batch), np.arange(len(batch)), device, batch_size=batch_size,
+                             use_amp=False, channels_last=channels_last, desc="context")
+
+    summary, proba = context.measure(predict, images, masks, true, CLASSES)
+    summary = {"split": split, **checkpoint, "image_size": size, "images": len(index),
+               "images_without_mask": int(len(data.split[split]) - len(index)), **summary}
+    rows = []
+    for j, i in enumerate(index):
+        row = {"split": split, "path": data.rows[i]["path"], "sha256": data.rows[i]["sha256"], "true": CLASSES[true[j]]}
+        for variant, p in proba.items():
+            k = int(p[j].argmax())
+            row[f"pred_{variant}"], row[f"p_true_{variant}"] = CLASSES[k], f"{p[j, true[j]]:.6f}"
+        rows.append(row)
+    runs.write_json(run_dir / context.FILE, summary)
+    runs.write_csv(run_dir / context.TABLE, context.TABLE_COLUMNS, rows)
+    v = summary["variants"]
+    log.info("context reliance (%s, %d images): accuracy %.3f as they are, %.3f without leukocytes, %.3f without "
+             "background", split, len(index), v["original"]["all"]["accuracy"], v["cells_removed"]["all"]["accuracy"],
+             v["background_removed"]["all"]["accuracy"])
+    return summary
 
 
 def fit_ood(run_dir: Path, features: dict[str, np.ndarray], train_labels: np.ndarray) -> dict[str, Any]:
@@ -110,13 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--splits", default="val,test", help="comma-separated splits to evaluate")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--context-split", default="test", metavar="SPLIT",
+                        help="with leukocyte masks, also classify this split without cells and without background "
+                        "(context.json; '' to skip)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = evaluate(args.run, checkpoint=args.checkpoint, splits=tuple(args.splits.split(",")),
-                      n_bootstrap=args.bootstrap, device=args.device)
+                      n_bootstrap=args.bootstrap, device=args.device, context_split=args.context_split)
     for split, m in result["splits"].items():
         lo, hi = m["accuracy_ci95"]
         print(f"{split}: accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {m['macro_f1']:.4f}, "

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..models import CAM_LAYERS
 from .faithfulness import DEFAULT_PERCENTILES
 from .methods import METHOD_NAMES
-from .pipeline import TARGETS, compare_runs, explain_run
+from .pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
 
 
 def _names(choices: tuple[str, ...], what: str):
@@ -47,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine explain", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="trained (and evaluated) run folder")
     parser.add_argument("--methods", "--method", nargs="+", action="append", type=_names(METHOD_NAMES, "method"),
-                        metavar="METHOD", help=f"CAM methods, space- or comma-separated (default gradcam): "
+                        metavar="METHOD", help="CAM methods, space- or comma-separated (default "
+                        f"{','.join(DEFAULT_METHODS)}): "
                         f"{', '.join(METHOD_NAMES)}. ablationcam and scorecam cost one forward pass per channel")
     parser.add_argument("--layers", "--layer", nargs="+", action="append", type=_names(CAM_LAYERS, "layer"),
-                        metavar="LAYER", help=f"target layers (default norm5): {', '.join(CAM_LAYERS)}; the first "
+                        metavar="LAYER", help=f"target layers (default {','.join(DEFAULT_LAYERS)}): "
+                        f"{', '.join(CAM_LAYERS)}; the first "
                         "is the one scored, sanity-checked and summarised per stage")
     parser.add_argument("--targets", type=_names(TARGETS, "target"), default=list(TARGETS),
                         help="maps for the predicted and/or the true class (default pred,true)")
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sanity", action=argparse.BooleanOptionalAction, default=True,
                         help="model-randomisation sanity check (default on)")
     parser.add_argument("--sanity-images", type=int, default=8, metavar="N")
+    parser.add_argument("--localisation", action=argparse.BooleanOptionalAction, default=True,
+                        help="score every method x layer against the leukocyte masks, with a centred and a shuffled "
+                        "baseline (default on; needs data prepared with masks)")
     parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                         help="per-stage summaries and panels (default on)")
     parser.add_argument("--multilayer", type=int, default=4, metavar="N",
@@ -82,18 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    methods = _flatten(args.methods, ("gradcam",))
-    layers = _flatten(args.layers, ("norm5",))
+    methods = _flatten(args.methods, DEFAULT_METHODS)
+    layers = _flatten(args.layers, DEFAULT_LAYERS)
     if args.compare is not None:
         out = compare_runs(args.run, args.compare, method=methods[0], layer=layers[0], split=args.split,
                            checkpoint=args.checkpoint, images=args.compare_images, device=args.device,
                            batch_size=args.batch_size, seed=args.seed)
     else:
-        out = explain_run(args.run, methods=methods, layers=layers, split=args.split, checkpoint=args.checkpoint,
-                          targets=args.targets, limit=args.limit, batch_size=args.batch_size, device=args.device,
-                          faithfulness=args.faithfulness, faithfulness_images=args.faithfulness_images,
-                          road_percentiles=args.road_percentiles, sanity=args.sanity,
-                          sanity_images=args.sanity_images, stages=args.stages, multilayer_images=args.multilayer,
-                          multilayer_method=args.multilayer_method, seed=args.seed)
+        out = explain_run(args.run, ExplainOptions(
+            methods=tuple(methods), layers=tuple(layers), split=args.split, checkpoint=args.checkpoint,
+            targets=tuple(args.targets), limit=args.limit, batch_size=args.batch_size, device=args.device,
+            faithfulness=args.faithfulness, faithfulness_images=args.faithfulness_images,
+            road_percentiles=tuple(args.road_percentiles), sanity=args.sanity, sanity_images=args.sanity_images,
+            localisation=args.localisation, stages=args.stages, multilayer_images=args.multilayer,
+            multilayer_method=args.multilayer_method, seed=args.seed))
     print(out)
     return 0

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from .. import runs
+from ..data import has_masks, load_mask_cache
 from ..models import CAM_LAYERS
 from ..runs import CLASSES
-from . import figures
+from . import figures, localisation
 from .faithfulness import DEFAULT_PERCENTILES, METRICS, faithfulness_scores, summarize
 from .methods import check_layer, compute_maps, get_method
 from .sanity import sanity_check
@@ -38,6 +39,15 @@ INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "corre
                  "target_class", "image", "overlay", "map")
 FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
                         "road_combined", "confidence_change")
+LOCALISATION = "localisation.json"
+LOCALISATION_TABLE = "localisation.csv"
+LOCALISATION_COLUMNS = ("path", "sha256", "true", "pred", "correct", "method", "layer", "mask", "mask_fraction",
+                        *localisation.SCORES, "centre_concentration", "centre_pointing", "shuffled_concentration",
+                        "shuffled_pointing")
+MASKS = "masks"
+# Measured on the real data (docs/explanations.md): the methods and layers whose maps localise the leukocytes.
+DEFAULT_METHODS = ("gradcam",)
+DEFAULT_LAYERS = ("norm5",)
 COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
                    "overlay_a", "overlay_b")
 
@@ -59,6 +69,8 @@ class LoadedRun:
     images: torch.Tensor  # uint8 NHWC, CPU
     true: np.ndarray
     proba: np.ndarray
+    masks: np.ndarray | None = None  # bool (N, H, W) leukocyte masks at image_size; None: prepared without masks
+    has_mask: np.ndarray | None = None  # bool (N,)
 
     @property
     def pred(self) -> np.ndarray:
@@ -100,8 +112,11 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
     images = data.images[torch.from_numpy(index)].cpu()
     proba = predict_proba(model, images, np.arange(len(index)), dev, batch_size=batch_size, use_amp=False,
                           channels_last=False)
+    present = has_masks(data.rows)[index]
+    masks = np.asarray(load_mask_cache(prepared, cfg.image_size))[index] if present.any() else None
     return LoadedRun(run_dir, model, dev, cfg.image_size, checkpoint_info(run_dir, checkpoint), split,
-                     [data.rows[i] for i in index], images, labels[index], proba)
+                     [data.rows[i] for i in index], images, labels[index], proba, masks,
+                     present if present.any() else None)
 
 
 def stratified(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -130,42 +145,65 @@ def _key(row: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- explain
 
 
-def explain_run(
-    run_dir: Path, *, methods: Sequence[str] = ("gradcam",), layers: Sequence[str] = ("norm5",),
-    split: str = "test", checkpoint: str = "best", targets: Sequence[str] = TARGETS, limit: int = 0,
-    batch_size: int = 32, device: str = "auto", faithfulness: bool = True, faithfulness_images: int = 64,
-    road_percentiles: Sequence[int] = DEFAULT_PERCENTILES, sanity: bool = True, sanity_images: int = 8,
-    stages: bool = True, top_k: int = 4, panel_misclassified: int = 4, multilayer_images: int = 4,
-    multilayer_method: str = "layercam", seed: int = 0,
-) -> Path:
+@dataclasses.dataclass(frozen=True)
+class ExplainOptions:
+    """What ``explain_run`` computes. ``methods``/``layers`` are CLI names; the first layer is the one
+    scored for faithfulness, checked for sanity and summarised per stage (the first method's maps).
+    ``limit``, ``faithfulness_images`` and ``sanity_images`` take stratified subsets (0: all).
+    Localisation runs for every method x layer whenever the data has leukocyte masks."""
+
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    layers: tuple[str, ...] = DEFAULT_LAYERS
+    split: str = "test"
+    checkpoint: str = "best"
+    targets: tuple[str, ...] = TARGETS
+    limit: int = 0
+    batch_size: int = 32
+    device: str = "auto"
+    faithfulness: bool = True
+    faithfulness_images: int = 64
+    road_percentiles: tuple[int, ...] = DEFAULT_PERCENTILES
+    sanity: bool = True
+    sanity_images: int = 8
+    localisation: bool = True
+    stages: bool = True
+    top_k: int = 4
+    panel_misclassified: int = 4
+    multilayer_images: int = 4
+    multilayer_method: str = "layercam"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Canonical names, checked once: every later step can trust them.
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(get_method(m).name for m in self.methods)))
+        object.__setattr__(self, "layers", tuple(dict.fromkeys(check_layer(name) for name in self.layers)))
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "road_percentiles", tuple(self.road_percentiles))
+        get_method(self.multilayer_method)
+        unknown = sorted(set(self.targets) - set(TARGETS))
+        if unknown or not self.targets or not self.methods or not self.layers:
+            raise ValueError(f"need at least one method, layer and target; targets are {', '.join(TARGETS)}")
+
+
+def explain_run(run_dir: Path, options: ExplainOptions | None = None, **overrides: Any) -> Path:
     """Compute maps, scores and figures of a run into ``run_dir/cams``; return that folder.
 
-    ``methods``/``layers`` are CLI names; the first layer is the one scored for
-    faithfulness, checked for sanity and summarised per stage (the first method's maps).
-    ``limit``, ``faithfulness_images`` and ``sanity_images`` take stratified subsets (0: all).
+    ``options`` (default ``ExplainOptions()``), with any of its fields overridden by keyword.
     """
-    methods = [get_method(m).name for m in methods]
-    layers = [check_layer(name) for name in layers]
-    get_method(multilayer_method)
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown or not targets or not methods or not layers:
-        raise ValueError(f"need at least one method, layer and target; targets are {', '.join(TARGETS)}")
+    options = dataclasses.replace(options or ExplainOptions(), **overrides)
     run_dir = Path(run_dir)
-    run = load_run(run_dir, checkpoint=checkpoint, device=device, split=split, limit=limit, seed=seed)
+    run = load_run(run_dir, checkpoint=options.checkpoint, device=options.device, split=options.split,
+                   limit=options.limit, seed=options.seed)
     final = run_dir / runs.CAMS
     work = run_dir / f".cams-{os.getpid()}-{time.time_ns()}"
     try:
-        images_per_s = _write_cams(run, work, methods=methods, layers=layers, targets=list(targets),
-                                   batch_size=batch_size, faithfulness=faithfulness,
-                                   faithfulness_images=faithfulness_images, road_percentiles=road_percentiles,
-                                   sanity=sanity, sanity_images=sanity_images, stages=stages, top_k=top_k,
-                                   panel_misclassified=panel_misclassified, multilayer_images=multilayer_images,
-                                   multilayer_method=multilayer_method, seed=seed)
+        images_per_s = _write_cams(run, work, options)
         runs.write_json(work / "meta.json", {
-            **run.checkpoint, "split": split, "image_size": run.image_size, "methods": methods,
-            "layers": layers, "targets": list(targets), "images": len(run.rows), "images_per_s": images_per_s,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(run.device), "batch_size": batch_size,
-            "limit": limit, "seed": seed, "faithfulness": faithfulness, "sanity": sanity,
+            **run.checkpoint, **{k: list(v) if isinstance(v, tuple) else v
+                                 for k, v in dataclasses.asdict(options).items()},
+            "image_size": run.image_size, "images": len(run.rows), "images_per_s": images_per_s,
+            "localisation": options.localisation and run.masks is not None,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(run.device),
         })
         _swap_in(work, final)
     finally:
@@ -185,10 +223,9 @@ def _swap_in(work: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[str], targets: list[str],
-                batch_size: int, faithfulness: bool, faithfulness_images: int, road_percentiles: Sequence[int],
-                sanity: bool, sanity_images: int, stages: bool, top_k: int, panel_misclassified: int,
-                multilayer_images: int, multilayer_method: str, seed: int) -> dict[str, float]:
+def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str, float]:
+    methods, layers, targets = list(options.methods), list(options.layers), list(options.targets)
+    batch_size, seed = options.batch_size, options.seed
     n = len(run.rows)
     pred, true = run.pred, run.true
     wrong = np.flatnonzero(pred != true)
@@ -200,6 +237,13 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
     for i, row in enumerate(base):
         runs.atomic_write_bytes(out / row["image"], figures.png_bytes(pictures[i]))
 
+    localise = options.localisation and run.masks is not None
+    if localise:
+        for i, row in enumerate(base):
+            if run.has_mask[i]:
+                runs.atomic_write_bytes(out / _mask_file(row), figures.png_bytes(run.masks[i].astype(np.uint8) * 255))
+    located: list[dict[str, Any]] = []  # one localisation result per method x layer
+    located_rows: list[dict[str, Any]] = []
     index_rows: list[dict[str, Any]] = []
     images_per_s: dict[str, float] = {}
     primary: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # method -> (pred maps, true maps) at layers[0]
@@ -217,6 +261,10 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
                 maps["true"][wrong] = compute_maps(run.model, x[wrong], method, layer, true[wrong],
                                                    batch_size=batch_size)
             index_rows += _write_maps(out, base, pictures, maps, method, layer, targets, pred, true)
+            if localise:
+                result, rows = _localise(run, base, maps["pred"], method, layer, seed)
+                located.append(result)
+                located_rows += rows
             if layer == layers[0]:
                 primary[method] = (maps["pred"], maps["true"])
         images_per_s[method] = round(n * len(layers) / seconds, 3)
@@ -224,10 +272,13 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
                  len(layers), batch_size, run.device)
         _write_pairs(out, base, pictures, primary[method], wrong, method, layers[0])
     runs.write_csv(out / "index.csv", INDEX_COLUMNS, index_rows)
+    if localise:
+        _write_localisation(out, run, located, located_rows)
 
     stage_names = list(CLASSES)
     per_method: dict[str, list[dict[str, Any]]] = {}
-    chosen = stratified(true, faithfulness_images, seed) if faithfulness else np.zeros(0, dtype=np.int64)
+    faithfulness, road_percentiles = options.faithfulness, options.road_percentiles
+    chosen = stratified(true, options.faithfulness_images, seed) if faithfulness else np.zeros(0, dtype=np.int64)
     if faithfulness:
         for method in methods:
             scores = faithfulness_scores(run.model, x[chosen], primary[method][0][chosen], pred[chosen],
@@ -244,8 +295,9 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
     runs.write_json(out / "faithfulness_summary.json", summary)
 
     results: dict[str, Any] = {}
+    sanity = options.sanity
     if sanity:
-        chosen = stratified(true, sanity_images, seed)
+        chosen = stratified(true, options.sanity_images, seed)
         for method in methods:
             results[method] = {**sanity_check(run.model, x[chosen], pred[chosen], method, layers[0],
                                               batch_size=batch_size, seed=seed),
@@ -255,12 +307,54 @@ def _write_cams(run: LoadedRun, out: Path, *, methods: list[str], layers: list[s
         log.info("sanity check: %s", ", ".join(f"{m} {'passed' if r['passed'] else 'FAILED'}"
                                                for m, r in results.items()))
 
-    if stages:
-        _write_stages(out, base, pictures, primary[methods[0]], methods[0], layers[0], top_k=top_k,
-                      panel_misclassified=panel_misclassified, checkpoint=run.checkpoint, seed=seed)
-    if multilayer_images > 0:
-        _write_multilayer(out, run, base, x, multilayer_images, multilayer_method, seed)
+    if options.stages:
+        _write_stages(out, base, pictures, primary[methods[0]], methods[0], layers[0], top_k=options.top_k,
+                      panel_misclassified=options.panel_misclassified, checkpoint=run.checkpoint, seed=seed)
+    if options.multilayer_images > 0:
+        _write_multilayer(out, run, base, x, options.multilayer_images, options.multilayer_method, seed)
     return images_per_s
+
+
+def _mask_file(row: dict[str, Any]) -> str:
+    return f"{MASKS}/{_key(row)}.png"
+
+
+def _localise(run: LoadedRun, base: list[dict[str, Any]], maps: np.ndarray, method: str, layer: str,
+              seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Localisation of one method x layer's predicted-class maps: the summary entry and per-image rows."""
+    keep = np.flatnonzero(run.has_mask)
+    masks, maps, stages = run.masks[keep], maps[keep], run.true[keep]
+    tolerance = localisation.pointing_tolerance(run.image_size)
+    scores = localisation.scores(maps, masks, tolerance)
+    baselines = localisation.baseline_scores(maps, masks, stages, tolerance, seed)
+    result = {"method": method, "layer": layer,
+              **localisation.summarize(scores, baselines, stages, CLASSES, seed=seed)}
+    rows = []
+    for j, i in enumerate(keep):
+        row = {k: base[i][k] for k in ("path", "sha256", "true", "pred", "correct")}
+        row.update(method=method, layer=layer, mask=_mask_file(base[i]), mask_fraction=f"{masks[j].mean():.6f}")
+        row.update({score: f"{scores[score][j]:.6f}" for score in localisation.SCORES})
+        for name, values in baselines.items():
+            row.update({f"{name}_{score}": f"{values[score][j]:.6f}" for score in ("concentration", "pointing")})
+        rows.append(row)
+    log.info("%s at %s: concentration %.2f (centred blob %.2f), pointing %.2f (%s)", method, layer,
+             result["all"]["map"]["concentration"]["mean"] or float("nan"),
+             result["all"]["centre"]["concentration"]["mean"] or float("nan"),
+             result["all"]["map"]["pointing"]["mean"] or float("nan"), result["all"]["verdict"])
+    return result, rows
+
+
+def _write_localisation(out: Path, run: LoadedRun, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+    runs.write_csv(out / LOCALISATION_TABLE, LOCALISATION_COLUMNS, rows)
+    runs.write_json(out / LOCALISATION, {
+        **run.checkpoint, "target": "pred", "split": run.split, "image_size": run.image_size,
+        "images": int(run.has_mask.sum()), "images_without_mask": int((~run.has_mask).sum()),
+        "pointing_tolerance_px": localisation.pointing_tolerance(run.image_size),
+        "centre_sigma": localisation.CENTRE_SIGMA, "scores": list(localisation.SCORES),
+        "baselines": {"centre": f"a centred Gaussian, sigma {localisation.CENTRE_SIGMA:g} of the image side",
+                      "shuffled": "the map of another test image of the same (true) stage"},
+        "verdicts": localisation.VERDICTS, "results": results, "ranking": localisation.rank(results),
+    })
 
 
 def _write_maps(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: dict[str, np.ndarray],
