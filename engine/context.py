@@ -26,8 +26,6 @@ from .masks import dilate
 from .metrics import proportion_ci
 
 VARIANTS = ("original", "cells_removed", "background_removed")
-FILE = "context.json"
-TABLE = "context.csv"
 TABLE_COLUMNS = ("split", "path", "sha256", "true",
                  *(f"{kind}_{v}" for v in VARIANTS for kind in ("pred", "p_true")))
 CELL_GROW_AT_224 = 6

@@ -128,8 +128,8 @@ def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared:
             k = int(p[j].argmax())
             row[f"pred_{variant}"], row[f"p_true_{variant}"] = CLASSES[k], f"{p[j, true[j]]:.6f}"
         rows.append(row)
-    runs.write_json(run_dir / context.FILE, summary)
-    runs.write_csv(run_dir / context.TABLE, context.TABLE_COLUMNS, rows)
+    runs.write_json(run_dir / runs.CONTEXT, summary)
+    runs.write_csv(run_dir / runs.CONTEXT_TABLE, context.TABLE_COLUMNS, rows)
     v = summary["variants"]
     log.info("context reliance (%s, %d images): accuracy %.3f as they are, %.3f without leukocytes, %.3f without "
              "background", split, len(index), v["original"]["all"]["accuracy"], v["cells_removed"]["all"]["accuracy"],

@@ -41,6 +41,17 @@ PREDICTIONS = "predictions.csv"
 CHECKPOINTS = "checkpoints"
 CAMS = "cams"
 COMPLETE = "COMPLETE"
+# Written by `evaluate` when the data has leukocyte masks (engine.context).
+CONTEXT = "context.json"
+CONTEXT_TABLE = "context.csv"
+# Inside cams/, written by `explain` (engine.explain.pipeline).
+CAMS_META = "meta.json"
+CAMS_INDEX = "index.csv"
+LOCALISATION = "localisation.json"
+LOCALISATION_TABLE = "localisation.csv"
+CAMS_MASKS = "masks"  # cams/masks/<sha256[:16]>.png: the leukocyte mask at the model's resolution
+FAITHFULNESS_SUMMARY = "faithfulness_summary.json"
+SANITY = "sanity.json"
 
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",

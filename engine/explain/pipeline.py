@@ -39,12 +39,9 @@ INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "corre
                  "target_class", "image", "overlay", "map")
 FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
                         "road_combined", "confidence_change")
-LOCALISATION = "localisation.json"
-LOCALISATION_TABLE = "localisation.csv"
 LOCALISATION_COLUMNS = ("path", "sha256", "true", "pred", "correct", "method", "layer", "mask", "mask_fraction",
                         *localisation.SCORES, "centre_concentration", "centre_pointing", "shuffled_concentration",
                         "shuffled_pointing")
-MASKS = "masks"
 # Measured on the real data (docs/explanations.md): the methods and layers whose maps localise the leukocytes.
 DEFAULT_METHODS = ("gradcam",)
 DEFAULT_LAYERS = ("norm5",)
@@ -316,7 +313,7 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
 
 
 def _mask_file(row: dict[str, Any]) -> str:
-    return f"{MASKS}/{_key(row)}.png"
+    return f"{runs.CAMS_MASKS}/{_key(row)}.png"
 
 
 def _localise(run: LoadedRun, base: list[dict[str, Any]], maps: np.ndarray, method: str, layer: str,
@@ -345,8 +342,8 @@ def _localise(run: LoadedRun, base: list[dict[str, Any]], maps: np.ndarray, meth
 
 
 def _write_localisation(out: Path, run: LoadedRun, results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    runs.write_csv(out / LOCALISATION_TABLE, LOCALISATION_COLUMNS, rows)
-    runs.write_json(out / LOCALISATION, {
+    runs.write_csv(out / runs.LOCALISATION_TABLE, LOCALISATION_COLUMNS, rows)
+    runs.write_json(out / runs.LOCALISATION, {
         **run.checkpoint, "target": "pred", "split": run.split, "image_size": run.image_size,
         "images": int(run.has_mask.sum()), "images_without_mask": int((~run.has_mask).sum()),
         "pointing_tolerance_px": localisation.pointing_tolerance(run.image_size),
