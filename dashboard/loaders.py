@@ -405,3 +405,29 @@ def outputs_summary(found: dict[str, list]) -> dict[str, int]:
     runs = found["runs"]
     return {"prepared": len(found["prepared"]), "runs": len(runs), "sweeps": len(found["sweeps"]),
             "evaluated": sum(r.evaluated for r in runs), "explained": sum(r.explained for r in runs)}
+
+
+def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
+    """The evidence files of a run (localisation, faithfulness, sanity, context), each dict or None.
+
+    A missing file is simply None; an unreadable one is None with its reason in ``problems``.
+    """
+    from engine import runs
+
+    files = {"localisation": Path(runs.CAMS) / runs.LOCALISATION,
+             "faithfulness": Path(runs.CAMS) / runs.FAITHFULNESS_SUMMARY,
+             "sanity": Path(runs.CAMS) / runs.SANITY, "context": Path(runs.CONTEXT)}
+    out: dict[str, Any] = {"problems": []}
+    for key, rel in files.items():
+        out[key] = None
+        try:
+            data = read_json(root, Path(run) / rel)
+        except LoadError as exc:
+            if "not found" not in str(exc):
+                out["problems"].append(str(exc))
+            continue
+        if isinstance(data, dict):
+            out[key] = data
+        else:
+            out["problems"].append(f"{relative(root, Path(run) / rel)} is not a JSON object")
+    return out

@@ -50,6 +50,13 @@ CAMS_INDEX = "index.csv"
 LOCALISATION = "localisation.json"
 LOCALISATION_TABLE = "localisation.csv"
 CAMS_MASKS = "masks"  # cams/masks/<sha256[:16]>.png: the leukocyte mask at the model's resolution
+# The verdicts localisation.json gives each method x layer and stage, by key.
+LOCALISATION_VERDICTS = {
+    "points": "points at the leukocytes",
+    "baseline": "no better than a centred blob or another image's map",
+    "away": "points away from the leukocytes",
+    "unknown": "too few images with masks to tell",
+}
 FAITHFULNESS_SUMMARY = "faithfulness_summary.json"
 SANITY = "sanity.json"
 

@@ -43,6 +43,20 @@ def write_image_folder(root: Path, per_class: int = 24, seed: int = 0, names=CLA
     return root
 
 
+def add_segmented(root: Path) -> Path:
+    """``root/Segmented/<Class>`` beside ``root/Original/<Class>``: each generated cell kept on black,
+    as the real data set's segmented copy keeps its leukocytes."""
+    for name in CLASS_FOLDERS:
+        (root / "Segmented" / name).mkdir(parents=True, exist_ok=True)
+        for path in sorted((root / "Original" / name).iterdir()):
+            pixels = np.asarray(Image.open(path))
+            # The generated background is grey noise (170-230); the disc is saturated.
+            cell = (pixels.max(2).astype(int) - pixels.min(2)) > 60
+            Image.fromarray(np.where(cell[..., None], pixels, 0).astype(np.uint8)).save(
+                root / "Segmented" / name / path.name)
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """A Kaggle-layout folder (Benign/Early/Pre/Pro) of 24 generated PNGs per class."""
@@ -51,12 +65,12 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A prepared (manifest + report) folder of 40 generated images per class."""
+    """A prepared (manifest + report) folder of 40 generated images per class, with leukocyte masks."""
     from engine.data import prepare
 
     root = tmp_path_factory.mktemp("tiny-data")
-    raw = write_image_folder(root / "raw", per_class=40, seed=1)
-    prepare(raw, root / "prepared", seed=0)
+    write_image_folder(root / "raw" / "Original", per_class=40, seed=1)
+    prepare(add_segmented(root / "raw"), root / "prepared", seed=0)
     return root / "prepared"
 
 

@@ -20,7 +20,7 @@ from dashboard import fixture as dash_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboard" / "app.py")
-PAGES = ("data", "sweeps", "run", "gallery", "compare", "predict", "present")
+PAGES = ("data", "sweeps", "run", "gallery", "evidence", "compare", "predict", "present")
 
 
 @pytest.fixture(scope="session")
@@ -286,6 +286,8 @@ def test_every_page_renders(outputs: dict[str, Path], monkeypatch: pytest.Monkey
     content = texts(at)
     expected = {"data": ["Sample images per stage", "Data report"], "sweeps": ["Best trial", "Trials ("],
                 "run": ["Confusion matrix", "Per stage", "95% CI"], "gallery": ["Stage mean map", "Faithfulness"],
+                "evidence": ["Verdicts", "Do the maps point at the leukocytes?",
+                             "With the leukocytes removed the model still classifies"],
                 "compare": ["The same images"], "predict": ["Predict"], "present": ["Present"]}[page]
     for text in expected:
         assert text in content, (page, text)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from engine import masks
 from engine.data import MASK_COLUMNS, has_masks, load_mask_cache, prepare, read_manifest
-from tests.conftest import CLASS_FOLDERS, write_image_folder
+from tests.conftest import CLASS_FOLDERS, add_segmented, write_image_folder
 
 
 def disc(size: int, radius: float, centre: tuple[int, int] | None = None) -> np.ndarray:
@@ -71,15 +71,7 @@ def test_choose_prefers_the_segmented_mask_and_falls_back_to_a_derived_one():
 def write_with_segmented(root: Path, per_class: int = 6) -> Path:
     """Original/<Class> of generated images and Segmented/<Class> with each disc kept on black."""
     write_image_folder(root / "Original", per_class=per_class, seed=3)
-    for name in CLASS_FOLDERS:
-        (root / "Segmented" / name).mkdir(parents=True)
-        for path in sorted((root / "Original" / name).iterdir()):
-            pixels = np.asarray(Image.open(path))
-            # The generated background is grey noise (170-230); the disc is saturated.
-            cell = (pixels.max(2).astype(int) - pixels.min(2)) > 60
-            Image.fromarray(np.where(cell[..., None], pixels, 0).astype(np.uint8)).save(
-                root / "Segmented" / name / path.name)
-    return root
+    return add_segmented(root)
 
 
 def test_prepare_pairs_masks_by_class_folder_and_name_and_reports_the_rest(tmp_path):

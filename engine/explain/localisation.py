@@ -24,17 +24,13 @@ import numpy as np
 
 from ..masks import dilate
 from ..metrics import mean_ci
+from ..runs import LOCALISATION_VERDICTS
 
 SCORES = ("concentration", "pointing", "mass_in")
 BASELINES = ("centre", "shuffled")
 POINTING_TOLERANCE_AT_224 = 15
 CENTRE_SIGMA = 0.25  # of the image side
-VERDICTS = {
-    "points": "points at the leukocytes",
-    "baseline": "no better than a centred blob or another image's map",
-    "away": "points away from the leukocytes",
-    "unknown": "too few images with masks to tell",
-}
+VERDICTS = LOCALISATION_VERDICTS
 
 
 def pointing_tolerance(size: int) -> int:

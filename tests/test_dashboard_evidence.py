@@ -1,0 +1,73 @@
+"""The Evidence page's tables and figures, from summaries the engine's own functions compute
+(the page itself renders in test_dashboard's AppTest of every page, on real runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dashboard import evidence
+from engine import context
+from engine.explain import localisation as loc
+from engine.runs import CLASSES
+from tests.test_localisation import cells
+
+
+def localisation_summary() -> dict:
+    """localisation.json's structure, made by the engine from maps that point and maps that do not."""
+    masks = cells(40, seed=2)
+    stages = np.arange(40) % 4
+    results = []
+    for method, maps in (("good", masks.astype(float)), ("blob", np.broadcast_to(
+            loc.centre_map(masks.shape[1:]), masks.shape))):
+        result = loc.summarize(loc.scores(maps, masks, 2), loc.baseline_scores(np.asarray(maps), masks, stages, 2),
+                               stages, CLASSES)
+        results.append({"method": method, "layer": "norm5", **result})
+    return {"results": results, "ranking": loc.rank(results), "images": 40, "images_without_mask": 0}
+
+
+def context_summary(cells_removed_correct: int) -> dict:
+    true = np.repeat(np.arange(4), 10)
+    removed = true.copy()
+    removed[cells_removed_correct:] = (removed[cells_removed_correct:] + 1) % 4
+    return context.reliance(true, {"original": true, "cells_removed": removed, "background_removed": true}, CLASSES)
+
+
+def test_ranking_and_stage_tables_put_the_pointing_method_first():
+    summary = localisation_summary()
+    ranking = evidence.ranking_frame(summary)
+    assert list(ranking["method"]) == ["good", "blob"]
+    assert ranking["verdict"][0].endswith("points at the leukocytes")
+    assert "no better than" in ranking["verdict"][1]
+    table = evidence.stage_verdicts(evidence.find_result(summary, "good", "norm5"))
+    assert list(table["stage"]) == [*CLASSES, "all"]
+    assert (table["images"][:4] == 10).all()
+
+
+def test_localisation_bars_show_maps_against_both_baselines_with_intervals():
+    result = evidence.find_result(localisation_summary(), "good", "norm5")
+    fig = evidence.localisation_bars(result, "concentration")
+    assert [t.name for t in fig.data] == list(evidence.SOURCES.values())
+    assert all(len(t.x) == 4 for t in fig.data)
+    assert fig.data[0].error_y.array is not None
+    assert evidence.png_localisation(result).startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(("kept", "word"), [(34, "context"), (10, "needs the cells")])
+def test_context_sentence_and_figure_say_how_much_survives(kept, word):
+    summary = context_summary(kept)
+    sentence = evidence.context_sentence(summary)
+    assert f"{kept / 40:.0%}" in sentence and word in sentence
+    fig = evidence.context_bars(summary)
+    assert [t.name for t in fig.data] == list(evidence.VARIANTS.values())
+    assert evidence.png_context(summary).startswith(b"\x89PNG")
+
+
+def test_verdict_table_joins_localisation_faithfulness_and_sanity():
+    summary = localisation_summary()
+    faith = {"ranking": {"all": ["blob", "good"]}, "methods": {"good": {"layer": "norm5"}, "blob": {"layer": "norm5"}}}
+    sanity = {"good": {"layer": "norm5", "passed": True, "steps": [{"spearman": 0.1}]}}
+    table = evidence.verdict_table(summary, faith, sanity).set_index("method")
+    assert table.loc["good", "faithfulness rank"] == 2 and table.loc["blob", "faithfulness rank"] == 1
+    assert table.loc["good", "sanity check"] == "passed" and table.loc["blob", "sanity check"] == "not run"
+    assert evidence.sanity_frame(sanity)["verdict"].tolist() == ["✅ passed"]
