@@ -16,6 +16,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -238,3 +239,18 @@ def verdict_table(localised: Mapping[str, Any] | None, faith: Mapping[str, Any] 
                      "sanity check": ("passed" if checked.get("passed") else "failed")
                      if isinstance(checked, Mapping) and checked.get("layer") == layer else "not run"})
     return pd.DataFrame(rows)
+
+
+def outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """``image`` (H, W, 3 uint8) with the outline of the boolean ``mask`` drawn on it, 1 px at 112 px."""
+    from scipy import ndimage as ndi
+
+    if mask.shape != image.shape[:2]:
+        from PIL import Image
+
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(image.shape[1::-1])) >= 128
+    width = max(1, round(image.shape[0] / 112))
+    edge = mask & ~ndi.binary_erosion(mask, iterations=width)
+    out = image.copy()
+    out[edge] = colour
+    return out

@@ -431,3 +431,17 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
         else:
             out["problems"].append(f"{relative(root, Path(run) / rel)} is not a JSON object")
     return out
+
+
+def localisation_table(root: Path | str, run: Path | str) -> pd.DataFrame | None:
+    """``cams/localisation.csv`` (per image, method and layer), or None when the run has none or it is unreadable."""
+    from engine import runs
+
+    try:
+        frame = read_csv(root, Path(run) / runs.CAMS / runs.LOCALISATION_TABLE,
+                         required=("sha256", "method", "layer", "mask", "concentration", "pointing"))
+    except LoadError:
+        return None
+    for column in ("concentration", "pointing"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame.drop_duplicates(["sha256", "method", "layer"])

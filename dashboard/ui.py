@@ -124,6 +124,35 @@ def image(path: Path | str | None, caption: str | None = None, width: int | str 
     st.image(str(safe), caption=caption, width=width)
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def _outlined_png(image: str, mask: str, versions: tuple[Any, Any]) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from .evidence import outline
+
+    drawn = outline(np.asarray(Image.open(image).convert("RGB")), np.asarray(Image.open(mask).convert("L")) >= 128)
+    buffer = io.BytesIO()
+    Image.fromarray(drawn).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def outlined_image(path: Path | None, mask: Path | None, caption: str | None = None) -> None:
+    """An image from inside the outputs folder with a leukocyte mask's outline drawn on it."""
+    if path is None or mask is None:
+        image(path, caption)
+        return
+    try:
+        safe, safe_mask = inside(root(), path), inside(root(), mask)
+    except OutsideOutputs:
+        st.caption("(image outside the outputs folder: not shown)")
+        return
+    st.image(_outlined_png(str(safe), str(safe_mask), (loaders.stamp(safe), loaders.stamp(safe_mask))),
+             caption=caption, width="stretch")
+
+
 def ci_text(ci: Any, digits: int = 3) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
         return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}"

@@ -71,3 +71,14 @@ def test_verdict_table_joins_localisation_faithfulness_and_sanity():
     assert table.loc["good", "faithfulness rank"] == 2 and table.loc["blob", "faithfulness rank"] == 1
     assert table.loc["good", "sanity check"] == "passed" and table.loc["blob", "sanity check"] == "not run"
     assert evidence.sanity_frame(sanity)["verdict"].tolist() == ["✅ passed"]
+
+
+def test_outline_draws_the_mask_border_only_and_scales_a_smaller_mask():
+    image = np.full((112, 112, 3), 200, np.uint8)
+    mask = np.zeros((56, 56), bool)
+    mask[10:30, 10:30] = True
+    drawn = evidence.outline(image, mask)
+    green = (drawn == (0, 255, 0)).all(axis=2)
+    assert green[20, 20:22].sum() == 2  # the left border of the (upscaled) square, around x = 20
+    assert not green[40, 40]  # the inside stays as it was
+    assert green.sum() < 0.1 * green.size

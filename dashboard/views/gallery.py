@@ -38,12 +38,30 @@ which = f[2].radio("Images", ["all", "correct", "misclassified"], key="g_which")
 conf = f[3].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.05, key="g_conf")
 limit = f[4].number_input("Per page", 6, 60, 12, step=6, key="g_limit")
 stage = st.radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
+located = loaders.localisation_table(root, run.path)
+if located is not None:
+    located = located[(located["method"] == method) & (located["layer"] == layer)].set_index("sha256")
+    o = st.columns([2, 3, 5])
+    outline = o[0].toggle("Leukocyte outline", value=True, key="g_outline",
+                          help="The leukocyte mask's outline (from the data set's segmented copy) on each map.")
+    order = o[1].selectbox("Order", ["misclassified first", "concentration: lowest first",
+                                     "concentration: highest first", "missed the cells first"], key="g_order")
+    o[2].caption("Concentration: share of the map's mass on the leukocytes over their share of the image "
+                 "(1 = no better than a uniform map). Pointing: the map's maximum falls on a leukocyte.")
+else:
+    outline, order = False, "misclassified first"
 
 rows = index[(index["method"] == method) & (index["layer"] == layer) & (index["true"] == stage)]
 rows = rows[rows["confidence"].astype(float).between(*conf)]
 if which != "all":
     rows = rows[rows["correct"] == (1 if which == "correct" else 0)]
 images = rows.drop_duplicates("sha256").sort_values(["correct", "confidence"], ascending=[True, False])
+if located is not None:
+    images = images.join(located[["concentration", "pointing", "mask"]], on="sha256")
+    if order.startswith("concentration"):
+        images = images.sort_values("concentration", ascending=order.endswith("lowest first"), na_position="last")
+    elif order == "missed the cells first":
+        images = images.sort_values(["pointing", "concentration"], na_position="last")
 by_target = {(r["sha256"], r["target"]): r for _, r in rows.iterrows()}
 
 left, right = st.columns([3, 1])
@@ -60,15 +78,23 @@ with left:
             mark = "✗ misclassified as" if wrong else "✓ predicted"
             st.markdown(f"**{row['path'].rsplit('/', 1)[-1]}** · {mark} **{row['pred']}** "
                         f"({float(row['confidence']):.2f})")
+            if located is not None and row.get("concentration") == row.get("concentration"):
+                hit = "✓ on a leukocyte" if row["pointing"] == 1 else "✗ off the leukocytes"
+                st.caption(f"concentration {row['concentration']:.2f} · map maximum {hit}")
             shown = [("input", row["image"])]
             if (row["sha256"], "pred") in by_target:
                 shown.append((f"map for predicted {row['pred']}", by_target[(row["sha256"], "pred")]["overlay"]))
             if wrong and (row["sha256"], "true") in by_target:
                 shown.append((f"map for true {row['true']}", by_target[(row["sha256"], "true")]["overlay"]))
             cols = st.columns(len(shown))
+            mask = row.get("mask") if outline and isinstance(row.get("mask"), str) else None
             for col, (name, rel) in zip(cols, shown, strict=False):
                 with col:
-                    ui.image(loaders.cam_path(root, run.path, rel), caption=name)
+                    if mask and rel != row["image"]:
+                        ui.outlined_image(loaders.cam_path(root, run.path, rel), loaders.cam_path(root, run.path, mask),
+                                          caption=name)
+                    else:
+                        ui.image(loaders.cam_path(root, run.path, rel), caption=name)
     if len(images) > limit:
         st.caption(f"Showing {int(limit)} of {len(images)}; misclassified first.")
 with right:
