@@ -18,11 +18,13 @@ from typing import Any
 
 import pandas as pd
 
-from . import figures, loaders
+from . import evidence, figures, loaders
 from .paths import inside, relative
 
 SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
 TITLE_PT, BODY_PT, TABLE_PT = 36, 24, 20
+NOTICE = ("Research software, not a medical device: Grad-CAM maps show where the model looked, "
+          "they do not replace expert review.")
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Findings:
     title: str = "ALL stage classifier: findings"
     normalized: bool = True
     faithfulness: bool = True
+    evidence: bool = True  # localisation, sanity check and context reliance, one slide per stage
 
 
 @dataclass
@@ -158,10 +161,53 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             faith_summary = None
     else:
         layer, methods, faith_summary = None, [], None
+    found = loaders.evidence(root, run) if findings.evidence else {"problems": []}
+    warnings += found["problems"]
+    localised = found.get("localisation")
+    # The deck's first method at its layer, else the best-localising pair.
+    located = None
+    if localised:
+        located = next((evidence.find_result(localised, x, layer) for x in methods
+                        if evidence.find_result(localised, x, layer)), None)
+        if located is None and localised.get("ranking"):
+            top = localised["ranking"][0]
+            located = evidence.find_result(localised, top["method"], top["layer"])
     return {"run": run, "label": relative(root, run), "metrics": m, "classes": metrics.get("classes", loaders.CLASSES),
             "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
             "methods": methods, "layer": layer, "warnings": warnings,
-            "checkpoint_epoch": metrics.get("checkpoint_epoch")}
+            "checkpoint_epoch": metrics.get("checkpoint_epoch"), "located": located,
+            "context": found.get("context"), "sanity": found.get("sanity")}
+
+
+def evidence_rows(data: dict[str, Any], stage: str) -> list[list[str]]:
+    """One stage's evidence as table rows: localisation against baselines, sanity, context reliance."""
+    def stat(block: dict[str, Any] | None, digits: int = 2) -> str:
+        if not block or block.get("mean") is None:
+            return "n/a"
+        low, high = block["ci95"]
+        return f"{block['mean']:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
+
+    rows: list[list[str]] = []
+    located = data.get("located")
+    if located and stage in located["per_stage"]:
+        block = located["per_stage"][stage]
+        where = f"{located['method']} at {located['layer']}"
+        rows += [[f"Maps ({where}): verdict", evidence.verdict_line(block["verdict"])],
+                 ["Concentration on leukocytes (1 = uniform)", stat(block["map"]["concentration"])],
+                 ["   centred blob / another image's map", f"{stat(block['centre']['concentration'])} / "
+                                                           f"{stat(block['shuffled']['concentration'])}"],
+                 ["Pointing game (map maximum on a leukocyte)", stat(block["map"]["pointing"])],
+                 ["   centred blob", stat(block["centre"]["pointing"])]]
+    sanity = data.get("sanity") or {}
+    if located and isinstance(sanity.get(located["method"]), dict):
+        rows.append(["Sanity check (weights randomised)",
+                     "passed" if sanity[located["method"]].get("passed") else "failed"])
+    context = data.get("context")
+    if context:
+        acc = {v: b["per_stage"].get(stage, {}) for v, b in context["variants"].items()}
+        rows += [[f"Accuracy {evidence.VARIANTS[v]}", f"{a['accuracy']:.0%} (n = {a['n']})"]
+                 for v, a in acc.items() if a.get("accuracy") is not None]
+    return rows
 
 
 def metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -211,6 +257,11 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         p.text = title
         p.font.size, p.font.bold = Pt(TITLE_PT), True
         p.font.color.rgb = RGBColor(0x1F, 0x2A, 0x44)
+        footer = s.shapes.add_textbox(Inches(0.5), Inches(SLIDE_H_IN - 0.5), Inches(SLIDE_W_IN - 1), Inches(0.4))
+        note = footer.text_frame.paragraphs[0]
+        note.text = NOTICE
+        note.font.size = Pt(12)
+        note.font.color.rgb = RGBColor(0x66, 0x66, 0x77)
         titles.append(title)
         return s
 
@@ -279,6 +330,22 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         s = slide(f"Faithfulness ({metric}), ranked per stage")
         table(s, ["Stage", "Methods, best first (mean)"], rows, 0.5, 1.4, 12.3, size=20)
 
+    if findings.evidence and data.get("context"):
+        s = slide("Cells or context: accuracy without the leukocytes")
+        picture(s, evidence.png_context(data["context"]), 0.5, 1.2, 5.2)
+        text(s, [evidence.context_sentence(data["context"])], 9.6, 1.4, 3.3, size=18)
+    located = data.get("located")
+    if findings.evidence and located:
+        s = slide(f"Do the maps point at the leukocytes? ({located['method']} at {located['layer']})")
+        picture(s, evidence.png_localisation(located), 0.5, 1.2, 5.2)
+        text(s, [evidence.verdict_line(located["all"]["verdict"])], 9.6, 1.4, 3.3, size=20)
+    if findings.evidence and (located or data.get("context")):
+        for stage in findings.stages:
+            rows = evidence_rows(data, stage)
+            if rows:
+                s = slide(f"Evidence: {stage}")
+                table(s, ["", "Value [95% CI]"], rows, 0.5, 1.3, 12.3, size=18)
+
     buffer = io.BytesIO()
     prs.save(buffer)
     return buffer.getvalue(), titles
@@ -317,7 +384,7 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
                                   normalized=m.get("confusion_matrix_normalized"),
                                   mode="normalized" if findings.normalized else "counts", height=560)
     cm.update_layout(font=dict(size=20))
-    parts = [f"<h1>{html.escape(findings.title)}</h1>",
+    parts = [f"<h1>{html.escape(findings.title)}</h1>", f"<p><strong>{html.escape(NOTICE)}</strong></p>",
              f"<p class='muted'>Run {html.escape(data['label'])} · model {html.escape(str(cfg.get('model', '?')))} · "
              f"{html.escape(str(cfg.get('image_size', '?')))} px · split {findings.split} (n = {m.get('n', '?')}) · "
              f"generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
@@ -346,6 +413,19 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
         parts.append("<section><h2>Faithfulness (ROAD)</h2>"
                      + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
                      + _table(["Stage", "Methods, best first"], rows) + "</section>")
+    if findings.evidence and data.get("context"):
+        fig = evidence.context_bars(data["context"])
+        parts.append("<section><h2>Cells or context</h2>"
+                     f"<p>{html.escape(evidence.context_sentence(data['context']))}</p>"
+                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config) + "</section>")
+    located = data.get("located")
+    if findings.evidence and located:
+        fig = evidence.localisation_bars(located, "concentration")
+        rows = [[stage, *row] for stage in findings.stages for row in evidence_rows(data, stage)]
+        parts.append(f"<section><h2>Do the maps point at the leukocytes? ({html.escape(located['method'])} at "
+                     f"{html.escape(located['layer'])})</h2><p>{html.escape(evidence.verdict_line(located['all']['verdict']))}"
+                     "</p>" + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
+                     + _table(["Stage", "Evidence", "Value [95% CI]"], rows) + "</section>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(findings.title)}</title><style>{CSS}</style></head><body><main>"
             + "".join(parts) + "</main></body></html>")

@@ -241,6 +241,27 @@ def test_deck_pptx_and_offline_html(outputs: dict[str, Path]) -> None:
     assert '<script src="http' not in deck.html
 
 
+def test_deck_carries_the_evidence_and_the_notice_on_every_slide(outputs: dict[str, Path]) -> None:
+    """The fixture's data has leukocyte masks: the reopened PPTX holds the evidence the run folder holds."""
+    from pptx import Presentation
+
+    findings = report.Findings(run=str(outputs["best"]), stages=["early", "pro"], per_stage=1)
+    deck = report.build(outputs["root"], findings)
+    prs = Presentation(io.BytesIO(deck.pptx))
+    titles = [s.shapes[0].text_frame.text for s in prs.slides]
+    assert [t for t in titles if t.startswith("Evidence:")] == ["Evidence: early", "Evidence: pro"]
+    assert "Cells or context: accuracy without the leukocytes" in titles
+    assert any(t.startswith("Do the maps point at the leukocytes?") for t in titles)
+    for slide in prs.slides:
+        assert any(sh.has_text_frame and sh.text_frame.text == report.NOTICE for sh in slide.shapes)
+    table = next(sh.table for s, t in zip(prs.slides, titles, strict=True) if t == "Evidence: early"
+                 for sh in s.shapes if sh.has_table)
+    labels = [table.cell(r, 0).text for r in range(len(table.rows))]
+    assert any(label.startswith("Concentration on leukocytes") for label in labels)
+    assert any(label.startswith("Accuracy leukocytes removed") for label in labels)
+    assert report.NOTICE in deck.html and "Cells or context" in deck.html
+
+
 def test_deck_save_writes_into_exports_only(tmp_path: Path) -> None:
     deck = report.Deck(pptx=b"p", html="<html></html>", slides=[], warnings=[])
     written = report.save(tmp_path, deck, "../../evil name")
@@ -285,7 +306,8 @@ def test_every_page_renders(outputs: dict[str, Path], monkeypatch: pytest.Monkey
     no_exception(at)
     content = texts(at)
     expected = {"data": ["Sample images per stage", "Data report"], "sweeps": ["Best trial", "Trials ("],
-                "run": ["Confusion matrix", "Per stage", "95% CI"], "gallery": ["Stage mean map", "Faithfulness"],
+                "run": ["Confusion matrix", "Per stage", "95% CI", "Cells or context"],
+                "gallery": ["Stage mean map", "Faithfulness"],
                 "evidence": ["Verdicts", "Do the maps point at the leukocytes?",
                              "With the leukocytes removed the model still classifies"],
                 "compare": ["The same images"], "predict": ["Predict"], "present": ["Present"]}[page]

@@ -32,6 +32,8 @@ methods = c[1].multiselect("Grad-CAM methods", all_methods, default=all_methods[
 per_stage = c[2].number_input("Images per stage", 1, 8, 4, key="present_n")
 normalized = c[3].toggle("Row-normalised matrix", True, key="present_norm")
 faith = c[3].toggle("Faithfulness slide", True, key="present_faith", disabled=index is None)
+with_evidence = c[3].toggle("Evidence slides", True, key="present_evidence",
+                            help="Cells or context, localisation on the leukocytes and one evidence slide per stage")
 
 chosen: dict[str, list[str]] = {}
 if index is not None and stages:
@@ -48,7 +50,8 @@ if index is not None and stages:
 
 if st.button("Build deck", type="primary", icon=":material/slideshow:", key="present_build"):
     findings = report.Findings(run=run.path, split=split, stages=stages, methods=methods, images=chosen,
-                               per_stage=int(per_stage), title=title, normalized=normalized, faithfulness=faith)
+                               per_stage=int(per_stage), title=title, normalized=normalized, faithfulness=faith,
+                               evidence=with_evidence)
     try:
         with st.spinner("Rendering figures and writing the deck…"):
             deck = report.build(root, findings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import figures, loaders, ui
+from dashboard import evidence, figures, loaders, ui
 
 st.title("Run")
 runs = ui.found()["runs"]
@@ -128,6 +128,14 @@ if metrics is not None and split in metrics["splits"]:
                                 ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
                 if len(cell) > limit:
                     st.caption(f"Showing the {limit} most confident of {len(cell)} images.")
+
+    with ui.section("Context reliance"):
+        context = loaders.evidence(root, run.path)["context"]
+        if context is not None and context.get("split") == split:
+            st.subheader("Cells or context")
+            st.markdown(evidence.context_sentence(context))
+            st.plotly_chart(evidence.context_bars(context), key="run_context")
+            st.caption("The Evidence page puts this beside where the maps point.")
 
     st.subheader("Curves")
     left, right = st.columns(2)
