@@ -445,3 +445,24 @@ def localisation_table(root: Path | str, run: Path | str) -> pd.DataFrame | None
     for column in ("concentration", "pointing"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame.drop_duplicates(["sha256", "method", "layer"])
+
+
+def pair_images(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Rows of two runs' tables (path, sha256, true, ...) for the same images, joined with suffixes _a and _b.
+
+    Matched by sha256, else by stage and path inside the class folder, so a model trained on the
+    originals and one trained on the segmented copies are compared on the same cases.
+    """
+    def keyed(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame.drop_duplicates("sha256").copy()
+        frame["class_path"] = frame["true"].astype(str) + "/" + frame["path"].astype(str).str.split("/", n=1).str[-1]
+        return frame
+
+    a, b = keyed(a), keyed(b)
+    by_sha = a.merge(b, on="sha256", suffixes=("_a", "_b"))
+    by_sha["sha256_a"] = by_sha["sha256_b"] = by_sha["sha256"]
+    rest_a, rest_b = a[~a["sha256"].isin(by_sha["sha256"])], b[~b["sha256"].isin(by_sha["sha256"])]
+    by_path = rest_a.merge(rest_b, on="class_path", suffixes=("_a", "_b"))
+    by_path["class_path_a"] = by_path["class_path_b"] = by_path["class_path"]
+    both = pd.concat([by_sha.drop(columns="sha256"), by_path.drop(columns="class_path")], ignore_index=True)
+    return both.set_index("sha256_a", drop=False)

@@ -115,12 +115,10 @@ with ui.section("Maps"):
                 only = f[3].checkbox("Only where the runs disagree", value=True, key="cmp_disagree")
 
             def pick(index: pd.DataFrame) -> pd.DataFrame:
-                part = index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]
-                return part.drop_duplicates("sha256").set_index("sha256")
+                return index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]
 
-            pa, pb = pick(ia), pick(ib)
-            common = pa.index.intersection(pb.index)
-            both = pa.loc[common].merge(pb.loc[common], left_index=True, right_index=True, suffixes=("_a", "_b"))
+            both = loaders.pair_images(pick(ia), pick(ib))
+            common = both.index
             if stage != "all":
                 both = both[both["true_a"] == stage]
             if cell:
@@ -129,7 +127,8 @@ with ui.section("Maps"):
                 both = both[both["pred_a"] != both["pred_b"]]
             splits = sorted(set(both["split_a"])) if "split_a" in both else []
             where = f" (maps of the {', '.join(splits)} split)" if splits else ""
-            st.caption(f"{len(common)} images have maps in both runs; {len(both)} match{where}"
+            st.caption(f"{len(common)} images have maps in both runs (matched by content, else by their path in the "
+                       f"class folder); {len(both)} match{where}"
                        f"{', the 12 most confident of A shown' if len(both) > 12 else ''}.")
             both = both.sort_values("confidence_a", ascending=False, key=lambda c: c.astype(float))
             grid = st.columns(3)
