@@ -89,13 +89,15 @@ def trained_tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of 40 real images per class from the shared ALL data set."""
+    """A copy of 40 real images per class from the shared ALL data set, with their Segmented/ copies."""
     source = REAL_DATA / "Original"
     if not source.is_dir():
         pytest.skip(f"real ALL data set not found at {source} (set ALL_DATA_DIR to its folder)")
-    root = tmp_path_factory.mktemp("real") / "Original"
+    root = tmp_path_factory.mktemp("real")
     for name in CLASS_FOLDERS:
-        (root / name).mkdir(parents=True)
+        for folder in ("Original", "Segmented"):
+            (root / folder / name).mkdir(parents=True)
         for path in sorted((source / name).iterdir())[:40]:
-            shutil.copy(path, root / name / path.name)
-    return root.parent
+            shutil.copy(path, root / "Original" / name / path.name)
+            shutil.copy(REAL_DATA / "Segmented" / name / path.name, root / "Segmented" / name / path.name)
+    return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ from PIL import Image
 
 from engine import masks
 from engine.data import MASK_COLUMNS, has_masks, load_mask_cache, prepare, read_manifest
-from tests.conftest import CLASS_FOLDERS, add_segmented, write_image_folder
+from tests.conftest import add_segmented, write_image_folder
 
 
 def disc(size: int, radius: float, centre: tuple[int, int] | None = None) -> np.ndarray:
@@ -132,13 +131,6 @@ def test_an_explicit_mask_folder_that_does_not_exist_is_an_error(image_folder, t
 def test_real_masks_pair_with_every_real_image(real_subset, tmp_path):
     """On real images and their real Segmented copies: every image gets a mask, and each Pro one the
     segmented copy fails on is derived from the stain instead."""
-    from tests.conftest import REAL_DATA
-
-    segmented = real_subset / "Segmented"
-    for name in CLASS_FOLDERS:
-        (segmented / name).mkdir(parents=True)
-        for path in (real_subset / "Original" / name).iterdir():
-            shutil.copy(REAL_DATA / "Segmented" / name / path.name, segmented / name / path.name)
     report = prepare(real_subset, tmp_path / "prepared")
     per_class = report["masks"]["per_class"]
     assert all(c["none"] == 0 for c in per_class.values())
