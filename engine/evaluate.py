@@ -17,13 +17,10 @@ import torch
 from . import context, ood, runs
 from .data import has_masks, load_mask_cache
 from .metrics import classification_metrics
-from .runs import CLASSES
+from .runs import CLASSES, PREDICTION_COLUMNS
 from .train import Data, load_checkpoint, predict_proba, resolve_device, switch, use_channels_last
 
 log = logging.getLogger(__name__)
-
-PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence",
-                      *(f"prob_{c}" for c in CLASSES))
 
 
 def prediction_rows(split: str, rows: list[dict], proba: np.ndarray) -> list[dict[str, Any]]:

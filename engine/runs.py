@@ -8,12 +8,20 @@
     checkpoints/best.pt  {"model", "epoch", "val_macro_f1", "config"}   (weights_only loadable)
     checkpoints/last.pt  best.pt plus optimizer/scheduler/RNG state for --resume
     metrics.json         written by `evaluate`: {"classes", "checkpoint", "splits": {"val": M, "test": M}}
-    predictions.csv      written by `evaluate`: split, path, sha256, true, pred, confidence, prob_<class>...
-    cams/                written by `explain` (see engine/explain)
-    COMPLETE             JSON marker, written last by `train` (status "complete" or "stopped")
+    predictions.csv      written by `evaluate` (PREDICTION_COLUMNS)
+    ood.npz              written by `evaluate`: the out-of-distribution check's class means
+    context.json/.csv    written by `evaluate` when the data has leukocyte masks
+    cams/                written by `explain` (the CAMS_* names below)
+    COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
+                         STATUS_EARLY_STOPPED, "epochs", "best_epoch", ...}
 
 Every file is written atomically (temporary file, then rename), so a reader never sees
 half a file. A folder without COMPLETE is a run still training, or one that was interrupted.
+
+The names below are the contract: the engine writes with them and the dashboard reads with
+them, so a name changes here or nowhere. This module imports only the standard library at
+import time (torch and numpy inside the functions that need them), so the dashboard can use
+it without torch.
 """
 
 from __future__ import annotations
@@ -32,24 +40,64 @@ from pathlib import Path
 from typing import Any
 
 CLASSES = ("benign", "early", "pre", "pro")
+SPLITS = ("train", "val", "test")
 
+# ----------------------------------------------------------------------------- a run folder's files
 CONFIG = "config.json"
 ENV = "env.json"
 HISTORY = "history.csv"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
+OOD = "ood.npz"
 CHECKPOINTS = "checkpoints"
+BEST_CHECKPOINT = "best.pt"  # inside CHECKPOINTS
+LAST_CHECKPOINT = "last.pt"  # inside CHECKPOINTS
 CAMS = "cams"
 COMPLETE = "COMPLETE"
 # Written by `evaluate` when the data has leukocyte masks (engine.context).
 CONTEXT = "context.json"
 CONTEXT_TABLE = "context.csv"
-# Inside cams/, written by `explain` (engine.explain.pipeline).
+
+# The "status" COMPLETE records: every planned epoch trained, or early stopping (patience) ended the run.
+STATUS_COMPLETE = "complete"
+STATUS_EARLY_STOPPED = "early_stopped"
+STATUSES = (STATUS_COMPLETE, STATUS_EARLY_STOPPED)
+
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",
+    "lr", "epoch_seconds", "train_images_per_s",
+)
+PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", *(f"prob_{c}" for c in CLASSES))
+
+# ----------------------------------------------------------------------------- cams/, written by `explain`
+# Paths are relative to cams/; the ones in index.csv (image, overlay, map) are relative to cams/ too.
 CAMS_META = "meta.json"
 CAMS_INDEX = "index.csv"
+CAMS_IMAGES = "images"  # images/<sha256[:16]>.png: the image as the model saw it
+CAMS_OVERLAYS = "overlays"  # overlays/<method>/<layer>/<target>/<sha256[:16]>.png
+CAMS_MAPS = "maps"  # maps/<method>/<layer>/<target>/<sha256[:16]>.npy (float16, the model's resolution)
+CAMS_FAITHFULNESS = "faithfulness"  # faithfulness/<method>.csv (FAITHFULNESS_COLUMNS)
+FAITHFULNESS_SUMMARY = "faithfulness_summary.json"
+SANITY = "sanity.json"
 LOCALISATION = "localisation.json"
 LOCALISATION_TABLE = "localisation.csv"
-CAMS_MASKS = "masks"  # cams/masks/<sha256[:16]>.png: the leukocyte mask at the model's resolution
+CAMS_MASKS = "masks"  # masks/<sha256[:16]>.png: the leukocyte mask at the model's resolution
+CAMS_STAGES = "stages"  # stages/<stage>/{STAGE_MEAN_MAP, STAGE_MEAN_MAP_ARRAY, STAGE_PANEL}, stages/STAGES_SUMMARY
+STAGE_MEAN_MAP = "mean_map.png"
+STAGE_MEAN_MAP_ARRAY = "mean_map.npy"
+STAGE_PANEL = "panel.png"
+STAGES_SUMMARY = "summary.json"
+CAMS_COMPARE = "compare"  # compare/<other run>/{COMPARE_TABLE, COMPARE_FIGURE, CAMS_META}
+COMPARE_TABLE = "compare.csv"
+COMPARE_FIGURE = "compare.png"
+TARGETS = ("pred", "true")  # the class a map explains: the predicted one, or the true one
+
+INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer", "target",
+                 "target_class", "image", "overlay", "map")
+FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
+                        "road_combined", "confidence_change")
+COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
+                   "overlay_a", "overlay_b")
 # The verdicts localisation.json gives each method x layer and stage, by key.
 LOCALISATION_VERDICTS = {
     "points": "points at the leukocytes",
@@ -57,13 +105,6 @@ LOCALISATION_VERDICTS = {
     "away": "points away from the leukocytes",
     "unknown": "too few images with masks to tell",
 }
-FAITHFULNESS_SUMMARY = "faithfulness_summary.json"
-SANITY = "sanity.json"
-
-HISTORY_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1",
-    "lr", "epoch_seconds", "train_images_per_s",
-)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -159,8 +200,16 @@ def mark_complete(run_dir: Path, **info: Any) -> None:
     write_json(Path(run_dir) / COMPLETE, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info})
 
 
-def find_runs(root: Path) -> list[Path]:
-    """Every run folder (one holding config.json) under ``root``, sorted by path."""
-    root = Path(root)
-    return sorted(p.parent for p in root.rglob(CONFIG) if (p.parent / HISTORY).exists()
-                  or (p.parent / CHECKPOINTS).is_dir())
+def complete_status(run_dir: Path) -> str | None:
+    """The status COMPLETE records (one of STATUSES), or None when the run has no readable COMPLETE.
+
+    A marker without a status (or an unreadable one) counts as STATUS_COMPLETE: it exists, so training ended.
+    """
+    marker = Path(run_dir) / COMPLETE
+    if not marker.is_file():
+        return None
+    try:
+        status = json.loads(marker.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return STATUS_COMPLETE
+    return status if status in STATUSES else STATUS_COMPLETE

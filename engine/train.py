@@ -533,7 +533,7 @@ def fit(
                     "train_images": len(train_idx), "val_images": len(data.split["val"])})
         runs.write_json(run_dir / runs.ENV, env)
 
-    status = "complete"
+    status = runs.STATUS_COMPLETE
     for epoch in range(start_epoch, cfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
@@ -566,7 +566,7 @@ def fit(
         if (cfg.early_stop_patience and epoch - best_epoch >= cfg.early_stop_patience
                 and epoch >= cfg.min_epochs and epoch < cfg.epochs):
             log.info("early stop: no better val macro-F1 for %d epochs", cfg.early_stop_patience)
-            status = "early_stopped"
+            status = runs.STATUS_EARLY_STOPPED
             break
     runs.mark_complete(run_dir, status=status, epochs=len(history), best_epoch=best_epoch,
                        best_val_macro_f1=best_f1)

@@ -25,7 +25,7 @@ from torch import nn
 from .. import runs
 from ..data import has_masks, load_mask_cache
 from ..models import CAM_LAYERS
-from ..runs import CLASSES
+from ..runs import CLASSES, COMPARE_COLUMNS, FAITHFULNESS_COLUMNS, INDEX_COLUMNS, TARGETS
 from . import figures, localisation
 from .faithfulness import DEFAULT_PERCENTILES, METRICS, faithfulness_scores, summarize
 from .methods import check_layer, compute_maps, get_method
@@ -34,19 +34,12 @@ from .stages import stage_summary
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("pred", "true")
-INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer", "target",
-                 "target_class", "image", "overlay", "map")
-FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "road_morf", "road_lerf",
-                        "road_combined", "confidence_change")
 LOCALISATION_COLUMNS = ("path", "sha256", "true", "pred", "correct", "method", "layer", "mask", "mask_fraction",
                         *localisation.SCORES, "centre_concentration", "centre_pointing", "shuffled_concentration",
                         "shuffled_pointing")
 # Measured on the real data (docs/explanations.md): the methods and layers whose maps localise the leukocytes.
 DEFAULT_METHODS = ("gradcam",)
 DEFAULT_LAYERS = ("norm5",)
-COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
-                   "overlay_a", "overlay_b")
 
 
 # ----------------------------------------------------------------------------- loading
