@@ -16,10 +16,10 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from engine.data import load_image
+from engine.inference import to_input
 from engine.models import get_layer
 from engine.predict import Predictor
 from engine.runs import CLASSES
-from engine.train import to_input
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
 CAM_LAYER = "norm5"

@@ -32,25 +32,21 @@ import torch
 from torch import nn
 
 from . import runs
-from .config import build_config
+from .config import build_config, parse_overrides
 from .data import class_root, find_class_dirs, load_cache, prepare, read_manifest
+from .inference import Data, predict_proba, resolve_device, switch, to_input, use_channels_last
 from .models import create_model
 from .progress import progress
 from .runs import CLASSES
 from .train import (
-    Data,
     GraphedTrainStep,
     compile_model,
+    fit,
     make_optimizer,
     make_scheduler,
     make_train_step,
-    predict_proba,
-    resolve_device,
     seed_everything,
-    switch,
-    to_input,
     train_one_epoch,
-    use_channels_last,
 )
 
 log = logging.getLogger(__name__)
@@ -320,8 +316,6 @@ def time_to_accuracy(prepared: Path, cfg, preset: str, target: float, out: Path)
     The run goes on to its last epoch, so its final validation accuracy can be set against
     the plain loop's after the same epochs.
     """
-    from .train import fit
-
     reached: dict[str, Any] = {"seconds": 0.0, "epoch": None, "wall_seconds": None}
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -421,8 +415,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import parse_overrides
-
     args = build_parser().parse_args(argv)
     skip = {name for name in args.skip.split(",") if name}
     if skip - set(SKIPPABLE):

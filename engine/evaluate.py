@@ -16,9 +16,17 @@ import torch
 
 from . import context, ood, runs
 from .data import has_masks, load_mask_cache
+from .inference import (
+    Data,
+    model_from_checkpoint,
+    predict_proba,
+    read_checkpoint,
+    resolve_device,
+    switch,
+    use_channels_last,
+)
 from .metrics import classification_metrics
 from .runs import CLASSES, PREDICTION_COLUMNS
-from .train import Data, load_checkpoint, predict_proba, resolve_device, switch, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,10 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     run_dir = Path(run_dir)
     saved = runs.read_json(run_dir / runs.CONFIG)
     dev = resolve_device(device)
-    cfg, model = load_checkpoint(run_dir, checkpoint, dev)
+    state = read_checkpoint(run_dir, checkpoint)
+    cfg, model = model_from_checkpoint(state, dev)
+    checkpoint_epoch = int(state["epoch"])
+    del state  # the model holds its own copy of the weights
     # Scored in full precision (no bf16), as predict and explain compute, so all three agree on a GPU too.
     channels_last = use_channels_last(cfg, dev)
     if channels_last:
@@ -62,9 +73,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
                 for s in dict.fromkeys(("train", "val", *splits)) if len(data.split[s])}
     all_rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"classes": list(CLASSES), "checkpoint": checkpoint,
-                              "checkpoint_epoch": int(torch.load(run_dir / runs.CHECKPOINTS / f"{checkpoint}.pt",
-                                                                 map_location="cpu", weights_only=True)["epoch"]),
-                              "splits": {}}
+                              "checkpoint_epoch": checkpoint_epoch, "splits": {}}
     for split in splits:
         indices = data.split[split]
         if len(indices) == 0:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train import map_batches
+from .inference import map_batches
 
 FILE = "ood.npz"
 

@@ -19,8 +19,8 @@ import torch
 
 from . import ood
 from .data import load_image
+from .inference import load_checkpoint, resolve_device, to_input
 from .runs import CLASSES
-from .train import load_checkpoint, resolve_device, to_input
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,17 @@
 """Training: ``fit(cfg, prepared, run_dir)`` trains a DenseNet and fills a run folder.
 
-Read it top to bottom: device and seeds, data as one uint8 tensor, model and optimiser,
-the training step (eager, or captured once as a CUDA graph), then the epoch loop (train,
-validate, checkpoint, early stop). Imports nothing beyond PyTorch and NumPy, so it runs on
-a GPU machine's stock PyTorch; scikit-learn only for ``max_train_images`` subsets.
+Read it top to bottom: seeds, augmentation, model and optimiser, the training step (eager,
+or captured once as a CUDA graph), then the epoch loop (train, validate, checkpoint, early
+stop). The device, the decoded images and batched prediction come from ``inference``, which
+everything that only runs a trained model imports instead of this module. Imports nothing
+beyond PyTorch and NumPy, so it runs on a GPU machine's stock PyTorch; scikit-learn only for
+``max_train_images`` subsets.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import csv
 import dataclasses
 import logging
 import math
@@ -25,38 +27,28 @@ from torch import nn
 
 from . import background, runs
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError, build_config, config_from_dict, parse_overrides
-from .data import load_cache, read_manifest
+from .data import has_masks, load_mask_cache, read_manifest
+from .inference import (
+    Data,
+    autocast,
+    map_batches,
+    norm_stats,
+    predict_proba,
+    resolve_device,
+    switch,
+    to_input,
+    use_channels_last,
+)
 from .models import create_model
 from .progress import progress
 from .runs import CLASSES
 
 log = logging.getLogger(__name__)
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
 EpochCallback = Callable[[dict[str, Any], Path], None]
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible")
-    return torch.device(name)
-
-
-def switch(value: str, device: torch.device, on_cpu: bool = False) -> bool:
-    """Resolve an auto/on/off switch: auto means on for CUDA, and on CPU too where ``on_cpu``."""
-    return value == "on" or (value == "auto" and (device.type == "cuda" or on_cpu))
-
-
-def use_channels_last(cfg: Config, device: torch.device) -> bool:
-    # On CPU too: oneDNN's NHWC convolutions trained DenseNet-121 25-30% faster on a 2-core CPU (make bench).
-    return switch(cfg.channels_last, device, on_cpu=True)
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -66,30 +58,6 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
     else:
         torch.backends.cudnn.benchmark = True
-
-
-@dataclasses.dataclass
-class Data:
-    """The decoded images of one manifest, with labels and split indices."""
-
-    images: torch.Tensor  # uint8 NHWC, on the device when it fits
-    labels: torch.Tensor  # int64, same device
-    rows: list[dict[str, Any]]
-    split: dict[str, np.ndarray]  # split name -> indices into images
-
-    @classmethod
-    def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool) -> Data:
-        rows = read_manifest(prepared)
-        array = np.array(load_cache(prepared, size))  # one copy out of the memory map
-        images = torch.from_numpy(array)
-        labels = torch.tensor([CLASSES.index(r["class"]) for r in rows])
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            fits = on_device and images.numel() < free * 0.5
-            images = images.to(device) if fits else images.pin_memory()
-        split = {s: np.array([i for i, r in enumerate(rows) if r["split"] == s], dtype=np.int64)
-                 for s in ("train", "val", "test")}
-        return cls(images, labels.to(device), rows, split)
 
 
 def subsample(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -102,26 +70,7 @@ def subsample(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.
     return np.sort(keep)
 
 
-# ----------------------------------------------------------------------------- batches
-
-
-def norm_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """ImageNet mean and std as (1, 3, 1, 1) tensors on ``device``, for ``to_input``."""
-    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(STD, device=device).view(1, 3, 1, 1))
-
-
-def to_input(batch: torch.Tensor, device: torch.device, channels_last: bool,
-             stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """uint8 NHWC -> normalised float NCHW on ``device``.
-
-    Loops pass ``stats`` made once by ``norm_stats``: building them here copies from host
-    memory, which waits for the GPU to finish all queued work, every batch.
-    """
-    mean, std = stats or norm_stats(device)
-    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+# ----------------------------------------------------------------------------- augmentation
 
 
 def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
@@ -154,13 +103,6 @@ def augment(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Ten
     x = gray + (x - gray) * saturation
     mean = x.mean((1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + brightness
-
-
-def autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    # CUDA graph capture needs the weight-cast cache off; a training step uses each weight once anyway.
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 # ----------------------------------------------------------------------------- one training step
@@ -300,8 +242,6 @@ class CellMasks:
 
     @classmethod
     def load(cls, prepared: Path, size: int, device: torch.device) -> CellMasks:
-        from .data import has_masks, load_mask_cache
-
         present = has_masks(read_manifest(prepared))
         if not present.any():
             raise ConfigError(f"background augmentation needs leukocyte masks, and {prepared} has none: prepare "
@@ -351,34 +291,6 @@ def train_one_epoch(
         "train_seconds": seconds,
         "train_images_per_s": seen / seconds,
     }
-
-
-@torch.no_grad()
-def map_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
-    batch_size: int, channels_last: bool, use_amp: bool = False, desc: str | None = None,
-) -> np.ndarray:
-    """``fn`` over the normalised ``images[indices]`` in batches; its outputs stacked as float64 rows."""
-    stats = norm_stats(device)
-    index = torch.from_numpy(np.asarray(indices))
-    chunks = [index[i:i + batch_size] for i in range(0, len(index), batch_size)]
-    out = []
-    for chunk in progress(chunks, desc=desc, unit="batch", leave=False, disable=desc is None):
-        x = to_input(images[chunk.to(images.device)], device, channels_last, stats)
-        with autocast(device, use_amp):
-            out.append(fn(x).double().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 0))
-
-
-def predict_proba(
-    model: nn.Module, images: torch.Tensor, indices: np.ndarray, device: torch.device, *,
-    batch_size: int, use_amp: bool, channels_last: bool, desc: str | None = None,
-) -> np.ndarray:
-    """Softmax probabilities (float64, N x classes) for ``images[indices]``."""
-    model.eval()
-    logits = map_batches(model, images, indices, device, batch_size=batch_size, channels_last=channels_last,
-                         use_amp=use_amp, desc=desc)
-    return torch.softmax(torch.from_numpy(logits.reshape(-1, len(CLASSES))), 1).numpy()
 
 
 def recalibrate_batchnorm(model: nn.Module, data: Data, indices: np.ndarray, cfg: Config, device: torch.device, *,
@@ -574,23 +486,8 @@ def fit(
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    import csv
-
     with (Path(run_dir) / runs.HISTORY).open(newline="") as handle:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def load_checkpoint(run_dir: Path, which: str = "best", device: str | torch.device = "cpu") -> tuple[Config, nn.Module]:
-    """The config and trained model of a run, loaded with ``weights_only=True``."""
-    from .models import load_trained_model
-
-    run_dir = Path(run_dir)
-    path = run_dir / runs.CHECKPOINTS / f"{which}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {run_dir} a trained run folder?")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(state["config"])
-    return cfg, load_trained_model(cfg, state["model"], len(CLASSES)).to(device)
 
 
 # ----------------------------------------------------------------------------- CLI

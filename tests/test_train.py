@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import runs, train
+from engine import inference, runs, train
 from engine.config import build_config
 from engine.models import WeightsError, create_model
 from engine.train import augment, fit
@@ -228,7 +228,7 @@ def test_compiled_training_writes_an_ordinary_run(prepared_tiny, tmp_path):
     eager, compiled = (train.read_history(runs_[mode])[0] for mode in ("off", "default"))
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=0.02)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=0.05)
-    train.load_checkpoint(runs_["default"])  # loads into an uncompiled model
+    inference.load_checkpoint(runs_["default"])  # loads into an uncompiled model
 
 
 def test_precise_batchnorm_replaces_running_statistics_by_those_of_the_current_weights():
@@ -236,7 +236,7 @@ def test_precise_batchnorm_replaces_running_statistics_by_those_of_the_current_w
     device = torch.device("cpu")
     torch.manual_seed(0)
     images = torch.randint(0, 256, (20, 64, 64, 3), dtype=torch.uint8)
-    data = train.Data(images, torch.zeros(20, dtype=torch.long), rows=[], split={})
+    data = inference.Data(images, torch.zeros(20, dtype=torch.long), rows=[], split={})
     model = create_model(cfg, 4)
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "tracked" not in k}
     norm0 = model.features.norm0
@@ -247,7 +247,7 @@ def test_precise_batchnorm_replaces_running_statistics_by_those_of_the_current_w
     # 20 images asked for: two whole batches of 8, the same permutation as the function's.
     chosen = np.random.default_rng(cfg.seed).permutation(np.arange(20))[:16]
     with torch.no_grad():
-        conv0 = model.features.conv0(train.to_input(images[torch.from_numpy(chosen)], device, False))
+        conv0 = model.features.conv0(inference.to_input(images[torch.from_numpy(chosen)], device, False))
     torch.testing.assert_close(norm0.running_mean, conv0.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert norm0.momentum == 0.1 and int(norm0.num_batches_tracked) == 2
     for key, value in model.state_dict().items():
@@ -269,7 +269,7 @@ def test_precise_batchnorm_and_a_captured_graph_share_the_running_statistics():
     for _ in range(step.warmup + 2):  # warm-up, capture, one replay
         step(x, y)
     images = torch.randint(0, 256, (16, 64, 64, 3), dtype=torch.uint8, device=device)
-    data = train.Data(images, torch.zeros(16, dtype=torch.long, device=device), rows=[], split={})
+    data = inference.Data(images, torch.zeros(16, dtype=torch.long, device=device), rows=[], split={})
     train.recalibrate_batchnorm(model, data, np.arange(16), cfg, device, use_amp=False, channels_last=False)
     norm0 = model.features.norm0
     recalibrated = norm0.running_mean.clone()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..inference import to_input
 from ..models import CAM_LAYERS, get_layer
 from ..progress import progress
 
@@ -168,8 +169,6 @@ def cam_throughput(model: nn.Module, images: torch.Tensor, method: str, layer: s
     batch. One batch of each size the timed pass uses is run first, untimed, so one-off
     setup does not count (with cuDNN autotuning on, each new batch shape is tuned on first use).
     """
-    from ..train import to_input
-
     device = torch.device(device)
     model = model.to(device).eval()
     x = to_input(images, device, channels_last=False) if images.dtype == torch.uint8 else images.to(device)

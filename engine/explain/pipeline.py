@@ -24,12 +24,13 @@ from torch import nn
 
 from .. import runs
 from ..data import has_masks, load_mask_cache
+from ..inference import Data, load_checkpoint, predict_proba, resolve_device, to_input
 from ..models import CAM_LAYERS
 from ..runs import CLASSES, COMPARE_COLUMNS, FAITHFULNESS_COLUMNS, INDEX_COLUMNS, TARGETS
 from . import figures, localisation
 from .faithfulness import DEFAULT_PERCENTILES, METRICS, faithfulness_scores, summarize
 from .methods import check_layer, compute_maps, get_method
-from .sanity import sanity_check
+from .sanity import sanity_check, similarity
 from .stages import stage_summary
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,6 @@ class LoadedRun:
 
     def inputs(self, index: np.ndarray | slice = slice(None)) -> torch.Tensor:
         """Normalised NCHW float inputs (CPU) of the chosen images."""
-        from ..train import to_input
-
         return to_input(self.images[index], torch.device("cpu"), channels_last=False)
 
 
@@ -85,8 +84,6 @@ def checkpoint_info(run_dir: Path, which: str = "best") -> dict[str, Any]:
 def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", split: str = "test",
              limit: int = 0, seed: int = 0, batch_size: int = 64) -> LoadedRun:
     """Load a run's checkpoint and the images of ``split`` (a stratified ``limit`` of them)."""
-    from ..train import Data, load_checkpoint, predict_proba, resolve_device
-
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
@@ -444,21 +441,6 @@ def multilayer_figure(image: np.ndarray, maps: dict[str, np.ndarray], *, method:
     return figures.image_grid([cells], title)
 
 
-def multilayer_view(model: nn.Module, image: np.ndarray, target_class: int, *, method: str = "layercam",
-                    layers: Sequence[str] = CAM_LAYERS, caption: str = "") -> bytes:
-    """PNG of one image's maps for ``target_class`` at each of ``layers`` (shallow to deep).
-
-    ``image`` is uint8 HWC at the model's resolution. Shallow layers show fine structure
-    (edges, granules), deep ones where the class evidence is; LayerCAM is made for this.
-    """
-    from ..train import to_input
-
-    x = to_input(torch.from_numpy(np.ascontiguousarray(image))[None], torch.device("cpu"), channels_last=False)
-    maps = multilayer_maps(model, x, [target_class], method=method, layers=layers)
-    return multilayer_figure(image, {layer: m[0] for layer, m in maps.items()}, method=method,
-                             target_class=target_class, caption=caption)
-
-
 # ----------------------------------------------------------------------------- compare
 
 
@@ -473,8 +455,6 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
     and meta.json with both checkpoints.
     """
     import cv2
-
-    from .sanity import similarity
 
     get_method(method)
     check_layer(layer)
