@@ -14,6 +14,9 @@ def command(outputs: Path, host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "streamlit", "run", str(APP),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
             "--browser.gatherUsageStats", "false", "--server.maxUploadSize", "25",
+            # A research dashboard, not a Streamlit project: no Deploy button, no developer menu
+            # (rerun, clear cache); the viewer's menu (print, theme) stays.
+            "--client.toolbarMode", "viewer",
             "--", "--outputs", str(outputs)]
 
 
