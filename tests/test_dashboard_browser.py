@@ -224,3 +224,13 @@ def test_html_report_renders_offline(server, browser, tmp_path: Path) -> None:
     assert [u for u in requested if not u.startswith(("file:", "data:"))] == []
     assert page.locator("img").count() >= 2
     page.close()
+
+
+def test_no_deploy_button_or_developer_menu(server, browser) -> None:
+    """The launcher sets client.toolbarMode=viewer: Streamlit's Deploy button and developer options are gone."""
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.goto(server["url"])
+    settle(page)
+    page.wait_for_selector("[data-testid='stMainMenu']", timeout=30_000)  # the toolbar has rendered
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    page.close()
