@@ -1,5 +1,8 @@
 """Page render times on a synthetic outputs folder with a 200-trial sweep (not a test: a benchmark).
 
+The synthetic folder comes from the test scaffolding (tests/support/synthetic.py), so run it from
+the repository root, as ``make dashboard-bench`` does.
+
     python -m dashboard.bench [--trials 200] [--repeats 3] [--outputs DIR]
 
 Each page is rendered once (cold: files read, caches filled) and then ``--repeats`` times
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dashboard-bench-") as tmp:
         outputs = args.outputs
         if outputs is None:
-            from .synthetic import make_outputs
+            from tests.support.synthetic import make_outputs
 
             start = time.perf_counter()
             outputs = Path(tmp)

@@ -15,9 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-CLASSES = ("benign", "early", "pre", "pro")
-STAGE_COLOURS = {"benign": "#2a9d8f", "early": "#e9c46a", "pre": "#f4a261", "pro": "#e76f51"}
-SPLIT_COLOURS = {"train": "#264653", "val": "#2a9d8f", "test": "#e76f51"}
+from engine.runs import CLASSES, SPLITS
+from tuning.layout import PARAM_PREFIX
+
+STAGE_COLOURS = dict(zip(CLASSES, ("#2a9d8f", "#e9c46a", "#f4a261", "#e76f51"), strict=True))
+SPLIT_COLOURS = dict(zip(SPLITS, ("#264653", "#2a9d8f", "#e76f51"), strict=True))
 FONT = dict(size=15)
 BEST_COLOUR = "#d62728"
 
@@ -200,7 +202,7 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
     done = frame[pd.to_numeric(frame.get(metric), errors="coerce").notna()] if metric in frame else frame.iloc[0:0]
     dims = []
     for column in params:
-        name = column.removeprefix("param_")
+        name = column.removeprefix(PARAM_PREFIX)
         values = done[column]
         if values.isna().all():
             continue

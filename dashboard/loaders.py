@@ -3,7 +3,9 @@
 Every reader is cached with ``st.cache_data`` on (path, mtime, size), so a file that changes
 is read again on the next rerun, and an unchanged one costs one ``stat``. Discovery is cached
 for a few seconds. Readers raise :class:`LoadError` with a readable reason for missing,
-partial or corrupt files; pages turn that into a warning. Nothing here imports torch or ray.
+partial or corrupt files; pages turn that into a warning. Nothing here imports torch or ray:
+the file and column names come from the contract modules (engine.runs for run folders,
+tuning.layout for sweep folders, engine.data for prepared data), which need neither.
 """
 
 from __future__ import annotations
@@ -18,12 +20,25 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from engine import runs
+from engine.data import MANIFEST, REPORT
+from engine.runs import CLASSES, SPLITS
+from tuning import layout
+
 from .paths import OutsideOutputs, inside, relative
 
-CLASSES = ("benign", "early", "pre", "pro")
-SPLITS = ("train", "val", "test")
+EXPORTS = "exports"  # the dashboard's own folder: decks written by the Present page
+SAMPLES = "samples"  # prepared data: samples/<stage>/*.png (engine.data)
 # Folders that never hold runs, sweeps or prepared data (and can be large).
-PRUNE = {"ray", "cams", "checkpoints", "exports", "screenshots", "cache", "samples", "__pycache__"}
+PRUNE = {layout.RAY_STORAGE, runs.CAMS, runs.CHECKPOINTS, EXPORTS, "screenshots", "cache", SAMPLES, "__pycache__"}
+# A run's status as the pages show it, read from COMPLETE (engine.runs), trial.json (tuning.layout)
+# or, for a run without either, from how recently it wrote.
+RUN_COMPLETE = "complete"
+RUN_STOPPED = "stopped"  # by early stopping (patience) or, in a sweep, by the scheduler (ASHA)
+RUN_RUNNING = "running"
+RUN_INTERRUPTED = "interrupted"
+RUN_CORRUPT = "corrupt"
+RUN_STATUSES = (RUN_COMPLETE, RUN_STOPPED, RUN_RUNNING, RUN_INTERRUPTED, RUN_CORRUPT)
 RUNNING_WINDOW_S = 15 * 60  # a run without COMPLETE that wrote within this window counts as running
 DISCOVERY_TTL_S = 3
 
@@ -109,7 +124,7 @@ def file_in(root: Path | str, base: Path | str, rel: str) -> Path:
 class RunInfo:
     path: str  # absolute, resolved, inside the outputs folder
     label: str  # relative to the outputs folder
-    status: str  # complete | stopped | running | interrupted | corrupt
+    status: str  # one of RUN_STATUSES
     evaluated: bool
     explained: bool
     has_checkpoint: bool
@@ -118,8 +133,8 @@ class RunInfo:
 
     @property
     def display(self) -> str:
-        marks = {"complete": "", "stopped": " (stopped early)", "running": " (running)",
-                 "interrupted": " (interrupted)", "corrupt": " (corrupt)"}
+        marks = {RUN_COMPLETE: "", RUN_STOPPED: " (stopped early)", RUN_RUNNING: " (running)",
+                 RUN_INTERRUPTED: " (interrupted)", RUN_CORRUPT: " (corrupt)"}
         return f"{self.label}{marks.get(self.status, '')}"
 
 
@@ -132,35 +147,32 @@ class SweepInfo:
     problem: str | None = None
 
 
-def _run_status(folder: Path) -> tuple[str, str | None]:
+def run_status(folder: Path) -> tuple[str, str | None]:
+    """A run folder's status (one of RUN_STATUSES) and, for corrupt or interrupted runs, why."""
     try:
-        json.loads((folder / "config.json").read_text())
+        json.loads((folder / runs.CONFIG).read_text())
     except (OSError, ValueError) as exc:
-        return "corrupt", f"config.json unreadable ({exc})"
-    marker = folder / "COMPLETE"
-    if marker.is_file():
-        try:
-            status = json.loads(marker.read_text()).get("status", "complete")
-        except (OSError, ValueError, AttributeError):
-            status = "complete"
-        return ("stopped" if status == "stopped" else "complete"), None
+        return RUN_CORRUPT, f"{runs.CONFIG} unreadable ({exc})"
+    finished = runs.complete_status(folder)
+    if finished is not None:
+        return (RUN_STOPPED if finished == runs.STATUS_EARLY_STOPPED else RUN_COMPLETE), None
     try:  # a sweep trial cut short by ASHA says so in its trial.json
-        if json.loads((folder / "trial.json").read_text()).get("status") == "stopped":
-            return "stopped", None
+        if json.loads((folder / layout.TRIAL_JSON).read_text()).get("status") == layout.TRIAL_STOPPED:
+            return RUN_STOPPED, None
     except (OSError, ValueError, AttributeError):
         pass
-    newest = max((s[0] for s in (stamp(folder / n) for n in ("history.csv", "config.json")) if s), default=0)
+    newest = max((s[0] for s in (stamp(folder / n) for n in (runs.HISTORY, runs.CONFIG)) if s), default=0)
     if time.time() - newest / 1e9 < RUNNING_WINDOW_S:
-        return "running", None
-    return "interrupted", "no COMPLETE marker and no recent writes: the run was interrupted"
+        return RUN_RUNNING, None
+    return RUN_INTERRUPTED, f"no {runs.COMPLETE} marker and no recent writes: the run was interrupted"
 
 
 def _sweep_status(folder: Path) -> tuple[str, str, str | None]:
     try:
-        info = json.loads((folder / "sweep.json").read_text())
+        info = json.loads((folder / layout.SWEEP_JSON).read_text())
         return str(info.get("name") or folder.name), str(info.get("status", "unknown")), None
     except (OSError, ValueError, AttributeError) as exc:
-        return folder.name, "corrupt", f"sweep.json unreadable ({exc})"
+        return folder.name, RUN_CORRUPT, f"{layout.SWEEP_JSON} unreadable ({exc})"
 
 
 @st.cache_data(ttl=DISCOVERY_TTL_S, show_spinner=False)
@@ -176,20 +188,20 @@ def _scan(root: str) -> dict[str, list[dict[str, Any]]]:
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in PRUNE)
         names_set = set(names)
         label = relative(base, folder)
-        if "manifest.csv" in names_set:
+        if MANIFEST in names_set:
             prepared.append({"path": str(folder), "label": label})
-        if "sweep.json" in names_set:
+        if layout.SWEEP_JSON in names_set:
             name, status, problem = _sweep_status(folder)
             sweeps.append(asdict(SweepInfo(str(folder), label, name, status, problem)))
-        if "config.json" in names_set:
-            status, problem = _run_status(folder)
+        if runs.CONFIG in names_set:
+            status, problem = run_status(folder)
             parts = Path(label).parts
-            sweep = "/".join(parts[: parts.index("trials")]) if "trials" in parts else None
+            sweep = "/".join(parts[: parts.index(layout.TRIALS)]) if layout.TRIALS in parts else None
             found_runs.append(asdict(RunInfo(
                 str(folder), label, status,
-                evaluated="metrics.json" in names_set and "predictions.csv" in names_set,
-                explained=(folder / "cams" / "index.csv").is_file(),
-                has_checkpoint=(folder / "checkpoints" / "best.pt").is_file(),
+                evaluated=runs.METRICS in names_set and runs.PREDICTIONS in names_set,
+                explained=(folder / runs.CAMS / runs.CAMS_INDEX).is_file(),
+                has_checkpoint=(folder / runs.CHECKPOINTS / runs.BEST_CHECKPOINT).is_file(),
                 sweep=sweep, problem=problem,
             )))
             dirs[:] = []  # run folders do not nest
@@ -203,22 +215,18 @@ def scan(root: Path | str) -> dict[str, list]:
             "sweeps": [SweepInfo(**s) for s in raw["sweeps"]]}
 
 
-def is_empty(found: dict[str, list]) -> bool:
-    return not (found["prepared"] or found["runs"] or found["sweeps"])
-
-
 # ----------------------------------------------------------------------------- prepared data
 
 
 def data_report(root: Path | str, prepared: Path | str) -> dict[str, Any]:
-    report = read_json(root, Path(prepared) / "data_report.json")
+    report = read_json(root, Path(prepared) / REPORT)
     if not isinstance(report, dict) or "counts" not in report:
-        raise LoadError(f"{relative(root, prepared)}/data_report.json lacks 'counts'")
+        raise LoadError(f"{relative(root, prepared)}/{REPORT} lacks 'counts'")
     return report
 
 
 def manifest(root: Path | str, prepared: Path | str) -> pd.DataFrame:
-    return read_csv(root, Path(prepared) / "manifest.csv", required=("path", "class", "split"))
+    return read_csv(root, Path(prepared) / MANIFEST, required=("path", "class", "split"))
 
 
 def counts_frame(report: dict[str, Any]) -> pd.DataFrame:
@@ -232,7 +240,7 @@ def samples(root: Path | str, prepared: Path | str) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for cls in CLASSES:
         try:
-            folder = inside(root, Path(prepared) / "samples" / cls)
+            folder = inside(root, Path(prepared) / SAMPLES / cls)
         except OutsideOutputs:
             continue
         out[cls] = sorted(p for p in folder.glob("*.png") if p.is_file()) if folder.is_dir() else []
@@ -241,48 +249,42 @@ def samples(root: Path | str, prepared: Path | str) -> dict[str, list[Path]]:
 
 # ----------------------------------------------------------------------------- runs
 
-HISTORY_COLUMNS = ("epoch", "val_macro_f1")
-PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence")
-INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer",
-                 "target", "image", "overlay")
-
-
 def run_config(root: Path | str, run: Path | str) -> dict[str, Any]:
-    return read_json(root, Path(run) / "config.json")
+    return read_json(root, Path(run) / runs.CONFIG)
 
 
 def history(root: Path | str, run: Path | str) -> pd.DataFrame:
-    frame = read_csv(root, Path(run) / "history.csv", required=HISTORY_COLUMNS)
+    frame = read_csv(root, Path(run) / runs.HISTORY, required=runs.HISTORY_COLUMNS)
     return frame.sort_values("epoch")
 
 
 def metrics(root: Path | str, run: Path | str) -> dict[str, Any]:
-    data = read_json(root, Path(run) / "metrics.json")
+    data = read_json(root, Path(run) / runs.METRICS)
     if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) or not data["splits"]:
-        raise LoadError(f"{relative(root, run)}/metrics.json has no evaluated split")
+        raise LoadError(f"{relative(root, run)}/{runs.METRICS} has no evaluated split")
     for split, m in data["splits"].items():
         for key in ("accuracy", "macro_f1", "confusion_matrix", "per_class"):
             if key not in m:
-                raise LoadError(f"{relative(root, run)}/metrics.json: split {split} lacks {key!r}")
+                raise LoadError(f"{relative(root, run)}/{runs.METRICS}: split {split} lacks {key!r}")
     return data
 
 
 def predictions(root: Path | str, run: Path | str) -> pd.DataFrame:
-    return read_csv(root, Path(run) / "predictions.csv", required=PREDICTION_COLUMNS)
+    return read_csv(root, Path(run) / runs.PREDICTIONS, required=runs.PREDICTION_COLUMNS)
 
 
 def cams_meta(root: Path | str, run: Path | str) -> dict[str, Any]:
-    return read_json(root, Path(run) / "cams" / "meta.json")
+    return read_json(root, Path(run) / runs.CAMS / runs.CAMS_META)
 
 
 def cams_index(root: Path | str, run: Path | str) -> pd.DataFrame:
-    frame = read_csv(root, Path(run) / "cams" / "index.csv", required=INDEX_COLUMNS)
+    frame = read_csv(root, Path(run) / runs.CAMS / runs.CAMS_INDEX, required=runs.INDEX_COLUMNS)
     frame["correct"] = frame["correct"].astype(int)
     return frame
 
 
 def faithfulness(root: Path | str, run: Path | str) -> dict[str, Any]:
-    return read_json(root, Path(run) / "cams" / "faithfulness_summary.json")
+    return read_json(root, Path(run) / runs.CAMS / runs.FAITHFULNESS_SUMMARY)
 
 
 def stage_file(root: Path | str, run: Path | str, stage: str, name: str) -> Path | None:
@@ -290,7 +292,7 @@ def stage_file(root: Path | str, run: Path | str, stage: str, name: str) -> Path
     if stage not in CLASSES:
         return None
     try:
-        path = inside(root, Path(run) / "cams" / "stages" / stage / name)
+        path = inside(root, Path(run) / runs.CAMS / runs.CAMS_STAGES / stage / name)
     except OutsideOutputs:
         return None
     return path if path.is_file() else None
@@ -299,7 +301,7 @@ def stage_file(root: Path | str, run: Path | str, stage: str, name: str) -> Path
 def cam_path(root: Path | str, run: Path | str, rel: str) -> Path | None:
     """A file named in cams/index.csv (relative to cams/), or None if missing or escaping the outputs."""
     try:
-        path = file_in(root, Path(run) / "cams", rel)
+        path = file_in(root, Path(run) / runs.CAMS, rel)
     except LoadError:
         return None
     return path if path.is_file() else None
@@ -320,19 +322,16 @@ def load_run(root: Path | str, run: Path | str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- sweeps
 
-TRIAL_STATUSES = ("complete", "running", "pending", "stopped", "error")
-
-
 def sweep_info(root: Path | str, sweep: Path | str) -> dict[str, Any]:
-    info = read_json(root, Path(sweep) / "sweep.json")
+    info = read_json(root, Path(sweep) / layout.SWEEP_JSON)
     if not isinstance(info, dict):
-        raise LoadError(f"{relative(root, sweep)}/sweep.json is not an object")
+        raise LoadError(f"{relative(root, sweep)}/{layout.SWEEP_JSON} is not an object")
     return info
 
 
 def best_trial(root: Path | str, sweep: Path | str) -> dict[str, Any] | None:
     try:
-        best = read_json(root, Path(sweep) / "best.json")
+        best = read_json(root, Path(sweep) / layout.BEST)
     except LoadError:
         return None
     return best if isinstance(best, dict) else None
@@ -340,14 +339,16 @@ def best_trial(root: Path | str, sweep: Path | str) -> dict[str, Any] | None:
 
 def _trials_from_folders(root: Path | str, sweep: Path) -> pd.DataFrame:
     rows = []
-    folder = inside(root, sweep / "trials")
+    folder = inside(root, sweep / layout.TRIALS)
     for trial_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         try:
-            trial = read_json(root, trial_dir / "trial.json")
+            trial = read_json(root, trial_dir / layout.TRIAL_JSON)
         except LoadError:
-            trial = {"trial_id": trial_dir.name, "status": "error", "error": "trial.json unreadable"}
-        row = {"trial_id": trial.get("trial_id", trial_dir.name), "status": trial.get("status", "pending"),
-               **{f"param_{k}": v for k, v in (trial.get("params") or {}).items()},
+            trial = {"trial_id": trial_dir.name, "status": layout.TRIAL_ERROR,
+                     "error": f"{layout.TRIAL_JSON} unreadable"}
+        row = {"trial_id": trial.get("trial_id", trial_dir.name),
+               "status": trial.get("status", layout.TRIAL_PENDING),
+               **{f"{layout.PARAM_PREFIX}{k}": v for k, v in (trial.get("params") or {}).items()},
                "run_dir": relative(sweep, trial_dir), "error": trial.get("error") or ""}
         try:
             hist = history(root, trial_dir)
@@ -368,13 +369,13 @@ def trials(root: Path | str, sweep: Path | str) -> pd.DataFrame:
     """
     sweep = Path(sweep)
     try:
-        frame = read_csv(root, sweep / "summary.csv", required=("trial_id", "status")).copy()
+        frame = read_csv(root, sweep / layout.SUMMARY, required=("trial_id", "status")).copy()
     except LoadError:
         frame = _trials_from_folders(root, sweep)
     if frame.empty:
         return pd.DataFrame(columns=["trial_id", "status", "best_val_macro_f1", "run_path"])
     frame["trial_id"] = frame["trial_id"].astype(str)
-    frame["status"] = frame["status"].fillna("pending").astype(str)
+    frame["status"] = frame["status"].fillna(layout.TRIAL_PENDING).astype(str)
     for column in ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds"):
         if column in frame:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -392,13 +393,13 @@ def trials(root: Path | str, sweep: Path | str) -> pd.DataFrame:
             return ""
         return str(path) if path.is_dir() else ""
 
-    run_dirs = frame["run_dir"] if "run_dir" in frame else "trials/" + frame["trial_id"]
+    run_dirs = frame["run_dir"] if "run_dir" in frame else f"{layout.TRIALS}/" + frame["trial_id"]
     frame["run_path"] = [locate(r) for r in run_dirs]
     return frame
 
 
 def param_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c.startswith("param_")]
+    return [c for c in frame.columns if c.startswith(layout.PARAM_PREFIX)]
 
 
 def outputs_summary(found: dict[str, list]) -> dict[str, int]:
@@ -412,8 +413,6 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
 
     A missing file is simply None; an unreadable one is None with its reason in ``problems``.
     """
-    from engine import runs
-
     files = {"localisation": Path(runs.CAMS) / runs.LOCALISATION,
              "faithfulness": Path(runs.CAMS) / runs.FAITHFULNESS_SUMMARY,
              "sanity": Path(runs.CAMS) / runs.SANITY, "context": Path(runs.CONTEXT)}
@@ -435,8 +434,6 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
 
 def localisation_table(root: Path | str, run: Path | str) -> pd.DataFrame | None:
     """``cams/localisation.csv`` (per image, method and layer), or None when the run has none or it is unreadable."""
-    from engine import runs
-
     try:
         frame = read_csv(root, Path(run) / runs.CAMS / runs.LOCALISATION_TABLE,
                          required=("sha256", "method", "layer", "mask", "concentration", "pointing"))

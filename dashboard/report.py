@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from engine import runs
+
 from . import evidence, figures, loaders
 from .paths import inside, relative
 
@@ -145,15 +147,15 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             shas = shas or _auto_pick(candidates, findings.per_stage)
             stages_out[stage] = {
                 "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage),
-                "mean_map": loaders.stage_file(root, run, stage, "mean_map.png"),
+                "mean_map": loaders.stage_file(root, run, stage, runs.STAGE_MEAN_MAP),
                 # Count files, as the metrics do: byte-identical copies are one candidate but several images.
                 "n": len(files), "errors": int((files["correct"] == 0).sum()),
             }
         if findings.faithfulness:
             try:
-                faith = figures.faithfulness_frame(loaders.faithfulness(root, run))
-                faith = faith[faith["method"].isin(methods)]
                 faith_summary = loaders.faithfulness(root, run)
+                faith = figures.faithfulness_frame(faith_summary)
+                faith = faith[faith["method"].isin(methods)]
             except loaders.LoadError as exc:
                 warnings.append(f"no faithfulness summary: {exc}")
                 faith, faith_summary = None, None
@@ -445,7 +447,7 @@ def save(root: Path | str, deck: Deck, name: str) -> dict[str, Path]:
     """Write the deck to OUTPUTS/exports/<stamp>-<name>.{pptx,html}; the only files the dashboard writes."""
     root = Path(root).resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:60] or "deck"
-    folder = inside(root, "exports")
+    folder = inside(root, loaders.EXPORTS)
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
     paths = {"pptx": folder / f"{stem}.pptx", "html": folder / f"{stem}.html"}

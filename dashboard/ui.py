@@ -10,6 +10,9 @@ from typing import Any
 
 import streamlit as st
 
+from engine import runs
+from tuning import layout
+
 from . import loaders
 from .loaders import LoadError, RunInfo
 from .paths import OutsideOutputs, inside, outputs_dir
@@ -20,8 +23,10 @@ PAGES = {
     "data": "views/data.py", "sweeps": "views/sweeps.py", "run": "views/run.py", "gallery": "views/gallery.py",
     "compare": "views/compare.py", "predict": "views/predict.py", "present": "views/present.py",
 }
-STATUS_ICONS = {"complete": "✓", "running": "▶", "pending": "…", "stopped": "■", "error": "✗",
-                "interrupted": "!", "corrupt": "✗"}
+# Trials' statuses (tuning.layout) and runs' (loaders.RUN_STATUSES) share complete, running and stopped.
+STATUS_ICONS = {layout.TRIAL_COMPLETE: "✓", layout.TRIAL_RUNNING: "▶", layout.TRIAL_PENDING: "…",
+                layout.TRIAL_STOPPED: "■", layout.TRIAL_ERROR: "✗", loaders.RUN_INTERRUPTED: "!",
+                loaders.RUN_CORRUPT: "✗"}
 
 HOW_TO = """
 **Nothing to show yet.** The dashboard reads `{root}`. Produce results with:
@@ -87,12 +92,12 @@ def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int =
 
 
 def run_problems(run: RunInfo) -> None:
-    if run.status == "corrupt":
+    if run.status == loaders.RUN_CORRUPT:
         st.warning(f"`{run.label}` is corrupt: {run.problem}", icon=":material/block:")
-    elif run.status == "interrupted":
-        st.warning(f"`{run.label}` has no COMPLETE marker and stopped writing: it was interrupted. "
+    elif run.status == loaders.RUN_INTERRUPTED:
+        st.warning(f"`{run.label}` has no {runs.COMPLETE} marker and stopped writing: it was interrupted. "
                    f"Resume it with `python -m engine train --resume {run.path}`.", icon=":material/warning:")
-    elif run.status == "running":
+    elif run.status == loaders.RUN_RUNNING:
         st.info(f"`{run.label}` is still training; its files are refreshed as they change.",
                 icon=":material/directions_run:")
 

@@ -17,7 +17,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("ALL_DATA_DIR", REPO.parent / "shared" / "data" / "ALL"))
 CLASS_FOLDERS = ("Benign", "Early", "Pre", "Pro")
-TINY = ["--preset", "tiny"]
 
 
 def make_image(cls_index: int, rng: np.random.Generator, size: int = 48) -> Image.Image:
@@ -77,14 +76,23 @@ def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete, evaluated run of the tiny DenseNet (64 px, 4 epochs) on the generated data."""
-    from engine import evaluate, train
+    from engine.config import build_config
+    from engine.evaluate import evaluate
+    from engine.train import fit
 
-    out = tmp_path_factory.mktemp("runs")
-    assert train.main(["--data", str(prepared_tiny), *TINY, "--set", "epochs=4", "--out", str(out),
-                       "--name", "tiny"]) == 0
-    run = out / "tiny"
-    assert evaluate.main([str(run)]) == 0
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    fit(build_config("tiny", {"epochs": 4}), prepared_tiny, run, preset="tiny")
+    evaluate(run)
     return run
+
+
+@pytest.fixture(scope="session")
+def dashboard_outputs(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A real tiny outputs folder (a sweep, evaluated and explained trials, a corrupt and an interrupted
+    run), built once per session by tests/support/fixture.py for the dashboard tests."""
+    from tests.support.fixture import build
+
+    return build(tmp_path_factory.mktemp("dashboard-outputs"), prepared_tiny)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The dashboard: loaders, figures, path safety, deck export, and every page through AppTest on a
-real tiny sweep (built once per session by dashboard.fixture)."""
+real tiny sweep (built once per session by tests/support/fixture.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboard import figures, loaders, paths, report, synthetic
-from dashboard import fixture as dash_fixture
+from dashboard import figures, loaders, paths, report
+from tests.support import synthetic
+from tuning import layout
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboard" / "app.py")
@@ -24,8 +25,8 @@ PAGES = ("data", "sweeps", "run", "gallery", "evidence", "compare", "predict", "
 
 
 @pytest.fixture(scope="session")
-def outputs(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return dash_fixture.shared(tmp_path_factory, prepared_tiny)
+def outputs(dashboard_outputs: dict[str, Path]) -> dict[str, Path]:
+    return dashboard_outputs
 
 
 def app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str = "data"):
@@ -122,7 +123,7 @@ def test_scan_finds_everything_and_flags_bad_runs(outputs: dict[str, Path]) -> N
 
 def test_trials_of_the_fixture_sweep(outputs: dict[str, Path]) -> None:
     frame = loaders.trials(outputs["root"], outputs["sweep"])
-    assert len(frame) >= 2 and set(frame["status"]) <= set(loaders.TRIAL_STATUSES)
+    assert len(frame) >= 2 and set(frame["status"]) <= set(layout.TRIAL_STATUSES)
     assert all(Path(p).is_dir() for p in frame["run_path"])
     assert loaders.param_columns(frame)
     best = loaders.best_trial(outputs["root"], outputs["sweep"])
@@ -272,14 +273,14 @@ def test_deck_save_writes_into_exports_only(tmp_path: Path) -> None:
 
 def test_no_torch_or_ray_outside_predict() -> None:
     code = ("import sys; import dashboard.loaders, dashboard.figures, dashboard.report, dashboard.ui, "
-            "dashboard.paths, dashboard.synthetic, dashboard.__main__; "
+            "dashboard.paths, dashboard.__main__; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     for path in (REPO / "dashboard").rglob("*.py"):
         source = path.read_text()
         assert "import ray" not in source and "from ray" not in source, path
-        if path.name not in ("inference.py", "fixture.py"):
+        if path.name != "inference.py":
             assert "import torch" not in source, path
 
 

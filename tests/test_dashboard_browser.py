@@ -17,8 +17,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard import fixture as dash_fixture
-
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "outputs" / "screenshots"
@@ -35,11 +33,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(dashboard_outputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
     pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    outputs = dash_fixture.shared(tmp_path_factory, prepared_tiny)
+    outputs = dashboard_outputs
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with log.open("w") as handle:

@@ -13,10 +13,18 @@ from typing import Any
 
 from engine import runs
 
-log = logging.getLogger(__name__)
+from .layout import (
+    BEST,
+    PARAM_PREFIX,
+    SUMMARY,
+    TRIAL_COMPLETE,
+    TRIAL_JSON,
+    TRIAL_PENDING,
+    TRIAL_RUNNING,
+    TRIAL_STOPPED,
+)
 
-BEST = "best.json"
-SUMMARY = "summary.csv"  # written by tuning.summary (kept apart so that finish needs no Ray)
+log = logging.getLogger(__name__)
 
 
 class FinishError(RuntimeError):
@@ -48,30 +56,29 @@ def pick_best(sweep_dir: Path, rows: list[dict[str, str]]) -> dict[str, str]:
     """The best trial with a best.pt: complete trials first, trials cut by ASHA only if none completed."""
     def usable(row: dict[str, str]) -> bool:
         return (_score(row) > float("-inf")
-                and (Path(sweep_dir) / row["run_dir"] / runs.CHECKPOINTS / "best.pt").is_file())
+                and (Path(sweep_dir) / row["run_dir"] / runs.CHECKPOINTS / runs.BEST_CHECKPOINT).is_file())
 
-    for statuses in (("complete",), ("complete", "stopped", "running", "pending")):
+    for statuses in ((TRIAL_COMPLETE,), (TRIAL_COMPLETE, TRIAL_STOPPED, TRIAL_RUNNING, TRIAL_PENDING)):
         candidates = [r for r in ranked(rows) if r["status"] in statuses and usable(r)]
         if candidates:
             return candidates[0]
     raise FinishError(f"{sweep_dir}: no trial with a val macro-F1 and checkpoints/best.pt to evaluate")
 
 
-def explain_run(run_dir: Path) -> bool:
-    """Grad-CAM explanations of ``run_dir``; a missing or failing explainer is logged, not fatal."""
+def explain_best(run_dir: Path) -> bool:
+    """Grad-CAM explanations of ``run_dir`` with the explainer's defaults; a failure is logged, not fatal.
+
+    The sweep's result (best.json, the test metrics) stands without them, and ``python -m engine
+    explain RUN`` can add them later.
+    """
+    from engine.explain.pipeline import explain_run
+
     try:
-        from engine.explain import cli as explain_cli
-    except ImportError as exc:
-        log.warning("explanations skipped: engine.explain is not available (%s)", exc)
-        return False
-    try:
-        code = explain_cli.main([str(run_dir)])
-    except (Exception, SystemExit):  # argparse exits; an explainer bug must not lose the sweep
+        explain_run(run_dir)
+    except Exception:  # an explainer bug (or a full disk) must not lose the sweep's result
         log.warning("explanations of %s failed; the sweep result stands without them", run_dir, exc_info=True)
         return False
-    if code:
-        log.warning("explain exited with %s for %s", code, run_dir)
-    return not code
+    return True
 
 
 def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
@@ -84,10 +91,10 @@ def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
     log.info("best trial %s (val macro-F1 %s): evaluating %s", best["trial_id"], best["best_val_macro_f1"], run_dir)
     metrics = evaluate(run_dir)
     test = metrics["splits"].get("test", {})
-    explained = explain_run(run_dir) if explain else False
-    trial_json = run_dir / "trial.json"
+    explained = explain_best(run_dir) if explain else False
+    trial_json = run_dir / TRIAL_JSON
     params = runs.read_json(trial_json).get("params", {}) if trial_json.is_file() else {
-        k.removeprefix("param_"): v for k, v in best.items() if k.startswith("param_")}
+        k.removeprefix(PARAM_PREFIX): v for k, v in best.items() if k.startswith(PARAM_PREFIX)}
     result = {
         "trial_id": best["trial_id"],
         "run_dir": best["run_dir"],
@@ -112,9 +119,9 @@ def _short(value: str) -> str:
 
 def format_table(rows: list[dict[str, str]], best_id: str | None = None) -> str:
     """A ranked, fixed-width table of the trials for the terminal."""
-    params = [k for k in (rows[0] if rows else {}) if k.startswith("param_")]
+    params = [k for k in (rows[0] if rows else {}) if k.startswith(PARAM_PREFIX)]
     header = ["rank", "trial_id", "status", "best_f1", "val_acc", "epochs", "seconds",
-              *(p.removeprefix("param_") for p in params)]
+              *(p.removeprefix(PARAM_PREFIX) for p in params)]
     lines = []
     for rank, row in enumerate(ranked(rows), 1):
         def num(key: str, digits: int, row: dict[str, str] = row) -> str:

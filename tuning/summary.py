@@ -2,8 +2,7 @@
 
 ``SummaryCallback`` runs in the driver: Ray calls it on every result, completion and error,
 and it rewrites summary.csv atomically from Ray's own list of trials, so the dashboard can
-follow a sweep while it runs. Statuses: pending, running, complete, stopped (cut early by
-ASHA), error.
+follow a sweep while it runs. The statuses and columns are the sweep folder's (layout.py).
 """
 
 from __future__ import annotations
@@ -16,21 +15,23 @@ from ray.tune import Callback
 
 from engine import runs
 
-from .trainable import TRIALS, trial_dir, update_trial_json
+from .layout import (
+    PARAM_PREFIX,
+    SUMMARY,
+    TRIAL_COMPLETE,
+    TRIAL_ERROR,
+    TRIAL_PENDING,
+    TRIAL_RUNNING,
+    TRIAL_STOPPED,
+    TRIALS,
+    summary_columns,
+)
+from .trainable import trial_dir, update_trial_json
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
 log = logging.getLogger(__name__)
-
-SUMMARY = "summary.csv"
-METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error")
-FINAL = ("complete", "stopped", "error")
-
-
-def columns(param_keys: list[str]) -> list[str]:
-    return ["trial_id", "status", *(f"param_{k}" for k in param_keys), *METRIC_COLUMNS]
-
 
 def trial_status(trial: Trial, sweep_dir: str, *, ended: bool = False) -> str:
     """Our status word for a Ray trial.
@@ -42,15 +43,15 @@ def trial_status(trial: Trial, sweep_dir: str, *, ended: bool = False) -> str:
     is pending, and --resume continues it).
     """
     if trial.status == "ERROR":
-        return "error"
+        return TRIAL_ERROR
     if trial.status == "TERMINATED" or (ended and trial.status == "RUNNING"):
         result = trial.last_result or {}
         if result.get("run_complete") or runs.is_complete(trial_dir(sweep_dir, trial.trial_id)):
-            return "complete"
-        return "stopped" if result.get("done") else "pending"
+            return TRIAL_COMPLETE
+        return TRIAL_STOPPED if result.get("done") else TRIAL_PENDING
     if trial.status == "RUNNING":
-        return "running"
-    return "pending"  # PENDING, or PAUSED
+        return TRIAL_RUNNING
+    return TRIAL_PENDING  # PENDING, or PAUSED
 
 
 def error_line(trial: Trial) -> str | None:
@@ -69,7 +70,7 @@ def error_line(trial: Trial) -> str | None:
 def trial_row(trial: Trial, param_keys: list[str], status: str) -> dict[str, Any]:
     result = trial.last_result or {}
     row: dict[str, Any] = {"trial_id": trial.trial_id, "status": status}
-    row.update({f"param_{k}": trial.config.get(k) for k in param_keys})
+    row.update({f"{PARAM_PREFIX}{k}": trial.config.get(k) for k in param_keys})
     row.update({
         "val_macro_f1": result.get("val_macro_f1"),
         "best_val_macro_f1": result.get("best_val_macro_f1"),
@@ -83,7 +84,7 @@ def trial_row(trial: Trial, param_keys: list[str], status: str) -> dict[str, Any
 
 
 def write_summary(sweep_dir: Path, param_keys: list[str], rows: list[dict[str, Any]]) -> None:
-    runs.write_csv(Path(sweep_dir) / SUMMARY, columns(param_keys), rows)
+    runs.write_csv(Path(sweep_dir) / SUMMARY, summary_columns(param_keys), rows)
 
 
 class SummaryCallback(Callback):
@@ -96,7 +97,7 @@ class SummaryCallback(Callback):
     def rows(self, trials: list[Trial], ended: Trial | None = None,
              started: Trial | None = None) -> list[dict[str, Any]]:
         return [trial_row(t, self.param_keys,
-                          "running" if t is started else trial_status(t, self.sweep_dir, ended=t is ended))
+                          TRIAL_RUNNING if t is started else trial_status(t, self.sweep_dir, ended=t is ended))
                 for t in trials]
 
     def write(self, trials: list[Trial], ended: Trial | None = None, started: Trial | None = None) -> None:

@@ -21,14 +21,13 @@ from typing import Any
 from engine import runs
 from engine.data import MANIFEST
 
+from . import layout
 from .finish import read_summary
 from .space import Space, load_space, param_space
-from .trainable import TRIALS, TrialSetup, train_trial, trial_dir, update_trial_json
+from .trainable import TrialSetup, train_trial, trial_dir, update_trial_json
 
 log = logging.getLogger(__name__)
 
-SWEEP_JSON = "sweep.json"
-SPACE_COPY = "space.yaml"  # the space as it was when the sweep started; --resume reads this one
 METRIC, MODE = "val_macro_f1", "max"
 
 
@@ -61,7 +60,7 @@ class SweepOptions:
 @dataclass(frozen=True)
 class SweepResult:
     sweep_dir: Path
-    status: str  # complete | interrupted
+    status: str  # layout.SWEEP_COMPLETE or layout.SWEEP_INTERRUPTED
     best: dict[str, Any] | None
 
 
@@ -75,9 +74,9 @@ def now() -> str:
 def latest_unfinished(out: Path, space_name: str) -> Path | None:
     """The newest sweep of ``space_name`` in ``out`` that did not complete (for --resume without --name)."""
     candidates = []
-    for path in Path(out).glob(f"*/{SWEEP_JSON}"):
+    for path in Path(out).glob(f"*/{layout.SWEEP_JSON}"):
         info = runs.read_json(path)
-        if info.get("space") == space_name and info.get("status") != "complete":
+        if info.get("space") == space_name and info.get("status") != layout.SWEEP_COMPLETE:
             candidates.append((info.get("started_at") or "", path.parent))
     return max(candidates)[1] if candidates else None
 
@@ -86,12 +85,12 @@ def resolve_folder(opts: SweepOptions, space_name: str) -> Path:
     out = Path(opts.out)
     if opts.resume:
         sweep_dir = out / opts.name if opts.name else latest_unfinished(out, space_name)
-        if sweep_dir is None or not (sweep_dir / SWEEP_JSON).is_file():
+        if sweep_dir is None or not (sweep_dir / layout.SWEEP_JSON).is_file():
             which = f"named {opts.name!r}" if opts.name else f"of space {space_name!r}"
             raise SweepError(f"--resume: no sweep {which} to resume in {out}")
         return sweep_dir
     sweep_dir = out / (opts.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (sweep_dir / SWEEP_JSON).exists():
+    if (sweep_dir / layout.SWEEP_JSON).exists():
         raise SweepError(f"{sweep_dir} already holds a sweep; use --resume to continue it or another --name")
     return sweep_dir
 
@@ -198,7 +197,7 @@ def run_trials(opts: SweepOptions, space: Space, info: dict[str, Any], sweep_dir
     res = plan(cpus, gpus, gpus_per_trial=gpus_per_trial, cpus_per_trial=info["cpus_per_trial"],
                max_concurrent=info["max_concurrent_trials"], nodes=nodes)
     info.update(gpus_per_trial=res.gpu, cpus_per_trial=res.cpu, cluster={"CPU": cpus, "GPU": gpus})
-    runs.write_json(sweep_dir / SWEEP_JSON, info)
+    runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
     log.info("cluster: %g CPU, %g GPU; each trial gets %g CPU (%d threads) and %g GPU; up to %d at once",
              cpus, gpus, res.cpu, res.num_threads, res.gpu, res.concurrent)
 
@@ -227,17 +226,17 @@ def settle_interrupted(sweep_dir: Path, space: Space) -> None:
 
     rows = read_summary(sweep_dir)
     for row in rows:
-        if row["status"] == "running":
-            row["status"] = "pending"
+        if row["status"] == layout.TRIAL_RUNNING:
+            row["status"] = layout.TRIAL_PENDING
             run_dir = trial_dir(sweep_dir, row["trial_id"])
-            if (run_dir / "trial.json").is_file():
-                update_trial_json(run_dir, status="pending")
+            if (run_dir / layout.TRIAL_JSON).is_file():
+                update_trial_json(run_dir, status=layout.TRIAL_PENDING)
     write_summary(sweep_dir, list(space.params), rows)
 
 
 def all_trials_ended(sweep_dir: Path, expected: int) -> bool:
     rows = read_summary(sweep_dir)
-    return len(rows) >= expected and all(r["status"] in ("complete", "stopped", "error") for r in rows)
+    return len(rows) >= expected and all(r["status"] in layout.TRIAL_ENDED for r in rows)
 
 
 # ----------------------------------------------------------------------------- the sweep
@@ -251,11 +250,11 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
     sweep_dir = resolve_folder(opts, given.name)
 
     if opts.resume:
-        info = runs.read_json(sweep_dir / SWEEP_JSON)
-        space = load_space(sweep_dir / SPACE_COPY)
+        info = runs.read_json(sweep_dir / layout.SWEEP_JSON)
+        space = load_space(sweep_dir / layout.SPACE_COPY)
         if opts.data is not None and Path(opts.data).resolve() != Path(info["data_dir"]):
             log.warning("--resume uses the sweep's recorded data %s, not %s", info["data_dir"], opts.data)
-        info.update(status="running", finished_at=None, resumed_at=now())
+        info.update(status=layout.SWEEP_RUNNING, finished_at=None, resumed_at=now())
         # Resources are sized again for the cluster this run sees; the rest is as recorded.
         info["gpus_per_trial"] = opts.gpus_per_trial
         info["cpus_per_trial"] = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.cpus_per_trial
@@ -268,35 +267,35 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
                              "run `python -m engine prepare` first")
         space = given
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(space.path, sweep_dir / SPACE_COPY)
+        shutil.copyfile(space.path, sweep_dir / layout.SPACE_COPY)
         info = {
             "name": sweep_dir.name, "space": space.name, "space_file": str(space.path),
             "base_preset": space.base_preset, **settings(opts, space), "metric": METRIC, "mode": MODE,
             "gpus_per_trial": opts.gpus_per_trial, "address": opts.address or os.environ.get("RAY_ADDRESS"),
-            "storage": opts.storage or str((sweep_dir / "ray").resolve()), "data_dir": str(data_dir),
-            "started_at": now(), "finished_at": None, "status": "running",
+            "storage": opts.storage or str((sweep_dir / layout.RAY_STORAGE).resolve()), "data_dir": str(data_dir),
+            "started_at": now(), "finished_at": None, "status": layout.SWEEP_RUNNING,
         }
-    (sweep_dir / TRIALS).mkdir(exist_ok=True)
-    runs.write_json(sweep_dir / SWEEP_JSON, info)
+    (sweep_dir / layout.TRIALS).mkdir(exist_ok=True)
+    runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
 
-    status = "interrupted"
+    status = layout.SWEEP_INTERRUPTED
     try:
         warm_cache(Path(info["data_dir"]), space)
         init_ray(opts)
         run_trials(opts, space, info, sweep_dir)
         expected = info["num_samples"] * space.grid_size(info["search"])
-        status = "complete" if all_trials_ended(sweep_dir, expected) else "interrupted"
+        status = layout.SWEEP_COMPLETE if all_trials_ended(sweep_dir, expected) else layout.SWEEP_INTERRUPTED
     finally:
         # Every way out (a Tune error, KeyboardInterrupt, SystemExit from SIGTERM) ends here.
         ray.shutdown()
-        if status == "interrupted":
+        if status == layout.SWEEP_INTERRUPTED:
             settle_interrupted(sweep_dir, space)
-        info.update(status=status, finished_at=now() if status == "complete" else None)
-        runs.write_json(sweep_dir / SWEEP_JSON, info)
+        info.update(status=status, finished_at=now() if status == layout.SWEEP_COMPLETE else None)
+        runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
         log.info("sweep %s: %s", sweep_dir, status)
 
     best = None
-    if status == "complete":
+    if status == layout.SWEEP_COMPLETE:
         from .finish import finish
 
         best = finish(sweep_dir, explain=opts.explain)

@@ -22,11 +22,11 @@ from typing import Any
 
 from engine import runs
 
+from .layout import TRIAL_JSON, TRIAL_PENDING, TRIAL_RUNNING, TRIALS
+
 log = logging.getLogger(__name__)
 
-TRIALS = "trials"
-TRIAL_JSON = "trial.json"
-MARKER = "trial_state.json"
+MARKER = "trial_state.json"  # in Ray's storage only, not in the sweep folder
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def trial_dir(sweep_dir: Path | str, trial_id: str) -> Path:
 def update_trial_json(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``run_dir/trial.json`` (written atomically) and return it."""
     path = Path(run_dir) / TRIAL_JSON
-    data: dict[str, Any] = {"trial_id": Path(run_dir).name, "params": {}, "status": "pending",
+    data: dict[str, Any] = {"trial_id": Path(run_dir).name, "params": {}, "status": TRIAL_PENDING,
                             "gpu_ids": [], "error": None}
     if path.is_file():
         data.update(runs.read_json(path))
@@ -113,7 +113,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     run_dir = trial_dir(setup.sweep_dir, trial_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    update_trial_json(run_dir, trial_id=trial_id, params=dict(config), status="running",
+    update_trial_json(run_dir, trial_id=trial_id, params=dict(config), status=TRIAL_RUNNING,
                       gpu_ids=_gpu_ids(), error=None)
 
     if runs.is_complete(run_dir):
@@ -126,11 +126,12 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         return
 
     cfg = build_config(setup.base_preset, {**setup.fixed, **config})
-    resume = (run_dir / runs.CHECKPOINTS / "last.pt").is_file()
+    last = run_dir / runs.CHECKPOINTS / runs.LAST_CHECKPOINT
+    resume = last.is_file()
     best = -1.0
     if resume:
         best = max((float(r["val_macro_f1"]) for r in read_history(run_dir)), default=-1.0)
-        log.info("trial %s resumes from %s", trial_id, run_dir / runs.CHECKPOINTS / "last.pt")
+        log.info("trial %s resumes from %s", trial_id, last)
     reporter = EpochReporter(trial_id, best, cfg.epochs)
     fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
     reporter.finish()

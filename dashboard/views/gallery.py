@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL
 
 st.title("Grad-CAM gallery")
 runs = [r for r in ui.found()["runs"] if r.explained]
@@ -99,12 +100,12 @@ with left:
         st.caption(f"Showing {int(limit)} of {len(images)}; misclassified first.")
 with right:
     st.subheader("Stage mean map")
-    mean_map = loaders.stage_file(root, run.path, stage, "mean_map.png")
+    mean_map = loaders.stage_file(root, run.path, stage, STAGE_MEAN_MAP)
     if mean_map:
         ui.image(mean_map, caption=f"mean map, {stage}")
     else:
-        st.caption("No stages/<stage>/mean_map.png.")
-    panel = loaders.stage_file(root, run.path, stage, "panel.png")
+        st.caption(f"No {CAMS_STAGES}/<stage>/{STAGE_MEAN_MAP}.")
+    panel = loaders.stage_file(root, run.path, stage, STAGE_PANEL)
     if panel:
         ui.image(panel, caption=f"panel, {stage}")
 

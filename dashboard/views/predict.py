@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import figures, ui
+from dashboard import figures, loaders, ui
+from engine.runs import BEST_CHECKPOINT, CHECKPOINTS, OOD
 
 st.title("Predict")
-runs = [r for r in ui.found()["runs"] if r.has_checkpoint]
-if not runs:
-    ui.empty_state("trained runs (folders with checkpoints/best.pt)")
+BEST = f"{CHECKPOINTS}/{BEST_CHECKPOINT}"
+trained = [r for r in ui.found()["runs"] if r.has_checkpoint]
+if not trained:
+    ui.empty_state(f"trained runs (folders with {BEST})")
     st.stop()
 
-ordered = sorted(runs, key=lambda r: (r.status not in ("complete", "stopped"), not r.evaluated, r.label))
+finished = (loaders.RUN_COMPLETE, loaders.RUN_STOPPED)
+ordered = sorted(trained, key=lambda r: (r.status not in finished, not r.evaluated, r.label))
 top = st.columns([3, 2])
 with top[0]:
-    run = ui.pick_run(ordered, key="predict_run", help="Any run with checkpoints/best.pt.")
+    run = ui.pick_run(ordered, key="predict_run", help=f"Any run with {BEST}.")
 ui.run_problems(run)
 with top[1]:
-    target = st.selectbox("Map for", ["predicted stage", "benign", "early", "pre", "pro"], key="predict_target")
+    target = st.selectbox("Map for", ["predicted stage", *loaders.CLASSES], key="predict_target")
 
 upload = st.file_uploader("Blood smear image (JPEG, PNG, BMP or TIFF)", key="upload",
                           type=["jpg", "jpeg", "png", "bmp", "tif", "tiff"])
@@ -40,7 +43,7 @@ try:
     from dashboard import inference
     from dashboard.loaders import stamp
 
-    predictor = model_of(run.path, stamp(f"{run.path}/checkpoints/best.pt"), stamp(f"{run.path}/ood.npz"))
+    predictor = model_of(run.path, stamp(f"{run.path}/{BEST}"), stamp(f"{run.path}/{OOD}"))
     cfg = predictor.cfg
 except (OSError, RuntimeError, KeyError, ValueError) as exc:
     st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon=":material/block:")
@@ -52,8 +55,8 @@ except ValueError as exc:
     st.stop()
 
 with st.spinner("Classifying and computing Grad-CAM…"):
-    result = inference.predict(predictor, image, None if target == "predicted stage" else ["benign", "early", "pre",
-                                                                                         "pro"].index(target))
+    result = inference.predict(predictor, image,
+                               None if target == "predicted stage" else loaders.CLASSES.index(target))
 distance, threshold = result["ood_distance"], result["ood_threshold"]
 if distance is not None and distance > threshold:
     st.warning(f"**Unlike the training images.** `{upload.name}` is farther from every stage in the model's feature "
@@ -63,7 +66,8 @@ if distance is not None and distance > threshold:
 st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})",
            icon=":material/biotech:")
 if distance is None:
-    st.caption("No out-of-distribution check for this run: `python -m engine evaluate RUN` adds one (ood.npz).")
+    st.caption("No out-of-distribution check for this run: `python -m engine evaluate RUN` adds one "
+               f"({OOD}).")
 elif distance <= threshold:
     st.caption(f"Like the training images: feature distance {distance:.1f}, within the {result['ood_quantile']:.0%} "
                f"of validation images ({threshold:.1f}).")

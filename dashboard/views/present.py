@@ -71,7 +71,7 @@ if result:
     d = st.columns(2)
     for col, kind, mime in ((d[0], "pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
                             (d[1], "html", "text/html")):
-        path = root / "exports" / result[kind].rsplit("/", 1)[-1]
+        path = root / loaders.EXPORTS / result[kind].rsplit("/", 1)[-1]
         if path.is_file():
             col.download_button(f"Download {kind.upper()}", path.read_bytes(), file_name=path.name, mime=mime,
                                 key=f"dl_{kind}", icon=":material/download:")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import evidence, figures, loaders, ui
+from engine.runs import OOD
 
 st.title("Run")
 runs = ui.found()["runs"]
@@ -52,7 +53,7 @@ if metrics is not None and split in metrics["splits"]:
         ui.metric_cards(m)
         ood = metrics.get("ood") or {}
         if split in (ood.get("flagged_fraction") or {}):
-            st.caption(f"Out-of-distribution check (`ood.npz`): {ood['flagged_fraction'][split]:.1%} of the {split} "
+            st.caption(f"Out-of-distribution check (`{OOD}`): {ood['flagged_fraction'][split]:.1%} of the {split} "
                        f"images score beyond its threshold ({ood['threshold']:.1f}, the {ood['quantile']:.0%} "
                        "quantile of validation images); the Predict page warns for uploads beyond it.")
     left, right = st.columns([5, 4])

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from tuning import layout
 
 REFRESH_S = 5
 
@@ -22,7 +23,7 @@ by_label = {s.label: s for s in sweeps}
 label = st.selectbox("Sweep", list(by_label), key="sweep",
                      format_func=lambda x: f"{by_label[x].name} · {by_label[x].status} ({x})")
 sweep = by_label[label]
-running = sweep.status == "running"
+running = sweep.status == layout.SWEEP_RUNNING
 
 
 @st.fragment(run_every=REFRESH_S if running else None)
@@ -43,7 +44,8 @@ def sweep_view() -> None:
     cols = st.columns(6)
     cols[0].metric("Status", info.get("status", sweep.status))
     cols[1].metric("Trials", f"{len(frame)} / {info.get('num_samples', '?')}")
-    for col, status in zip(cols[2:], ("complete", "running", "stopped", "error"), strict=False):
+    for col, status in zip(cols[2:], (layout.TRIAL_COMPLETE, layout.TRIAL_RUNNING, layout.TRIAL_STOPPED,
+                                      layout.TRIAL_ERROR), strict=False):
         col.metric(f"{ui.STATUS_ICONS[status]} {status}", status_counts.get(status, 0))
     st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
                                                         "finished_at") if info.get(k)))
@@ -65,7 +67,7 @@ def sweep_view() -> None:
         mask = frame["status"].isin(keep_status)
         for column in params:
             values = frame[column].dropna()
-            name = column.removeprefix("param_")
+            name = column.removeprefix(layout.PARAM_PREFIX)
             numeric = pd.to_numeric(values, errors="coerce")
             if len(values) and numeric.notna().all() and numeric.nunique() > 1:
                 lo, hi = float(numeric.min()), float(numeric.max())
@@ -84,16 +86,16 @@ def sweep_view() -> None:
                *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "epochs", "seconds", "error")
                  if c in shown]]
     st.subheader(f"Trials ({len(shown)} of {len(frame)})")
+    bare = {c: c.removeprefix(layout.PARAM_PREFIX) for c in params}  # "(param)" where a metric has the name
     st.dataframe(
-        shown[columns].rename(columns={c: c.removeprefix("param_") if c.removeprefix("param_") not in shown
-                                       else f"{c.removeprefix('param_')} (param)" for c in params}),
+        shown[columns].rename(columns={c: n if n not in shown else f"{n} (param)" for c, n in bare.items()}),
         hide_index=True, width="stretch", height=min(420, 38 + 35 * len(shown)),
         column_config={"best_val_macro_f1": st.column_config.NumberColumn("best val macro-F1", format="%.4f"),
                        "val_macro_f1": st.column_config.NumberColumn("last val macro-F1", format="%.4f"),
                        "val_acc": st.column_config.NumberColumn("val acc", format="%.4f"),
                        "best": st.column_config.TextColumn("", width="small")},
     )
-    errors = shown[shown["status"] == "error"]
+    errors = shown[shown["status"] == layout.TRIAL_ERROR]
     if len(errors):
         with st.expander(f"✗ {len(errors)} errored trial(s)"):
             for _, row in errors.iterrows():

@@ -1,0 +1,48 @@
+"""The sweep folder: the contract between ``tuning`` and the dashboard.
+
+``outputs/sweeps/<name>/`` holds::
+
+    sweep.json           settings, data folder, start/finish times and the sweep's status (SWEEP_STATUSES)
+    space.yaml           the search space as it was when the sweep started (--resume reads this one)
+    summary.csv          one row per trial (summary_columns), rewritten while the sweep runs
+    best.json            written by the finish step: the best trial, its params and test metrics
+    trials/<trial_id>/   one engine run folder per trial (engine/runs.py), plus trial.json
+    ray/                 Ray Tune's own state (the default --storage), not read by the dashboard
+
+The names below are the contract: ``tuning`` writes with them and the dashboard reads with
+them. Standard library only, so the dashboard can import it without Ray.
+"""
+
+from __future__ import annotations
+
+SWEEP_JSON = "sweep.json"
+SPACE_COPY = "space.yaml"
+SUMMARY = "summary.csv"
+BEST = "best.json"
+TRIALS = "trials"
+TRIAL_JSON = "trial.json"  # inside each trial's folder: {"trial_id", "params", "status", "gpu_ids", "error"}
+RAY_STORAGE = "ray"
+
+# sweep.json "status": running, complete (every trial ended and the finish step ran), or interrupted (--resume).
+SWEEP_RUNNING = "running"
+SWEEP_COMPLETE = "complete"
+SWEEP_INTERRUPTED = "interrupted"
+SWEEP_STATUSES = (SWEEP_RUNNING, SWEEP_COMPLETE, SWEEP_INTERRUPTED)
+
+# A trial's status, in summary.csv and trial.json. "stopped": cut early by the scheduler (ASHA).
+TRIAL_PENDING = "pending"
+TRIAL_RUNNING = "running"
+TRIAL_COMPLETE = "complete"
+TRIAL_STOPPED = "stopped"
+TRIAL_ERROR = "error"
+TRIAL_STATUSES = (TRIAL_COMPLETE, TRIAL_RUNNING, TRIAL_PENDING, TRIAL_STOPPED, TRIAL_ERROR)
+TRIAL_ENDED = (TRIAL_COMPLETE, TRIAL_STOPPED, TRIAL_ERROR)  # nothing more will happen to these
+
+# summary.csv: trial_id, status, one PARAM_PREFIX column per searched parameter, then METRIC_COLUMNS.
+PARAM_PREFIX = "param_"
+METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error")
+
+
+def summary_columns(param_keys: list[str]) -> list[str]:
+    """summary.csv's header for a space searching ``param_keys``."""
+    return ["trial_id", "status", *(f"{PARAM_PREFIX}{k}" for k in param_keys), *METRIC_COLUMNS]
