@@ -1,7 +1,7 @@
 """Classification metrics from true labels and predicted probabilities: pure functions.
 
 Everything is computed by scikit-learn and SciPy; this module only arranges the results
-into the ``metrics.json`` structure documented in the README.
+into the ``metrics.json`` structure documented in docs/run-folder.md.
 """
 
 from __future__ import annotations
