@@ -45,7 +45,8 @@ def no_exception(at) -> None:
 
 
 def texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [t.value for t in at.title] + [s.value for s in at.subheader]
+    parts = [m.value for m in at.markdown] + [t.value for t in at.title] + [h.value for h in at.header]
+    parts += [s.value for s in at.subheader]
     parts += [c.value for c in at.caption] + [w.value for w in at.warning] + [i.value for i in at.info]
     parts += [s.value for s in at.success] + [e.value for e in at.error]
     return "\n".join(str(p) for p in parts)

@@ -54,3 +54,12 @@ def test_pick_best_prefers_complete_trials_with_checkpoints(tmp_path: Path) -> N
     assert table[0].split()[:3] == ["rank", "trial_id", "status"]
     assert table[1].split()[:2] == ["1", "e"] and table[3].split()[:2] == ["3*", "c"]
     assert "0.003162" in table[1] and table[-1].split()[1] == "d"
+
+
+def test_finish_explains_by_calling_the_explainer(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run that cannot be explained costs the explanations, not the sweep's result (and no SystemExit)."""
+    from tuning.finish import explain_best
+
+    (tmp_path / runs.CONFIG).write_text("{}")  # no checkpoint, no data: explain_run raises
+    assert explain_best(tmp_path) is False
+    assert "explanations of" in caplog.text and not (tmp_path / runs.CAMS).exists()
