@@ -1,4 +1,4 @@
-"""``python -m engine COMMAND ...``: each command is a module with ``main(argv) -> int``."""
+"""``python -m engine COMMAND ...``: dispatches to ``engine.commands.COMMAND.main(argv) -> int``."""
 
 from __future__ import annotations
 
@@ -6,19 +6,20 @@ import importlib
 import logging
 import sys
 
+# Command name -> one line of help; the command itself is the module engine/commands/<name>.py.
 COMMANDS = {
-    "prepare": ("engine.prepare_cli", "validate, deduplicate and split an image folder"),
-    "train": ("engine.train", "train a DenseNet into a new run folder"),
-    "evaluate": ("engine.evaluate", "metrics, intervals and calibration of a trained run"),
-    "explain": ("engine.explain.cli", "Grad-CAM maps, faithfulness and sanity checks of a run"),
-    "predict": ("engine.predict", "class probabilities of image files, one JSON line each"),
-    "bench": ("engine.bench", "the engine's speed against a plain torchvision loop"),
+    "prepare": "validate, deduplicate and split an image folder",
+    "train": "train a DenseNet into a new run folder",
+    "evaluate": "metrics, intervals and calibration of a trained run",
+    "explain": "Grad-CAM maps, faithfulness and sanity checks of a run",
+    "predict": "class probabilities of image files, one JSON line each",
+    "bench": "the engine's speed against a plain torchvision loop",
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m engine COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<9} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "python -m engine COMMAND --help shows a command's options."]
     return "\n".join(lines)
 
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    module = importlib.import_module(COMMANDS[command][0])
+    # Imported only now, so that the usage above does not wait for PyTorch.
+    module = importlib.import_module(f"engine.commands.{command}")
     from .config import ConfigError
     from .data import DataError
     from .models import WeightsError

@@ -6,7 +6,6 @@ each split, computed by scikit-learn from exactly those predictions).
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -155,28 +154,3 @@ def fit_ood(run_dir: Path, features: dict[str, np.ndarray], train_labels: np.nda
     log.info("out-of-distribution check: threshold %.2f (%.0f%% of val); test images flagged: %s",
              detector.threshold, 100 * detector.quantile, summary["flagged_fraction"].get("test"))
     return summary
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="run folder")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    parser.add_argument("--splits", default="val,test", help="comma-separated splits to evaluate")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--context-split", default="test", metavar="SPLIT",
-                        help="with leukocyte masks, also classify this split without cells and without background "
-                        "(context.json; '' to skip)")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    result = evaluate(args.run, checkpoint=args.checkpoint, splits=tuple(args.splits.split(",")),
-                      n_bootstrap=args.bootstrap, device=args.device, context_split=args.context_split)
-    for split, m in result["splits"].items():
-        lo, hi = m["accuracy_ci95"]
-        print(f"{split}: accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {m['macro_f1']:.4f}, "
-              f"n={m['n']}")
-    print(args.run)
-    return 0

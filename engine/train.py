@@ -10,7 +10,6 @@ beyond PyTorch and NumPy, so it runs on a GPU machine's stock PyTorch; scikit-le
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import logging
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import background, runs
-from .config import GRAPHING_COMPILE_MODES, Config, ConfigError, build_config, config_from_dict, parse_overrides
+from .config import GRAPHING_COMPILE_MODES, Config, ConfigError
 from .data import has_masks, load_mask_cache, read_manifest
 from .inference import (
     Data,
@@ -488,42 +487,3 @@ def fit(
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     with (Path(run_dir) / runs.HISTORY).open(newline="") as handle:
         return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine train", description="Train a DenseNet on prepared data.")
-    parser.add_argument("--data", type=Path, help="prepared data folder (from `prepare`)")
-    parser.add_argument("--preset", default="cpu-quick", help="preset name or JSON file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/runs"), help="folder for new run folders")
-    parser.add_argument("--name", help="run id (default: timestamp)")
-    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run folder")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.resume:
-        run_dir = args.resume
-        saved = runs.read_json(run_dir / runs.CONFIG)
-        prepared, preset = Path(saved.pop("data_dir")), saved.pop("preset", None)
-        cfg = config_from_dict(saved)
-        if runs.is_complete(run_dir):
-            log.info("%s is already complete", run_dir)
-            print(run_dir)
-            return 0
-        fit(cfg, prepared, run_dir, preset=preset, resume=(run_dir / runs.CHECKPOINTS / "last.pt").is_file())
-    else:
-        if args.data is None:
-            raise ConfigError("--data is required (the folder written by `python -m engine prepare`)")
-        cfg = build_config(args.preset, parse_overrides(args.overrides))
-        run_dir = args.out / (args.name or runs.new_run_id())
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"{run_dir} already exists and is not empty; choose another --name")
-        fit(cfg, args.data, run_dir, preset=args.preset)
-    print(run_dir)
-    return 0

@@ -1,7 +1,7 @@
 import json
 from pathlib import Path
 
-from engine.bench import main
+from engine.commands.bench import main
 
 
 def test_bench_measures_both_loops_and_writes_its_report(prepared_tiny, tmp_path, capsys):

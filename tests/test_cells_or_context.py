@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import evaluate, train
+from engine.commands import evaluate, train
 from engine.data import prepare
 from engine.explain.pipeline import ExplainOptions, explain_run
 from tests.conftest import CLASS_FOLDERS

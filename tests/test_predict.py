@@ -3,7 +3,7 @@ import json
 import torch
 from PIL import Image
 
-from engine.predict import main
+from engine.commands.predict import main
 
 
 def test_predict_answers_good_files_and_explains_bad_ones(trained_tiny_run, tmp_path, capsys):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from engine import inference, runs, train
+from engine.commands import train as train_command
 from engine.config import build_config
 from engine.models import WeightsError, create_model
 from engine.train import augment, fit
@@ -65,7 +66,7 @@ def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path):
     with pytest.raises(Interrupt):
         fit(cfg, prepared_tiny, tmp_path / "resumed", on_epoch=stop_after_two)
     assert not runs.is_complete(tmp_path / "resumed")
-    assert train.main(["--resume", str(tmp_path / "resumed")]) == 0
+    assert train_command.main(["--resume", str(tmp_path / "resumed")]) == 0
     assert runs.is_complete(tmp_path / "resumed")
     history = (tmp_path / "resumed" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]

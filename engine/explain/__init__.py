@@ -8,7 +8,8 @@ The package is a thin layer over pytorch-grad-cam, one module per concern:
     figures.py       overlays, stage panels, multi-layer and side-by-side views (pure)
     stages.py        per-stage summaries of the maps (pure)
     pipeline.py      ``explain_run`` and ``compare_runs``: fill ``RUN/cams/``
-    cli.py           the command line
+
+The command line is ``engine/commands/explain.py``.
 
 Nothing is imported here, so ``import engine.explain`` costs nothing.
 """

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .data import prepare
+from ..config import ConfigError
+from ..data import load_cache, prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,8 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-
     try:
         fractions = tuple(float(x) for x in args.split.split(","))
     except ValueError:
@@ -41,8 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
                      derive_masks=args.derived_masks)
     if args.cache_size:
-        from .data import load_cache
-
         for size in args.cache_size:
             load_cache(args.out, size)
     print(f"{report['images']} images ({report['files_found']} files, {len(report['rejected'])} rejected, "

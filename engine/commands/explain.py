@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..explain.faithfulness import DEFAULT_PERCENTILES
+from ..explain.methods import METHOD_NAMES
+from ..explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
 from ..models import CAM_LAYERS
-from .faithfulness import DEFAULT_PERCENTILES
-from .methods import METHOD_NAMES
-from .pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
 
 
 def _names(choices: tuple[str, ...], what: str):

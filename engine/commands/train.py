@@ -1,0 +1,49 @@
+"""``python -m engine train``: train a DenseNet on prepared data into a new run folder, or resume one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .. import runs
+from ..config import ConfigError, build_config, config_from_dict, parse_overrides
+from ..train import fit
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine train", description="Train a DenseNet on prepared data.")
+    parser.add_argument("--data", type=Path, help="prepared data folder (from `prepare`)")
+    parser.add_argument("--preset", default="cpu-quick", help="preset name or JSON file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config key (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/runs"), help="folder for new run folders")
+    parser.add_argument("--name", help="run id (default: timestamp)")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        run_dir = args.resume
+        saved = runs.read_json(run_dir / runs.CONFIG)
+        prepared, preset = Path(saved.pop("data_dir")), saved.pop("preset", None)
+        cfg = config_from_dict(saved)
+        if runs.is_complete(run_dir):
+            log.info("%s is already complete", run_dir)
+            print(run_dir)
+            return 0
+        fit(cfg, prepared, run_dir, preset=preset, resume=(run_dir / runs.CHECKPOINTS / "last.pt").is_file())
+    else:
+        if args.data is None:
+            raise ConfigError("--data is required (the folder written by `python -m engine prepare`)")
+        cfg = build_config(args.preset, parse_overrides(args.overrides))
+        run_dir = args.out / (args.name or runs.new_run_id())
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} already exists and is not empty; choose another --name")
+        fit(cfg, args.data, run_dir, preset=args.preset)
+    print(run_dir)
+    return 0
