@@ -2,7 +2,7 @@
 
 The folder is built in a hidden sibling and swapped in at the end, so a reader (the
 dashboard) sees either the previous complete folder or the new one, never a mix. Its
-layout is the contract documented in the README ("Explanations: reading the cams/ folder").
+layout is the contract documented in docs/run-folder.md (`cams/`).
 """
 
 from __future__ import annotations
@@ -444,13 +444,31 @@ def multilayer_figure(image: np.ndarray, maps: dict[str, np.ndarray], *, method:
 # ----------------------------------------------------------------------------- compare
 
 
+def class_path(row: dict[str, Any]) -> str:
+    """An image's class and its path inside the class folder: the same for an image and its segmented copy."""
+    return f"{row['class']}/{row['path'].split('/', 1)[-1]}"
+
+
+def match_images(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[int, int]:
+    """Pairs (index in ``a`` -> index in ``b``) of the same image: by sha256, else by class and path."""
+    by_sha = {r["sha256"]: j for j, r in enumerate(b)}
+    by_path = {class_path(r): j for j, r in enumerate(b)}
+    pairs = {}
+    for i, row in enumerate(a):
+        j = by_sha.get(row["sha256"], by_path.get(class_path(row)))
+        if j is not None:
+            pairs[i] = j
+    return pairs
+
+
 def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: str = "norm5", split: str = "test",
                  checkpoint: str = "best", images: int = 8, device: str = "auto", batch_size: int = 32,
                  seed: int = 0) -> Path:
     """Both runs' maps (predicted class) on the same images of ``split``; return the folder.
 
-    Images are matched by sha256, so the runs may use different prepared folders or
-    resolutions. Writes ``run_a/cams/compare/<run_b name>/``: compare.png, compare.csv
+    Images are matched by sha256, else by their path inside the class folder (an image and
+    its segmented copy), so the runs may use different prepared folders, resolutions or
+    image versions. Writes ``run_a/cams/compare/<run_b name>/``: compare.png, compare.csv
     (with the Spearman correlation of the two maps at run A's resolution), the overlays
     and meta.json with both checkpoints.
     """
@@ -460,12 +478,13 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
     check_layer(layer)
     a = load_run(Path(run_a), checkpoint=checkpoint, device=device, split=split, seed=seed)
     b = load_run(Path(run_b), checkpoint=checkpoint, device=device, split=split, seed=seed)
-    in_b = {r["sha256"]: i for i, r in enumerate(b.rows)}
-    common = np.array([i for i, r in enumerate(a.rows) if r["sha256"] in in_b], dtype=np.int64)
-    if len(common) == 0:
-        raise ValueError(f"the {split} splits of {run_a} and {run_b} share no image (compared by sha256)")
+    pairs = match_images(a.rows, b.rows)
+    if not pairs:
+        raise ValueError(f"the {split} splits of {run_a} and {run_b} share no image (by sha256 or by path inside "
+                         "the class folder)")
+    common = np.array(sorted(pairs), dtype=np.int64)
     common = common[stratified(a.true[common], images, seed)]
-    other = np.array([in_b[a.rows[i]["sha256"]] for i in common], dtype=np.int64)
+    other = np.array([pairs[i] for i in common], dtype=np.int64)
     maps_a = compute_maps(a.model, a.inputs(common), method, layer, a.pred[common], batch_size=batch_size)
     maps_b = compute_maps(b.model, b.inputs(other), method, layer, b.pred[other], batch_size=batch_size)
     out = Path(run_a) / runs.CAMS / "compare" / Path(run_b).name
