@@ -10,19 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from engine.data import load_image
-from engine.inference import to_input
-from engine.models import get_layer
 from engine.predict import Predictor
 from engine.runs import CLASSES
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024
-CAM_LAYER = "norm5"
 
 
 def load_model(run_dir: Path | str) -> Predictor:
@@ -38,14 +32,12 @@ def preprocess(data: bytes, size: int) -> np.ndarray:
 
 
 def predict(predictor: Predictor, image: np.ndarray, target: int | None = None) -> dict[str, Any]:
-    """Stage probabilities, the Grad-CAM (layer norm5) of ``target`` (default: the predicted stage) and,
-    when the run has one, the image's out-of-distribution distance and threshold."""
+    """Stage probabilities, the map (the explanation defaults' first method and layer) of ``target``
+    (default: the predicted stage) and, when the run has one, the image's out-of-distribution distance."""
     proba, distance = predictor.scores(image[None])
     proba = proba[0]
     k = int(proba.argmax()) if target is None else int(target)
-    x = to_input(torch.from_numpy(np.array(image[None])), torch.device("cpu"), channels_last=False)
-    with GradCAM(model=predictor.model, target_layers=[get_layer(predictor.model, CAM_LAYER)]) as cam:
-        heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
+    heat = predictor.explain(image, k)
     overlay = show_cam_on_image(image.astype(np.float32) / 255, heat, use_rgb=True)
     detector = predictor.ood
     return {"probabilities": {c: float(p) for c, p in zip(CLASSES, proba, strict=False)},

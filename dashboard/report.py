@@ -35,7 +35,7 @@ class Findings:
     split: str = "test"
     stages: list[str] = field(default_factory=lambda: list(loaders.CLASSES))
     methods: list[str] = field(default_factory=list)  # empty: every method of cams/
-    layer: str | None = None  # None: norm5 when present
+    layer: str | None = None  # None: the layer explain listed first
     images: dict[str, list[str]] = field(default_factory=dict)  # stage -> sha256 list; missing: automatic pick
     per_stage: int = 4
     title: str = "ALL stage classifier: findings"
@@ -135,7 +135,8 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
         warnings.append(f"no Grad-CAM maps: {exc}")
     if index is not None:
         layers = sorted(index["layer"].unique())
-        layer = findings.layer if findings.layer in layers else ("norm5" if "norm5" in layers else layers[0])
+        # Default: the layer explain listed first (index.csv's first row), the one it scored.
+        layer = findings.layer if findings.layer in layers else str(index["layer"].iloc[0])
         methods = [x for x in findings.methods if x in set(index["method"])] or sorted(index["method"].unique())
         for stage in findings.stages:
             if stage not in loaders.CLASSES:

@@ -113,6 +113,11 @@ def cams_index(run: RunInfo):
         return None
 
 
+def first_explained(index: Any, column: str) -> str:
+    """The method or layer `explain` listed first (the one it scored and summarised): index.csv's first row."""
+    return str(index[column].iloc[0])
+
+
 def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:
     """Show an image file from inside the outputs folder, or a placeholder when it is missing."""
     if path is None:

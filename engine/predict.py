@@ -8,6 +8,7 @@ whether the image looks out of distribution. The dashboard's Predict page uses i
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,22 @@ class Predictor:
         self.run_dir = Path(run_dir)
         path = self.run_dir / ood.FILE
         self.ood = ood.OODDetector.load(path) if path.is_file() else None
+        # Maps attach hooks to the one shared model: callers on several threads (dashboard sessions) take turns.
+        self._map_lock = threading.Lock()
         if self.ood is None:
             log.warning("%s has no %s: no out-of-distribution check (run `python -m engine evaluate %s`)",
                         self.run_dir, ood.FILE, self.run_dir)
+
+    def explain(self, image: np.ndarray, target: int, method: str | None = None,
+                layer: str | None = None) -> np.ndarray:
+        """The map (H, W in [0, 1]) of ``target`` for one uint8 HWC image, by the engine's CAM code;
+        method and layer default to the explanation defaults (engine.explain.pipeline)."""
+        from .explain.methods import compute_maps
+        from .explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
+
+        x = to_input(torch.from_numpy(np.array(image[None])), self.device, channels_last=False)
+        with self._map_lock:
+            return compute_maps(self.model, x, method or DEFAULT_METHODS[0], layer or DEFAULT_LAYERS[0], [target])[0]
 
     def preprocess(self, source: Path | bytes) -> np.ndarray:
         """The image as the model sees it (uint8 HWC); ValueError with a reason otherwise."""

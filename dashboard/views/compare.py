@@ -103,7 +103,8 @@ with ui.section("Maps"):
             f = st.columns([2, 2, 2, 2])
             method = f[0].selectbox("Method", methods, key="cmp_method")
             layer = f[1].selectbox("Layer", layers, key="cmp_layer",
-                                   index=layers.index("norm5") if "norm5" in layers else 0)
+                                   index=layers.index(ui.first_explained(ia, "layer"))
+                                   if ui.first_explained(ia, "layer") in layers else 0)
             if cell:
                 f[2].markdown(f"**Cell of run {cell[0]}**  \ntrue {cell[1]} → predicted {cell[2]}")
                 if f[2].button("Show all cells", key="cmp_clear_cell"):

@@ -38,7 +38,7 @@ with_evidence = c[3].toggle("Evidence slides", True, key="present_evidence",
 chosen: dict[str, list[str]] = {}
 if index is not None and stages:
     layers = sorted(index["layer"].unique())
-    layer = "norm5" if "norm5" in layers else layers[0]
+    layer = ui.first_explained(index, "layer")
     with st.expander("Choose the images of each stage (default: the most confident errors, then correct ones)"):
         for stage in stages:
             cand = report.stage_candidates(index, stage, layer)

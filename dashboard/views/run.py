@@ -88,9 +88,10 @@ if metrics is not None and split in metrics["splits"]:
         index = ui.cams_index(run)
         methods = sorted(index["method"].unique()) if index is not None else []
         layers = sorted(index["layer"].unique()) if index is not None else []
-        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
+        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method",
+                                   index=methods.index(ui.first_explained(index, "method")) if methods else 0)
         layer = pick[3].selectbox("Layer", layers or ["(none)"], key="cell_layer",
-                                  index=layers.index("norm5") if "norm5" in layers else 0)
+                                  index=layers.index(ui.first_explained(index, "layer")) if layers else 0)
         pred_rows = data["predictions"]
         if pred_rows is None:
             st.warning("predictions.csv is missing: cannot list the cell's images.", icon=":material/warning:")

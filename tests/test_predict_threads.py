@@ -1,0 +1,24 @@
+"""One loaded model, many dashboard sessions: maps computed at once equal maps computed alone."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from engine.data import load_image, read_manifest
+from engine.predict import Predictor
+
+
+def test_concurrent_maps_on_one_model_match_the_maps_computed_alone(trained_tiny_run: Path, prepared_tiny: Path):
+    predictor = Predictor(trained_tiny_run, "best", "cpu")
+    root = Path(json.loads((prepared_tiny / "data_report.json").read_text())["data_dir"])
+    images = [load_image(root / r["path"], predictor.cfg.image_size) for r in read_manifest(prepared_tiny)[:8]]
+    alone = [predictor.explain(image, k % 4) for k, image in enumerate(images)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda item: predictor.explain(item[1], item[0] % 4), enumerate(images * 3)))
+    for k, heat in enumerate(together):
+        np.testing.assert_allclose(heat, alone[k % len(images)], atol=1e-6)
+    assert not any(m._forward_hooks or m._backward_hooks for m in predictor.model.modules())  # hooks released
