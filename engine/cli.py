@@ -12,6 +12,7 @@ COMMANDS = {
     "train": "train a DenseNet into a new run folder",
     "evaluate": "metrics, intervals and calibration of a trained run",
     "explain": "Grad-CAM maps, faithfulness and sanity checks of a run",
+    "evidence": "context reliance and leukocyte localisation of runs, as Markdown tables",
     "predict": "class probabilities of image files, one JSON line each",
     "bench": "the engine's speed against a plain torchvision loop",
 }

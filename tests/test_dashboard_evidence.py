@@ -82,3 +82,19 @@ def test_outline_draws_the_mask_border_only_and_scales_a_smaller_mask():
     assert green[20, 20:22].sum() == 2  # the left border of the (upscaled) square, around x = 20
     assert not green[40, 40]  # the inside stays as it was
     assert green.sum() < 0.1 * green.size
+
+
+def test_engine_evidence_command_prints_the_run_folders_tables(tmp_path):
+    from engine import runs
+    from engine.commands.evidence import main
+
+    run = tmp_path / "run-a"
+    runs.write_json(run / runs.CONTEXT, context_summary(34))
+    runs.write_json(run / runs.CAMS / runs.LOCALISATION, localisation_summary())
+    from engine.evidence import report
+
+    text = report([run], [("good", "norm5")])
+    assert "| run-a | all | 40 | 100.0%" in text and "| 85.0% (" in text  # 34 of 40 kept without cells
+    assert "| run-a | good | norm5 |" in text and "points at the leukocytes" in text
+    assert "| run-a | good at norm5 | early |" in text and "| run-a | blob at norm5 |" not in text
+    assert main([str(run)]) == 0

@@ -1,0 +1,90 @@
+"""The evidence of one or more runs as Markdown tables: context reliance and leukocyte localisation.
+
+Reads ``context.json`` (``evaluate``) and ``cams/localisation.json`` (``explain``) and prints
+them as the docs show them, so every figure there comes from ``python -m engine evidence RUN``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import runs
+from .runs import CLASSES, LOCALISATION_VERDICTS
+
+VARIANT_TITLES = {"original": "as they are", "cells_removed": "leukocytes removed",
+                  "background_removed": "background removed"}
+
+
+def _pct(block: dict[str, Any]) -> str:
+    if block.get("accuracy") is None:
+        return "n/a"
+    low, high = block["ci95"]
+    return f"{block['accuracy']:.1%} ({low:.1%}-{high:.1%})"
+
+
+def _stat(block: dict[str, Any]) -> str:
+    if block.get("mean") is None:
+        return "n/a"
+    low, high = block["ci95"]
+    return f"{block['mean']:.2f}" + (f" ({low:.2f}-{high:.2f})" if low is not None else "")
+
+
+def context_table(contexts: dict[str, dict[str, Any]]) -> str:
+    """Accuracy per run and stage on the test images as they are, without leukocytes, without background."""
+    lines = ["| run | stage | n | " + " | ".join(VARIANT_TITLES.values()) + " |",
+             "|---|---|---|" + "---|" * len(VARIANT_TITLES)]
+    for name, context in contexts.items():
+        variants = context["variants"]
+        for stage in (*CLASSES, "all"):
+            blocks = [variants[v]["all"] if stage == "all" else variants[v]["per_stage"][stage]
+                      for v in VARIANT_TITLES if v in variants]
+            lines.append(f"| {name} | {stage} | {blocks[0]['n']} | " + " | ".join(_pct(b) for b in blocks) + " |")
+    return "\n".join(lines)
+
+
+def ranking_table(localised: dict[str, dict[str, Any]]) -> str:
+    """Every method x layer of each run, best localising first."""
+    lines = ["| run | method | layer | concentration | pointing | verdict |", "|---|---|---|---|---|---|"]
+    for name, summary in localised.items():
+        for r in summary["ranking"]:
+            lines.append(f"| {name} | {r['method']} | {r['layer']} | {r['concentration']:.2f} | {r['pointing']:.2f} | "
+                         f"{LOCALISATION_VERDICTS[r['verdict']]} |")
+    return "\n".join(lines)
+
+
+def stage_table(localised: dict[str, dict[str, Any]], pairs: Sequence[tuple[str, str]]) -> str:
+    """Per stage, for the chosen method x layer pairs: the maps against both baselines, with 95% intervals."""
+    lines = ["| run | method at layer | stage | concentration | centred blob | shuffled | pointing | "
+             "pointing, blob | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, summary in localised.items():
+        for result in summary["results"]:
+            if (result["method"], result["layer"]) not in pairs:
+                continue
+            for stage, block in {**result["per_stage"], "all": result["all"]}.items():
+                lines.append(
+                    f"| {name} | {result['method']} at {result['layer']} | {stage} | "
+                    f"{_stat(block['map']['concentration'])} | {_stat(block['centre']['concentration'])} | "
+                    f"{_stat(block['shuffled']['concentration'])} | {_stat(block['map']['pointing'])} | "
+                    f"{_stat(block['centre']['pointing'])} | {LOCALISATION_VERDICTS[block['verdict']]} |")
+    return "\n".join(lines)
+
+
+def report(run_dirs: Sequence[Path], pairs: Sequence[tuple[str, str]] = ()) -> str:
+    """All three tables for the runs that have the files; each run named by its folder."""
+    contexts, localised = {}, {}
+    for run in map(Path, run_dirs):
+        if (run / runs.CONTEXT).is_file():
+            contexts[run.name] = runs.read_json(run / runs.CONTEXT)
+        if (run / runs.CAMS / runs.LOCALISATION).is_file():
+            localised[run.name] = runs.read_json(run / runs.CAMS / runs.LOCALISATION)
+    parts = []
+    if contexts:
+        parts += ["Accuracy on the test images (Wilson 95% intervals):", "", context_table(contexts)]
+    if localised:
+        chosen = list(pairs) or sorted({(r["method"], r["layer"]) for s in localised.values()
+                                        for r in s["ranking"][:1]})
+        parts += ["", "Method x layer, best localising first (mean over stages):", "", ranking_table(localised),
+                  "", "Per stage (bootstrap 95% intervals):", "", stage_table(localised, chosen)]
+    return "\n".join(parts) if parts else "no context.json or cams/localisation.json in these runs"
