@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 import warnings
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .progress import progress
 from .runs import CLASSES, atomic_write_bytes, atomic_write_text, read_json, write_json
@@ -58,7 +59,11 @@ def _class_of(folder_name: str) -> str | None:
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for child in sorted(folder.iterdir()):
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: folder not readable: {exc.strerror or exc}") from None
+    for child in children:
         if child.is_dir() and not child.name.startswith("."):
             cls = _class_of(child.name)
             if cls is not None:
@@ -89,21 +94,177 @@ def find_class_dirs(data_dir: Path) -> dict[str, Path]:
     return {c: found[c] for c in CLASSES}
 
 
-def list_files(folder: Path) -> list[Path]:
-    """Every non-hidden file below ``folder``, in a stable order."""
-    files = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-    return files
+def _entry_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as text that can always be written: bytes that are not UTF-8 appear as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+@dataclass
+class Scan:
+    """What lies below a class folder: the regular files to read, and everything else with its reason."""
+
+    files: list[Path]
+    skipped: list[tuple[Path, str]]  # (path, reason): symbolic links, special files, unreadable entries
+    hidden: int = 0  # entries whose name starts with "." (and what lies below them), ignored by rule
+
+
+def scan_folder(folder: Path) -> Scan:
+    """Every non-hidden entry below ``folder``, in a stable order (a folder's files, then its subfolders).
+
+    Only regular files are read later. Symbolic links are neither followed nor read, whether to
+    files or folders (they could lead outside the data folder, loop, or count an image twice);
+    FIFOs, sockets and devices are never opened; a folder that cannot be listed is reported.
+    """
+    scan = Scan([], [])
+
+    def walk(directory: Path) -> None:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            scan.skipped.append((directory, f"folder not readable: {exc.strerror or exc}"))
+            return
+        subfolders = []
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                scan.hidden += 1
+                continue
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                scan.skipped.append((path, f"unreadable: {exc.strerror or exc}"))
+                continue
+            if stat.S_ISLNK(mode):
+                scan.skipped.append((path, "symbolic link: not followed (links inside class folders are never "
+                                           "followed; copy the file or folder in)"))
+            elif stat.S_ISDIR(mode):
+                subfolders.append(path)
+            elif stat.S_ISREG(mode):
+                scan.files.append(path)
+            else:
+                scan.skipped.append((path, f"not a regular file ({_entry_kind(mode)})"))
+        for sub in subfolders:
+            walk(sub)
+
+    walk(Path(folder))
+    return scan
 
 
 # ----------------------------------------------------------------------------- decoding
 
+# An image far wider than high (or the reverse) is not a smear photograph, and resizing its short
+# side to the model's input would ask for gigabytes (a 1 x 20,000 PNG at 224 px: 224 x 4.5 million).
+# Every image of the ALL data set is square; 10:1 leaves room for any real crop or strip.
+MAX_ASPECT = 10
+# The most pixels one resize may produce before its centre crop (at most MAX_ASPECT x size^2 normally).
+MAX_RESIZE_PIXELS = MAX_PIXELS
+# Far above any smear image (an uncompressed 40-megapixel 16-bit RGBA TIFF is 320 MB).
+MAX_FILE_BYTES = 512 * 2**20
+# Colour modes with one defined conversion to 8-bit RGB. 16-bit ("I;16*") and float ("F") are
+# converted here; signed or 32-bit integers ("I"), Lab, HSV and the like have no known scale.
+_CONVERTIBLE_MODES = {"1", "L", "P", "RGB", "RGBA", "RGBX", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr"}
 
-def open_rgb(source: Path | bytes) -> Image.Image:
-    """Decode an image file fully and return it as RGB; raise ValueError with a reason."""
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+
+def read_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> bytes:
+    """The bytes of a regular file; ValueError with a reason for anything else.
+
+    The file is checked with ``stat`` before it is opened, so a FIFO (which would block), a socket
+    or a device is never opened, and checked again on the open descriptor, so one swapped in
+    between is refused too. ``follow_symlinks=False``: a symbolic link is refused, not followed.
+    """
+    try:
+        mode = (os.stat if follow_symlinks else os.lstat)(path).st_mode
+    except OSError as exc:
+        raise ValueError(f"unreadable: {exc.strerror or exc}") from None
+    if not follow_symlinks and stat.S_ISLNK(mode):
+        raise ValueError("symbolic link: not followed")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"not a regular file ({_entry_kind(mode)})")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ValueError(f"unreadable: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"not a regular file ({_entry_kind(info.st_mode)})")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ValueError(f"file too large ({info.st_size / 2**20:.0f} MB; the limit is "
+                             f"{MAX_FILE_BYTES // 2**20} MB)")
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ValueError(f"unreadable: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:  # grew after the check
+        raise ValueError(f"file too large (over {MAX_FILE_BYTES // 2**20} MB)")
+    return data
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: Image.Image  # 8-bit RGB, upright
+    mode: str  # the file's colour mode before conversion ("RGB", "I;16", "F", ...)
+    oriented: bool  # an EXIF orientation other than "upright" was applied
+
+
+def _check_shape(width: int, height: int) -> None:
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ValueError(f"extreme aspect ratio {width}x{height} (more than {MAX_ASPECT}:1): not a smear image, "
+                         "and resizing it would need far too much memory")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB with every value scaled by the file's real range; ValueError where there is none."""
+    mode = image.mode
+    if mode.startswith("I;16") and not mode.endswith("S"):
+        # 16-bit grey: keep the high byte, i.e. scale by the full 16-bit range (PNG and TIFF samples
+        # span it), as Pillow itself does for 16-bit colour. Pillow's own convert clips at 255: all white.
+        return Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        # Float samples have a defined scale only as [0, 1] (Pillow's convert truncates: all black).
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("float pixels include NaN or infinity")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 1:
+            raise ValueError(f"float pixels span [{low:g}, {high:g}]: only [0, 1] has a known scale to 8 bits")
+        return Image.fromarray(np.rint(values * 255).astype(np.uint8), "L").convert("RGB")
+    if mode not in _CONVERTIBLE_MODES:
+        what = f"colour mode {mode}" + (" (signed or 32-bit integer pixels)" if mode.startswith("I") else "")
+        raise ValueError(f"{what} has no known conversion to 8-bit RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "P", "PA"):
+        # Composite transparency on white rather than black, which would read as stain.
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+def _is_tiff(data: bytes) -> bool:
+    return data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def decode(source: str | os.PathLike[str] | bytes) -> Decoded:
+    """The one decoding of an image file (prepare, the cache, predict, the dashboard, segmented masks).
+
+    Returns it upright (EXIF orientation applied) as 8-bit RGB with every sample scaled by its real
+    range, or raises ValueError with the reason it cannot be used: never wrong pixels. A path is read
+    only if it is a regular file (``read_regular``).
+    """
+    data = source if isinstance(source, bytes) else read_regular(source)
     if not data:
         raise ValueError("empty file (0 bytes)")
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
@@ -115,40 +276,79 @@ def open_rgb(source: Path | bytes) -> Image.Image:
             try:
                 image = Image.open(io.BytesIO(data))
             except UnidentifiedImageError:
+                if _is_tiff(data):
+                    raise ValueError("a TIFF that Pillow cannot decode (float colour, 64-bit or half-float "
+                                     "samples, or an unsupported compression)") from None
                 raise ValueError("not an image (no known image format)") from None
             if image.format not in ACCEPTED_FORMATS:
                 raise ValueError(f"unsupported format {image.format}; accepted: JPEG, PNG, BMP, TIFF")
+            frames = getattr(image, "n_frames", 1)
+            # An MPO's first image is its primary picture by definition (the others are previews or
+            # stereo views); an animated PNG or multi-page TIFF has no one image to classify.
+            if frames > 1 and image.format != "MPO":
+                kind = "an animated PNG" if image.format == "PNG" else f"a multi-page {image.format}"
+                raise ValueError(f"{kind} of {frames} frames: which one to classify is unknown; "
+                                 "save the frame to use as a file of its own")
+            _check_shape(*image.size)
+            # Pillow turns a TIFF upright itself while loading it (and drops the tag): read it first.
+            tiff_orientation = image.tag_v2.get(ExifTags.Base.Orientation, 1) if image.format == "TIFF" else 1
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"decompression bomb: {exc}") from None
-    except OSError as exc:
+    except MemoryError:
+        raise ValueError("out of memory while decoding") from None
+    except ValueError:
+        raise
+    except Exception as exc:  # a crafted file can make a decoder raise nearly anything
         raise ValueError(f"corrupt or truncated image: {exc}") from None
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    if image.mode in ("RGBA", "LA", "P", "PA"):
-        # Composite transparency on white rather than black, which would read as stain.
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
+    mode = image.mode
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        # Orientation 1 is upright; a value outside 1-8 is ignored by exif_transpose (and by viewers).
+        upright = ImageOps.exif_transpose(image)
+    except MemoryError:
+        raise ValueError("out of memory while turning it upright") from None
+    except Exception as exc:  # malformed EXIF can raise nearly anything: the orientation cannot be known
+        raise ValueError(f"unreadable EXIF metadata, so the orientation is unknown: {exc}") from None
+    try:
+        return Decoded(_to_rgb(upright), mode, orientation in range(2, 9) or tiff_orientation in range(2, 9))
+    except MemoryError:
+        raise ValueError("out of memory while converting it to RGB") from None
+
+
+def open_rgb(source: str | os.PathLike[str] | bytes) -> Image.Image:
+    """Decode an image file fully and return it upright as RGB; raise ValueError with a reason (``decode``)."""
+    return decode(source).image
 
 
 def resize_square(image: Image.Image, size: int,
                   resample: Image.Resampling = Image.Resampling.BICUBIC) -> np.ndarray:
-    """Resize the short side to ``size`` and centre-crop: the one preprocessing for all paths."""
+    """Resize the short side to ``size`` and centre-crop: the one preprocessing for all paths.
+
+    ValueError (never a multi-gigabyte allocation) for a shape beyond ``MAX_ASPECT`` or a resize
+    larger than ``MAX_RESIZE_PIXELS``.
+    """
     width, height = image.size
+    _check_shape(width, height)
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), resample)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, dtype=np.uint8)
+    if new_w * new_h > MAX_RESIZE_PIXELS:
+        raise ValueError(f"resizing {width}x{height} to {new_w}x{new_h} would exceed {MAX_RESIZE_PIXELS:,} pixels")
+    try:
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), resample)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        return np.asarray(image, dtype=np.uint8)
+    except MemoryError:
+        raise ValueError(f"out of memory resizing {width}x{height} to {new_w}x{new_h}") from None
 
 
-def load_image(path: Path | bytes, size: int) -> np.ndarray:
-    """An image file as the model sees it: RGB, ``size`` x ``size``, uint8 HWC."""
-    return resize_square(open_rgb(path), size)
+def load_image(source: str | os.PathLike[str] | bytes, size: int) -> np.ndarray:
+    """An image file as the model sees it: RGB, ``size`` x ``size``, uint8 HWC; ValueError with a reason."""
+    return resize_square(open_rgb(source), size)
 
 
 @dataclass(frozen=True)
@@ -167,6 +367,7 @@ class Checked:
     segmented_problem: str = ""
     derived_problem: str = ""
     mask_agreement: float | None = None
+    oriented: bool = False  # turned upright by its EXIF orientation
 
 
 @dataclass(frozen=True)
@@ -182,12 +383,12 @@ def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
     from . import masks
 
     segmented, problem = None, ""
-    path = Path(job.mask_file or "")
-    if not job.mask_file or not path.is_file():
+    if not job.mask_file or not os.path.lexists(job.mask_file):
         problem = "missing"
     else:
         try:
-            segmented = np.asarray(open_rgb(path))
+            # The images' rules: only a regular file, no symbolic link, decoded like the image.
+            segmented = np.asarray(open_rgb(read_regular(job.mask_file, follow_symlinks=False)))
         except ValueError as exc:
             problem = f"unreadable: {exc}"
     chosen = masks.choose(np.asarray(image), segmented, problem, job.derive_masks)
@@ -202,27 +403,34 @@ def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
 
 
 def _check_file(job: FileJob) -> Checked:
+    try:
+        return _check_file_unguarded(job)
+    except MemoryError:
+        # One huge file must not end prepare: it is rejected like any other unusable file.
+        return Checked(job.rel, job.cls, "", reason="out of memory while checking it")
+
+
+def _check_file_unguarded(job: FileJob) -> Checked:
     rel, cls = job.rel, job.cls
     try:
-        data = Path(job.full).read_bytes()
-    except OSError as exc:
-        return Checked(rel, cls, "", reason=f"unreadable: {exc.strerror}")
+        # Inside the data folder a symbolic link is never followed (scan_folder reports them).
+        data = read_regular(job.full, follow_symlinks=False)
+    except ValueError as exc:
+        return Checked(rel, cls, "", reason=str(exc))
     sha = hashlib.sha256(data).hexdigest()
     try:
-        original_mode = Image.open(io.BytesIO(data)).mode if data else ""
-    except Exception:
-        original_mode = ""
-    try:
-        image = open_rgb(data)
+        decoded = decode(data)
     except ValueError as exc:
         return Checked(rel, cls, sha, reason=str(exc))
+    image = decoded.image
     mask = _check_mask(job, image) if job.mask_file is not None else {}
     try:
         import imagehash
     except ImportError:  # a bare GPU machine: prepare still runs, without the near-duplicate check
-        return Checked(rel, cls, sha, image.width, image.height, original_mode, phash=-1, **mask)
+        return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash=-1,
+                       oriented=decoded.oriented, **mask)
     phash = int(str(imagehash.phash(image)), 16)
-    return Checked(rel, cls, sha, image.width, image.height, original_mode, phash, **mask)
+    return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash, oriented=decoded.oriented, **mask)
 
 
 def _workers() -> int:
@@ -318,20 +526,33 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
     mask_dir = find_mask_dir(data_dir, masks)
     mask_dirs = _mask_files(mask_dir, class_dirs) if mask_dir else {}
     jobs = []
+    # Entries rejected before decoding: links, special files, unreadable folders, names that are not UTF-8.
+    refused: list[Checked] = []
+    hidden = 0
     for cls, folder in class_dirs.items():
-        files = list_files(folder)
-        if not files:
+        scan = scan_folder(folder)
+        hidden += scan.hidden
+        if not scan.files and not scan.skipped:
             raise DataError(f"class folder {folder} is empty: every class needs images")
-        for f in files:
+        for path, reason in scan.skipped:
+            refused.append(Checked(shown(path.relative_to(data_dir).as_posix()), cls, "", reason=reason))
+        for f in scan.files:
+            rel = f.relative_to(data_dir).as_posix()
+            try:
+                rel.encode("utf-8")  # the manifest is UTF-8 text: a name that is not cannot be written to it
+            except UnicodeEncodeError:
+                refused.append(Checked(shown(rel), cls, "", reason="file name is not valid UTF-8: rename it"))
+                continue
             # A mask pairs with its image by class folder and path inside it.
             # "": a mask is wanted but the mask folder lacks this class (reported as missing).
             mask_file = None if mask_dir is None else str(mask_dirs[cls] / f.relative_to(folder)) \
                 if cls in mask_dirs else ""
-            jobs.append(FileJob(str(f), f.relative_to(data_dir).as_posix(), cls, mask_file, derive_masks))
+            jobs.append(FileJob(str(f), rel, cls, mask_file, derive_masks))
 
     with ProcessPoolExecutor(_workers()) as pool:
         checked = list(progress(pool.map(_check_file, jobs, chunksize=32), total=len(jobs),
                                 desc="prepare: hash and decode", unit="img"))
+    checked += refused
 
     good = [c for c in checked if not c.reason]
     rejected = [{"path": c.path, "class": c.cls, "reason": c.reason} for c in checked if c.reason]
@@ -390,10 +611,13 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
         "class_dirs": {c: str(p) for c, p in class_dirs.items()},
         "seed": seed,
         "fractions": dict(zip(SPLITS, fractions, strict=True)),
-        "files_found": len(jobs),
+        "files_found": len(checked),
         "images": len(rows),
         "counts": counts,
+        "hidden_ignored": hidden,
         "modes_converted": dict(Counter(c.mode for c in good if c.mode != "RGB")),
+        "orientation_corrected": sum(c.oriented for c in good),
+        "limits": {"max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT, "max_file_bytes": MAX_FILE_BYTES},
         "duplicate_groups": [
             {"sha256": sha, "paths": [m.path for m in ms], "split": split_of[sha[:16]]}
             for sha, ms in sorted(by_hash.items()) if len(ms) > 1
@@ -490,16 +714,22 @@ def data_root(prepared: Path) -> Path:
 
 def _decode_for_cache(args: tuple[str, int]) -> np.ndarray:
     path, size = args
-    return load_image(Path(path), size)
+    try:
+        return load_image(Path(path), size)
+    except ValueError as exc:  # changed since prepare checked it
+        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
 
 
 def _decode_mask(args: tuple[str, int]) -> np.ndarray:
     path, size = args
     if not path:
         return np.zeros((size, size), dtype=bool)
+    try:
+        image = open_rgb(Path(path)).convert("L")
+    except ValueError as exc:
+        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
     # Bilinear, then half-way: the mask shrinks and grows like the image's edges do.
-    resized = resize_square(Image.open(path).convert("L"), size, Image.Resampling.BILINEAR)
-    return resized >= 128
+    return resize_square(image, size, Image.Resampling.BILINEAR) >= 128
 
 
 def _cached(prepared: Path, name: str, decode: Any, jobs: list[tuple[str, int]], shape: tuple[int, ...],

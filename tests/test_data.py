@@ -1,13 +1,25 @@
 import io
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
-from engine.data import DataError, find_class_dirs, load_cache, open_rgb, prepare, read_manifest
-from tests.conftest import write_image_folder
+from engine.data import (
+    DataError,
+    decode,
+    find_class_dirs,
+    load_cache,
+    load_image,
+    open_rgb,
+    prepare,
+    read_manifest,
+    read_regular,
+    resize_square,
+)
+from tests.conftest import add_segmented, write_image_folder
 
 
 def _rejected(report):
@@ -147,3 +159,200 @@ def test_prepare_without_imagehash_still_splits_and_says_near_duplicates_were_no
     full = prepare(image_folder, tmp_path / "full")
     assert full["near_duplicates_checked"] is True
     assert read_manifest(tmp_path / "bare") == read_manifest(tmp_path / "full")
+
+
+# ----------------------------------------------------------------------------- hostile pixels and shapes
+
+
+def _png16(samples: np.ndarray) -> bytes:
+    """A 16-bit PNG (grey for H x W, RGB for H x W x 3) written by hand: Pillow cannot save 16-bit colour."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    height, width = samples.shape[:2]
+    colour_type = 2 if samples.ndim == 3 else 0
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in samples)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_16_bit_png_is_scaled_by_its_bit_depth_not_clipped():
+    grey = np.array([[0, 257 * 60, 257 * 128, 65535]] * 4, dtype=np.uint16)
+    expected = np.array([0, 60, 128, 255], dtype=np.uint8)
+    for samples in (grey, np.stack([grey] * 3, axis=-1)):
+        pixels = np.asarray(open_rgb(_png16(samples)))
+        assert pixels.shape == (4, 4, 3)
+        assert (pixels[0, :, 0] == expected).all() and (pixels[..., 0] == pixels[..., 2]).all()
+    assert decode(_png16(grey)).mode == "I;16"
+
+
+def test_float_tiff_in_unit_range_is_scaled_and_any_other_refused():
+    values = np.array([[0.0, 0.25, 0.5, 1.0]] * 4, dtype=np.float32)
+    pixels = np.asarray(open_rgb(_encoded(Image.fromarray(values), "TIFF")))
+    assert pixels[0, :, 1].tolist() == [0, 64, 128, 255]
+    with pytest.raises(ValueError, match=r"float pixels span \[0, 1000\]"):
+        open_rgb(_encoded(Image.fromarray(values * 1000), "TIFF"))
+    with pytest.raises(ValueError, match="NaN"):
+        open_rgb(_encoded(Image.fromarray(np.full((4, 4), np.nan, np.float32)), "TIFF"))
+    with pytest.raises(ValueError, match=r"mode I \(signed or 32-bit"):
+        open_rgb(_encoded(Image.fromarray(np.full((4, 4), -5, np.int32)), "TIFF"))
+    tifffile = pytest.importorskip("tifffile")
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.full((4, 4, 3), 0.5, np.float32), photometric="rgb")  # Pillow cannot read it
+    with pytest.raises(ValueError, match="TIFF that Pillow cannot decode"):
+        open_rgb(buffer.getvalue())
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_exif_orientation_is_honoured(fmt):
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)  # left half red, right half blue, as stored
+    stored[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # displayed turned 90 degrees clockwise: the left half on top
+    decoded = decode(_encoded(Image.fromarray(stored), fmt, exif=exif))
+    pixels = np.asarray(decoded.image).astype(int)
+    assert decoded.image.size == (20, 40) and decoded.oriented
+    assert pixels[5, 10, 0] > 200 and pixels[5, 10, 2] < 50  # top: red
+    assert pixels[35, 10, 2] > 200 and pixels[35, 10, 0] < 50  # bottom: blue
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("PNG", "animated PNG"), ("TIFF", "multi-page TIFF")])
+def test_multi_frame_files_are_refused_not_read_as_their_first_frame(fmt, kind):
+    frames = [Image.new("RGB", (16, 16), (60 * i, 0, 0)) for i in range(3)]
+    with pytest.raises(ValueError, match=f"{kind} of 3 frames"):
+        open_rgb(_encoded(frames[0], fmt, save_all=True, append_images=frames[1:]))
+    assert open_rgb(_encoded(frames[1], fmt)).getpixel((0, 0)) == (60, 0, 0)  # one frame: fine
+
+
+def test_extreme_aspect_ratio_is_refused_before_any_large_allocation():
+    thin = _encoded(Image.new("L", (1, 20_000), 200), "PNG")  # a few hundred bytes asking for 224 x 4.5 M pixels
+    assert len(thin) < 1000
+    with pytest.raises(ValueError, match=r"extreme aspect ratio 1x20000 \(more than 10:1\)"):
+        load_image(thin, 224)
+    with pytest.raises(ValueError, match="extreme aspect ratio"):
+        resize_square(Image.new("RGB", (20_000, 1)), 224)
+    assert load_image(_encoded(Image.new("RGB", (10, 100), (9, 9, 9)), "PNG"), 64).shape == (64, 64, 3)  # 10:1
+
+
+def test_resize_is_bounded_and_out_of_memory_is_a_per_file_error(image_folder, monkeypatch):
+    with pytest.raises(ValueError, match="would exceed"):
+        resize_square(Image.new("RGB", (10, 100)), 4096)  # 4096 x 40960 pixels
+    original = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        if self.size == (30, 90):
+            raise MemoryError
+        return original(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
+    tall = _encoded(Image.new("RGB", (30, 90)), "PNG")
+    with pytest.raises(ValueError, match="out of memory resizing 30x90"):
+        load_image(tall, 32)
+    (image_folder / "Pre" / "thin.png").write_bytes(_encoded(Image.new("L", (2, 900)), "PNG"))
+    report = prepare(image_folder, image_folder.parent / "out")
+    assert "extreme aspect ratio 2x900" in _rejected(report)["thin.png"]
+
+
+def test_prepare_converts_16_bit_and_oriented_images_and_rejects_unsure_ones(image_folder):
+    grey = np.full((40, 40), 257 * 100, np.uint16)
+    (image_folder / "Benign" / "deep.png").write_bytes(_png16(grey))
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 8
+    Image.new("RGB", (40, 30), (200, 100, 50)).save(image_folder / "Early" / "turned.jpg", exif=exif)
+    frames = [Image.new("RGB", (40, 40), (i, 0, 0)) for i in range(2)]
+    frames[0].save(image_folder / "Pro" / "pages.tiff", save_all=True, append_images=frames[1:])
+    out = image_folder.parent / "out"
+    report = prepare(image_folder, out)
+    assert report["modes_converted"] == {"I;16": 1} and report["orientation_corrected"] == 1
+    assert "multi-page TIFF" in _rejected(report)["pages.tiff"]
+    rows = {r["path"]: r for r in read_manifest(out)}
+    assert (rows["Early/turned.jpg"]["width"], rows["Early/turned.jpg"]["height"]) == ("30", "40")
+    images = load_cache(out, 40)
+    deep = next(i for i, r in enumerate(read_manifest(out)) if r["path"] == "Benign/deep.png")
+    assert (np.asarray(images[deep]) == 100).all()  # the cache decodes it the same way
+
+
+# ----------------------------------------------------------------------------- everything in the data folder
+
+
+def _bytes_name(folder, name: bytes) -> bytes:
+    return os.fsencode(folder) + b"/" + name
+
+
+@pytest.mark.timeout(120)  # before the fix, the FIFO blocked prepare for ever
+def test_prepare_accounts_for_links_special_files_unreadable_folders_and_bad_names(image_folder, monkeypatch):
+    benign, early = image_folder / "Benign", image_folder / "Early"
+    os.mkfifo(benign / "pipe.png")
+    (benign / "link.png").symlink_to(benign / "benign-000.png")  # a symlinked file: not followed either
+    outside = image_folder.parent / "elsewhere"
+    write_image_folder(outside, per_class=2, names=("Extra",))
+    (benign / "linked").symlink_to(outside / "Extra", target_is_directory=True)
+    (early / "locked").mkdir()
+    shutil.copy(early / "early-000.png", early / "locked" / "inside.png")
+    (benign / ".hidden.png").write_bytes(b"ignored")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # a folder this user may not list (root reads any folder, so chmod cannot show it)
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    bad_name = _bytes_name(early, b"caf\xe9.png")  # Latin-1 bytes: not valid UTF-8
+    with open(bad_name, "wb") as handle:
+        handle.write((early / "early-001.png").read_bytes())
+
+    out = image_folder.parent / "out"
+    report = prepare(image_folder, out)
+    rejected = {item["path"]: item["reason"] for item in report["rejected"]}
+    assert "not a regular file (a FIFO)" in rejected["Benign/pipe.png"]
+    assert "symbolic link" in rejected["Benign/link.png"] and "symbolic link" in rejected["Benign/linked"]
+    assert "folder not readable: Permission denied" in rejected["Early/locked"]
+    assert "not valid UTF-8" in rejected["Early/caf\\xe9.png"]
+    manifest = read_manifest(out)
+    assert not any(r["path"].startswith(("Benign/link", "Early/locked", "Early/caf")) for r in manifest)
+    # Every entry is in the manifest or rejected with its reason; hidden ones are counted.
+    assert report["files_found"] == len(manifest) + len(rejected) == 4 * 24 + 5
+    assert report["hidden_ignored"] == 1
+    json.loads((out / "data_report.json").read_text())
+
+
+@pytest.mark.timeout(120)
+def test_segmented_masks_follow_the_same_file_rules(tmp_path):
+    root = tmp_path / "ALL"
+    write_image_folder(root / "Original", per_class=6)
+    add_segmented(root)
+    segmented = root / "Segmented"
+    (segmented / "Benign" / "benign-000.png").unlink()
+    os.mkfifo(segmented / "Benign" / "benign-000.png")
+    (segmented / "Early" / "early-000.png").unlink()
+    (segmented / "Early" / "early-000.png").symlink_to(segmented / "Early" / "early-001.png")
+    report = prepare(root / "Original", tmp_path / "out")
+    problems = {p["path"]: p["segmented"] for p in report["masks"]["problems"]}
+    assert problems["Benign/benign-000.png"] == "unreadable: not a regular file (a FIFO)"
+    assert problems["Early/early-000.png"] == "unreadable: symbolic link: not followed"
+
+
+def test_read_regular_never_opens_a_fifo_or_a_device(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="a FIFO"):
+        read_regular(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="a character device"):
+        read_regular("/dev/zero")
+    with pytest.raises(ValueError, match="a folder"):
+        load_image(tmp_path, 32)
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="symbolic link"):
+        read_regular(tmp_path / "zero", follow_symlinks=False)
+    with pytest.raises(ValueError, match="a character device"):
+        read_regular(tmp_path / "zero")

@@ -1,7 +1,10 @@
 import json
+import os
 
+import numpy as np
+import pytest
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 
 from engine.commands.predict import main
 
@@ -40,3 +43,56 @@ def test_predict_matches_evaluation(trained_tiny_run, capsys):
     # Both in full precision; on a GPU cuDNN's TF32 convolutions (and other batch shapes) leave ~1e-4 noise.
     tolerance = 2e-3 if torch.cuda.is_available() else 1e-4
     assert abs(line["probabilities"]["benign"] - float(row["prob_benign"])) < tolerance
+
+
+def _bare_predictor(size: int = 32):
+    """A Predictor without a model: enough to decode files (nothing here reaches the model)."""
+    from types import SimpleNamespace
+
+    from engine.predict import Predictor
+
+    predictor = Predictor.__new__(Predictor)
+    predictor.cfg = SimpleNamespace(image_size=size)
+    return predictor
+
+
+@pytest.mark.timeout(60)  # before the fix, reading the FIFO blocked for ever
+def test_predict_refuses_hostile_files_with_reasons_and_never_blocks(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    frames = [Image.new("RGB", (16, 16), (i, 0, 0)) for i in range(2)]
+    animated = tmp_path / "animated.png"
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    thin = tmp_path / "thin.png"
+    Image.new("L", (1, 20_000)).save(thin)
+    bright = tmp_path / "bright.tiff"
+    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(bright)
+    paths = [fifo, animated, thin, bright, tmp_path]
+    errors = [r["error"] for r in _bare_predictor().predict_files(paths)]
+    assert "not a regular file (a FIFO)" in errors[0]
+    assert "animated PNG of 2 frames" in errors[1]
+    assert "extreme aspect ratio 1x20000" in errors[2]
+    assert "float pixels span [300, 300]" in errors[3]
+    assert "not a regular file (a folder)" in errors[4]
+
+
+def test_predict_and_the_dashboard_decode_like_prepare(tmp_path):
+    from dashboard import inference
+    from engine.data import load_image
+
+    deep = tmp_path / "deep.tiff"
+    Image.fromarray(np.full((40, 40), 257 * 90, np.uint16)).save(deep)  # 16-bit grey
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 3  # stored upside down
+    pixels = np.zeros((40, 40, 3), np.uint8)
+    pixels[:20] = 250  # white top half as stored: the bottom once turned upright
+    Image.fromarray(pixels).save(turned, exif=exif)
+    predictor = _bare_predictor()
+    for path in (deep, turned):
+        by_predict = predictor.preprocess(path)
+        assert (by_predict == inference.preprocess(path.read_bytes(), 32)).all()
+        assert (by_predict == load_image(path, 32)).all()
+    assert (predictor.preprocess(deep) == 90).all()  # not clipped to white
+    upright = predictor.preprocess(turned).mean(axis=(1, 2))
+    assert upright[:12].max() < 30 and upright[-12:].min() > 220
