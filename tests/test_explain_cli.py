@@ -141,7 +141,8 @@ def test_compare_then_rerun_keeps_the_comparison_and_drops_stale_maps(cams: Path
     code, last = run_cli(["explain", str(run_copy), "--no-faithfulness", "--no-sanity", "--no-stages",
                           "--multilayer", "0", "--limit", "8"], capsys)
     assert code == 0 and Path(last) == cams
-    assert not (cams / "layercam").exists()  # the folder is replaced, not merged
+    # The defaults (engine.explain.pipeline) leave out denseblock3: the folder is replaced, not merged.
+    assert not (cams / "gradcam" / "denseblock3").exists() and not (cams / "layercam" / "denseblock3").exists()
     assert (cams / "compare" / "other" / "compare.csv").is_file()
     assert json.loads((cams / "meta.json").read_text())["images"] == 8
     assert json.loads((cams / "sanity.json").read_text()) == {}
