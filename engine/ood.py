@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import runs
 from .inference import map_batches
 
-FILE = "ood.npz"
+FILE = runs.OOD  # the run folder name, defined in engine.runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -74,8 +74,8 @@ PREDICTION_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", *
 CAMS_META = "meta.json"
 CAMS_INDEX = "index.csv"
 CAMS_IMAGES = "images"  # images/<sha256[:16]>.png: the image as the model saw it
-CAMS_OVERLAYS = "overlays"  # overlays/<method>/<layer>/<target>/<sha256[:16]>.png
-CAMS_MAPS = "maps"  # maps/<method>/<layer>/<target>/<sha256[:16]>.npy (float16, the model's resolution)
+CAMS_MULTILAYER = "multilayer"  # multilayer/<sha256[:16]>.png
+CAMS_PAIRS = "pairs"  # <method>/<layer>/pairs/<sha256[:16]>.png: misclassified image, both maps
 CAMS_FAITHFULNESS = "faithfulness"  # faithfulness/<method>.csv (FAITHFULNESS_COLUMNS)
 FAITHFULNESS_SUMMARY = "faithfulness_summary.json"
 SANITY = "sanity.json"
@@ -99,6 +99,33 @@ FAITHFULNESS_COLUMNS = ("path", "sha256", "true", "pred", "correct", "layer", "r
 COMPARE_COLUMNS = ("path", "sha256", "true", "pred_a", "confidence_a", "pred_b", "confidence_b", "spearman",
                    "overlay_a", "overlay_b")
 # The verdicts localisation.json gives each method x layer and stage, by key.
+
+
+def image_key(sha256: str) -> str:
+    """The file stem of an image inside ``cams/``: byte-identical copies share one picture and map."""
+    return sha256[:16]
+
+
+def cam_image(sha256: str) -> str:
+    """``cams/``-relative path of the image as the model saw it."""
+    return f"{CAMS_IMAGES}/{image_key(sha256)}.png"
+
+
+def cam_overlay(method: str, layer: str, target: str, sha256: str) -> str:
+    """``cams/``-relative path of a map's overlay PNG; the map itself is ``cam_map`` (same stem, .npy)."""
+    return f"{method}/{layer}/{target}/{image_key(sha256)}.png"
+
+
+def cam_map(method: str, layer: str, target: str, sha256: str) -> str:
+    """``cams/``-relative path of a map (float16 .npy at the model's resolution)."""
+    return f"{method}/{layer}/{target}/{image_key(sha256)}.npy"
+
+
+def cam_mask(sha256: str) -> str:
+    """``cams/``-relative path of an image's leukocyte mask (PNG, 0 or 255)."""
+    return f"{CAMS_MASKS}/{image_key(sha256)}.png"
+
+
 LOCALISATION_VERDICTS = {
     "points": "points at the leukocytes",
     "baseline": "no better than a centred blob or another image's map",

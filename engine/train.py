@@ -425,7 +425,7 @@ def fit(
     ckpt_dir = run_dir / runs.CHECKPOINTS
     if resume:
         # On the CPU: the generator state must be a CPU tensor; the rest is copied to the device.
-        state = torch.load(ckpt_dir / "last.pt", map_location="cpu", weights_only=True)
+        state = torch.load(ckpt_dir / runs.LAST_CHECKPOINT, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -463,12 +463,12 @@ def fit(
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         summary = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"], "config": cfg.to_dict()}
         if improved:
-            runs.atomic_torch_save({"model": weights, **summary}, ckpt_dir / "best.pt")
+            runs.atomic_torch_save({"model": weights, **summary}, ckpt_dir / runs.BEST_CHECKPOINT)
         runs.atomic_torch_save({
             "model": weights, **summary,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": gen.get_state(), "best_val_macro_f1": best_f1, "best_epoch": best_epoch,
-        }, ckpt_dir / "last.pt")
+        }, ckpt_dir / runs.LAST_CHECKPOINT)
         log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_macro_f1 %.4f  %.0f img/s",
                  epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],
                  row["val_acc"], row["val_macro_f1"], row["train_images_per_s"])

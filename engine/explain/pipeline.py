@@ -128,7 +128,7 @@ def stratified(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
 
 
 def _key(row: dict[str, Any]) -> str:
-    return row["sha256"][:16]
+    return runs.image_key(row["sha256"])
 
 
 # ----------------------------------------------------------------------------- explain
@@ -187,7 +187,7 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
     work = run_dir / f".cams-{os.getpid()}-{time.time_ns()}"
     try:
         images_per_s = _write_cams(run, work, options)
-        runs.write_json(work / "meta.json", {
+        runs.write_json(work / runs.CAMS_META, {
             **run.checkpoint, **{k: list(v) if isinstance(v, tuple) else v
                                  for k, v in dataclasses.asdict(options).items()},
             "image_size": run.image_size, "images": len(run.rows), "images_per_s": images_per_s,
@@ -203,8 +203,8 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
 
 def _swap_in(work: Path, final: Path) -> None:
     """Replace ``final`` with ``work``, keeping comparisons made earlier (``compare/``)."""
-    if (final / "compare").is_dir() and not (work / "compare").exists():
-        shutil.copytree(final / "compare", work / "compare")
+    if (final / runs.CAMS_COMPARE).is_dir() and not (work / runs.CAMS_COMPARE).exists():
+        shutil.copytree(final / runs.CAMS_COMPARE, work / runs.CAMS_COMPARE)
     old = final.with_name(f".cams-old-{time.time_ns()}")
     if final.exists():
         final.rename(old)
@@ -221,7 +221,7 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
     x = run.inputs()
     base = [{"split": run.split, "path": r["path"], "sha256": r["sha256"], "true": CLASSES[true[i]],
              "pred": CLASSES[pred[i]], "confidence": f"{run.proba[i, pred[i]]:.6f}", "correct": int(pred[i] == true[i]),
-             "image": f"images/{_key(r)}.png"} for i, r in enumerate(run.rows)]
+             "image": runs.cam_image(r["sha256"])} for i, r in enumerate(run.rows)]
     pictures = run.images.numpy()
     for i, row in enumerate(base):
         runs.atomic_write_bytes(out / row["image"], figures.png_bytes(pictures[i]))
@@ -260,7 +260,7 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
         log.info("%s: %.1f images/s (%d images x %d layers, batch %d, %s)", method, images_per_s[method], n,
                  len(layers), batch_size, run.device)
         _write_pairs(out, base, pictures, primary[method], wrong, method, layers[0])
-    runs.write_csv(out / "index.csv", INDEX_COLUMNS, index_rows)
+    runs.write_csv(out / runs.CAMS_INDEX, INDEX_COLUMNS, index_rows)
     if localise:
         _write_localisation(out, run, located, located_rows)
 
@@ -275,13 +275,13 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
                                          desc=f"faithfulness {method}")
             rows = [{**{k: base[i][k] for k in ("path", "sha256", "true", "pred", "correct")}, "layer": layers[0],
                      **{m: f"{scores[m][j]:.6f}" for m in METRICS}} for j, i in enumerate(chosen)]
-            runs.write_csv(out / "faithfulness" / f"{method}.csv", FAITHFULNESS_COLUMNS, rows)
+            runs.write_csv(out / runs.CAMS_FAITHFULNESS / f"{method}.csv", FAITHFULNESS_COLUMNS, rows)
             per_method[method] = rows
             log.info("%s: faithfulness of %d images (road_combined %.3f)", method, len(chosen),
                      float(np.mean(scores["road_combined"])))
     summary = summarize(per_method, stage_names, percentiles=road_percentiles, seed=seed)
     summary.update({**run.checkpoint, "target": "pred", "images": len(chosen)})
-    runs.write_json(out / "faithfulness_summary.json", summary)
+    runs.write_json(out / runs.FAITHFULNESS_SUMMARY, summary)
 
     results: dict[str, Any] = {}
     sanity = options.sanity
@@ -291,7 +291,7 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
             results[method] = {**sanity_check(run.model, x[chosen], pred[chosen], method, layers[0],
                                               batch_size=batch_size, seed=seed),
                                "target": "pred", **run.checkpoint}
-    runs.write_json(out / "sanity.json", results)
+    runs.write_json(out / runs.SANITY, results)
     if sanity:
         log.info("sanity check: %s", ", ".join(f"{m} {'passed' if r['passed'] else 'FAILED'}"
                                                for m, r in results.items()))
@@ -305,7 +305,7 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
 
 
 def _mask_file(row: dict[str, Any]) -> str:
-    return f"{runs.CAMS_MASKS}/{_key(row)}.png"
+    return runs.cam_mask(row["sha256"])
 
 
 def _localise(run: LoadedRun, base: list[dict[str, Any]], maps: np.ndarray, method: str, layer: str,
@@ -357,13 +357,14 @@ def _write_maps(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, map
             if key not in encoded:
                 cam = maps[key[0]][i]
                 encoded[key] = (figures.png_bytes(figures.overlay(pictures[i], cam)), figures.npy_bytes(cam))
-            overlay = f"{method}/{layer}/{target}/{_key(row)}.png"
+            overlay = runs.cam_overlay(method, layer, target, row["sha256"])
+            cam_map = runs.cam_map(method, layer, target, row["sha256"])
             runs.atomic_write_bytes(out / overlay, encoded[key][0])
-            runs.atomic_write_bytes(out / overlay.replace(".png", ".npy"), encoded[key][1])
+            runs.atomic_write_bytes(out / cam_map, encoded[key][1])
             target_class = pred[i] if target == "pred" else true[i]
             rows.append({**{k: row[k] for k in ("split", "path", "sha256", "true", "pred", "confidence", "correct")},
                          "method": method, "layer": layer, "target": target, "target_class": CLASSES[target_class],
-                         "image": row["image"], "overlay": overlay, "map": overlay.replace(".png", ".npy")})
+                         "image": row["image"], "overlay": overlay, "map": cam_map})
     return rows
 
 
@@ -375,26 +376,26 @@ def _write_pairs(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, ma
         png = figures.side_by_side(pictures[i], figures.overlay(pictures[i], maps[0][i]),
                                    figures.overlay(pictures[i], maps[1][i]), pred=row["pred"], true=row["true"],
                                    confidence=float(row["confidence"]))
-        runs.atomic_write_bytes(out / method / layer / "pairs" / f"{_key(row)}.png", png)
+        runs.atomic_write_bytes(out / method / layer / runs.CAMS_PAIRS / f"{_key(row)}.png", png)
 
 
 def _write_stages(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, maps: tuple[np.ndarray, np.ndarray],
                   method: str, layer: str, *, top_k: int, panel_misclassified: int, checkpoint: dict[str, Any],
                   seed: int) -> None:
     rows = [{**r, "confidence": float(r["confidence"]), "correct": bool(r["correct"]),
-             "overlay_pred": f"{method}/{layer}/pred/{_key(r)}.png",
-             "overlay_true": f"{method}/{layer}/true/{_key(r)}.png"} for r in base]
+             "overlay_pred": runs.cam_overlay(method, layer, "pred", r["sha256"]),
+             "overlay_true": runs.cam_overlay(method, layer, "true", r["sha256"])} for r in base]
     by_sha = {r["sha256"]: i for i, r in enumerate(rows)}  # duplicates share one picture and map
     title = get_method(method).title
     summaries = {}
     for stage in CLASSES:
         summary, mean_map = stage_summary(rows, maps[0], stage, top_k=top_k, seed=seed)
         summaries[stage] = {"method": method, "layer": layer, "target": "pred", **checkpoint, **summary}
-        folder = out / "stages" / stage
+        folder = out / runs.CAMS_STAGES / stage
         if mean_map is None:
             mean_map = np.zeros(maps[0].shape[1:], dtype=np.float32)
-        runs.atomic_write_bytes(folder / "mean_map.npy", figures.npy_bytes(mean_map))
-        runs.atomic_write_bytes(folder / "mean_map.png", figures.heatmap_png(
+        runs.atomic_write_bytes(folder / runs.STAGE_MEAN_MAP_ARRAY, figures.npy_bytes(mean_map))
+        runs.atomic_write_bytes(folder / runs.STAGE_MEAN_MAP, figures.heatmap_png(
             mean_map, f"{stage}: mean {title} ({layer})\nover {summary['n_correct']} correct images"))
         top = [by_sha[e["sha256"]] for e in summary["top_confident"]]
         grid: list[list[figures.Cell | None]] = [
@@ -413,8 +414,8 @@ def _write_stages(out: Path, base: list[dict[str, Any]], pictures: np.ndarray, m
         more = len(summary["misclassified"]) - len(missed)
         heading = (f"Stage {stage}: {title} at {layer}. {summary['n']} images, {summary['n_correct']} correct, "
                    f"{len(summary['misclassified'])} missed" + (f" ({more} not shown)" if more > 0 else ""))
-        runs.atomic_write_bytes(folder / "panel.png", figures.image_grid(grid or [[None]], heading, labels))
-    runs.write_json(out / "stages" / "summary.json", summaries)
+        runs.atomic_write_bytes(folder / runs.STAGE_PANEL, figures.image_grid(grid or [[None]], heading, labels))
+    runs.write_json(out / runs.CAMS_STAGES / runs.STAGES_SUMMARY, summaries)
 
 
 def _write_multilayer(out: Path, run: LoadedRun, base: list[dict[str, Any]], x: torch.Tensor, n_images: int,
@@ -425,7 +426,7 @@ def _write_multilayer(out: Path, run: LoadedRun, base: list[dict[str, Any]], x: 
     for k, i in enumerate(chosen):
         png = multilayer_figure(run.images[i].numpy(), {layer: m[k] for layer, m in maps.items()}, method=method,
                                 target_class=int(run.pred[i]), caption=f"{base[i]['true']} (pred {base[i]['pred']})")
-        runs.atomic_write_bytes(out / "multilayer" / f"{_key(base[i])}.png", png)
+        runs.atomic_write_bytes(out / runs.CAMS_MULTILAYER / f"{_key(base[i])}.png", png)
 
 
 def multilayer_maps(model: nn.Module, inputs: torch.Tensor, target_classes: Sequence[int], *,
@@ -489,7 +490,7 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
     other = np.array([pairs[i] for i in common], dtype=np.int64)
     maps_a = compute_maps(a.model, a.inputs(common), method, layer, a.pred[common], batch_size=batch_size)
     maps_b = compute_maps(b.model, b.inputs(other), method, layer, b.pred[other], batch_size=batch_size)
-    out = Path(run_a) / runs.CAMS / "compare" / Path(run_b).name
+    out = Path(run_a) / runs.CAMS / runs.CAMS_COMPARE / Path(run_b).name
     rows, grid, labels = [], [], []
     for k, (i, j) in enumerate(zip(common, other, strict=True)):
         row = a.rows[i]
@@ -509,10 +510,10 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
                      figures.Cell(over_a, f"A: {CLASSES[pa]} ({a.proba[i, pa]:.2f})"),
                      figures.Cell(over_b, f"B: {CLASSES[pb]} ({b.proba[j, pb]:.2f})")])
         labels.append(f"rho {rho:.2f}")
-    runs.write_csv(out / "compare.csv", COMPARE_COLUMNS, rows)
+    runs.write_csv(out / runs.COMPARE_TABLE, COMPARE_COLUMNS, rows)
     title = f"{get_method(method).title} at {layer}: A = {Path(run_a).name}, B = {Path(run_b).name}"
-    runs.atomic_write_bytes(out / "compare.png", figures.image_grid(grid, title, labels))
-    runs.write_json(out / "meta.json", {
+    runs.atomic_write_bytes(out / runs.COMPARE_FIGURE, figures.image_grid(grid, title, labels))
+    runs.write_json(out / runs.CAMS_META, {
         "method": method, "layer": layer, "target": "pred", "split": split, "images": len(rows),
         "a": {"run": str(Path(run_a).resolve()), "image_size": a.image_size, **a.checkpoint},
         "b": {"run": str(Path(run_b).resolve()), "image_size": b.image_size, **b.checkpoint},

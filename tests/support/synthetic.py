@@ -78,27 +78,26 @@ def write_cams(run: Path, *, seed: int = 0, image_size: int = 64) -> Path:
     seen = {c: 0 for c in CLASSES}
     for row in rows:
         image = cell_image(row["true"], rng, image_size)
-        sha16 = row["sha256"][:16]
-        picture = f"{runs.CAMS_IMAGES}/{sha16}.png"
+        picture = runs.cam_image(row["sha256"])
         _png(cams / picture, image)
         correct = int(row["true"] == row["pred"])
         for method in METHODS:
             for layer in LAYERS:
                 for target in runs.TARGETS:
                     heat = blob(image_size, rng)
-                    stem = f"{method}/{layer}/{target}/{sha16}"
                     buffer = io.BytesIO()
                     np.save(buffer, heat.astype(np.float16))
-                    runs.atomic_write_bytes(cams / runs.CAMS_MAPS / f"{stem}.npy", buffer.getvalue())
-                    _png(cams / runs.CAMS_OVERLAYS / f"{stem}.png", overlay(image, heat))
+                    cam_map, cam_overlay = (runs.cam_map(method, layer, target, row["sha256"]),
+                                            runs.cam_overlay(method, layer, target, row["sha256"]))
+                    runs.atomic_write_bytes(cams / cam_map, buffer.getvalue())
+                    _png(cams / cam_overlay, overlay(image, heat))
                     if target == "pred" and method == METHODS[0]:
                         sums[row["true"]] += heat
                         seen[row["true"]] += 1
                     index.append({"split": "test", "path": row["path"], "sha256": row["sha256"], "true": row["true"],
                                   "pred": row["pred"], "confidence": row["confidence"], "correct": correct,
                                   "method": method, "layer": layer, "target": target, "target_class": row[target],
-                                  "image": picture, "overlay": f"{runs.CAMS_OVERLAYS}/{stem}.png",
-                                  "map": f"{runs.CAMS_MAPS}/{stem}.npy"})
+                                  "image": picture, "overlay": cam_overlay, "map": cam_map})
             morf, lerf = float(rng.uniform(0, 0.5)), float(rng.uniform(0.3, 0.9))
             per_method[method].append({"path": row["path"], "sha256": row["sha256"], "true": row["true"],
                                        "pred": row["pred"], "correct": correct, "layer": LAYERS[0],
