@@ -397,7 +397,7 @@ def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
                               "mask_agreement": chosen.agreement}
     if chosen.mask is not None:
         buffer = io.BytesIO()
-        Image.fromarray(chosen.mask.astype(np.uint8) * 255).save(buffer, format="PNG", optimize=True)
+        Image.fromarray(chosen.mask.astype(np.uint8) * 255).save(buffer, format="PNG")
         fields["mask_png"] = buffer.getvalue()
     return fields
 
