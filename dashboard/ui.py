@@ -131,7 +131,9 @@ def image(path: Path | str | None, caption: str | None = None, width: int | str 
     if not safe.is_file():
         st.caption(f"(missing image) {caption or ''}")
         return
-    st.image(str(safe), caption=caption, width=width)
+    # Streamlit re-encodes an RGB PNG as JPEG by default, which smears the maps' colours and thin outlines.
+    st.image(str(safe), caption=caption, width=width,
+             output_format="PNG" if safe.suffix.lower() == ".png" else "auto")
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
@@ -160,7 +162,7 @@ def outlined_image(path: Path | None, mask: Path | None, caption: str | None = N
         st.caption("(image outside the outputs folder: not shown)")
         return
     st.image(_outlined_png(str(safe), str(safe_mask), (loaders.stamp(safe), loaders.stamp(safe_mask))),
-             caption=caption, width="stretch")
+             caption=caption, width="stretch", output_format="PNG")
 
 
 def ci_text(ci: Any, digits: int = 3) -> str:

@@ -232,3 +232,99 @@ def test_no_deploy_button_or_developer_menu(server, browser) -> None:
     page.wait_for_selector("[data-testid='stMainMenu']", timeout=30_000)  # the toolbar has rendered
     assert page.get_by_role("button", name="Deploy").count() == 0
     page.close()
+
+
+def choose(page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox with widget key ``key`` and wait for the rerun to finish."""
+    page.locator(f".st-key-{key} [role='combobox']").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function("([key, option]) => document.querySelector(`.st-key-${key} [role='combobox']`)"
+                           "?.value === option", arg=[key, option], timeout=30_000)
+    settle(page)
+
+
+def test_evidence_page_shows_verdicts_and_switches_the_per_stage_table(server, browser) -> None:
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(f"{server['url']}/evidence")
+    settle(page)
+    assert_no_exception(page, "evidence")
+    for heading in ("Verdicts", "Do the maps point at the leukocytes?"):
+        assert page.get_by_role("heading", name=heading).is_visible(), heading
+    assert page.get_by_text("With the leukocytes removed the model still classifies").is_visible()
+    tables = page.locator("[data-testid='stDataFrame']")
+    assert tables.count() >= 2  # the verdicts, then the chosen pair's per-stage table
+
+    def stage_table() -> bytes:
+        return tables.nth(1).screenshot()
+
+    page.locator(".st-key-evidence_pair [role='combobox']").click()
+    options = page.get_by_role("option")
+    labels = [options.nth(k).inner_text() for k in range(options.count())]
+    page.keyboard.press("Escape")
+    assert len(labels) >= 2, labels
+    before = stage_table()
+    choose(page, "evidence_pair", labels[-1])
+    assert_no_exception(page, "evidence after choosing a pair")
+    assert stage_table() != before
+    page.close()
+
+
+def open_gallery(server, browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(f"{server['url']}/gallery")
+    settle(page)
+    assert_no_exception(page, "gallery")
+    return page
+
+
+def map_png(page):
+    """The first card's map (the second image of the card) as an RGB array, fetched from its src."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    img = page.locator("[data-testid='stImage'] img").nth(1)
+    src = img.get_attribute("src")
+    data = page.request.get(src if src.startswith("http") else f"{page.url.split('/gallery')[0]}{src}").body()
+    return src, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def test_gallery_outline_toggle_draws_the_green_leukocyte_outline(server, browser) -> None:
+    page = open_gallery(server, browser)
+    toggle = page.locator(".st-key-g_outline input[type='checkbox']")
+    assert toggle.is_checked()  # on by default
+    src_on, on = map_png(page)
+    page.locator(".st-key-g_outline label").click()
+    page.wait_for_function("""(src) => {
+        const imgs = document.querySelectorAll("[data-testid='stImage'] img");
+        return imgs.length > 1 && imgs[1].getAttribute('src') !== src;
+    }""", arg=src_on, timeout=30_000)
+    settle(page)
+    assert not toggle.is_checked()
+    src_off, off = map_png(page)
+    assert src_on != src_off and on.shape == off.shape
+    changed = (on != off).any(axis=2)
+    assert changed.sum() > 10  # an outline, not a stray pixel
+    assert (on[changed] == [0, 255, 0]).all()  # every changed pixel is the outline's green (both served as PNG)
+    page.close()
+
+
+def test_gallery_order_by_concentration_lists_the_lowest_first(server, browser) -> None:
+    import itertools
+    import re
+
+    page = open_gallery(server, browser)
+    choose(page, "g_order", "concentration: lowest first")
+    assert_no_exception(page, "gallery ordered")
+    captions = page.locator("[data-testid='stCaptionContainer']").filter(
+        has_text=re.compile(r"^concentration \d+\.\d\d")).all()
+    # Card i goes to column i % 2, and each column stacks on its own: interleave the columns back.
+    boxes = [(c.bounding_box(), float(re.match(r"concentration (\d+\.\d\d)", c.inner_text()).group(1)))
+             for c in captions]
+    middle = (min(b["x"] for b, _ in boxes) + max(b["x"] for b, _ in boxes)) / 2
+    columns = [[v for b, v in sorted(boxes, key=lambda bv: bv[0]["y"]) if (b["x"] > middle) == right]
+               for right in (False, True)]
+    values = [v for pair in itertools.zip_longest(*columns) for v in pair if v is not None]
+    assert len(values) >= 2 and values == sorted(values), values
+    page.close()

@@ -97,7 +97,7 @@ with left:
                     else:
                         ui.image(loaders.cam_path(root, run.path, rel), caption=name)
     if len(images) > limit:
-        st.caption(f"Showing {int(limit)} of {len(images)}; misclassified first.")
+        st.caption(f"Showing {int(limit)} of {len(images)}; {order}.")
 with right:
     st.subheader("Stage mean map")
     mean_map = loaders.stage_file(root, run.path, stage, STAGE_MEAN_MAP)
