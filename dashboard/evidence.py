@@ -90,7 +90,8 @@ def localisation_bars(result: Mapping[str, Any], score: str = "concentration", t
                     error_y=dict(type="data", symmetric=False, array=[e[0] for e in errors],
                                  arrayminus=[e[1] for e in errors]))
     if score == "concentration":
-        fig.add_hline(y=1, line_dash="dot", annotation_text="uniform map", annotation_position="top left")
+        # Labelled beside the plot, below the legend: inside it the label sat under the bars.
+        fig.add_hline(y=1, line_dash="dot", annotation_text="uniform<br>map", annotation_position="right")
     fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title=SCORE_TITLES[score], legend_title="map",
                       title=dict(text=title, x=0) if title else None, height=380, template="plotly_white",
                       margin=dict(l=60, r=20, t=50 if title else 30, b=50))
@@ -122,10 +123,12 @@ def context_bars(context: Mapping[str, Any], title: str = "") -> go.Figure:
         fig.add_bar(x=part["stage"], y=part["accuracy"], name=name, marker_color=VARIANT_COLOURS[variant],
                     error_y=dict(type="data", symmetric=False, array=(part["high"] - part["accuracy"]).fillna(0),
                                  arrayminus=(part["accuracy"] - part["low"]).fillna(0)),
-                    text=[f"{a:.0%}" if a == a else "" for a in part["accuracy"]], textposition="outside")
+                    # Inside, at the bar's foot: at its top or above it the label collided with the error bar.
+                    text=[f"{a:.0%}" if a == a else "" for a in part["accuracy"]], textposition="inside",
+                    insidetextanchor="start", textfont=dict(color="white"))
     if context.get("chance") is not None:
-        fig.add_hline(y=context["chance"], line_dash="dot", annotation_text="most common stage",
-                      annotation_position="top left")
+        fig.add_hline(y=context["chance"], line_dash="dot", annotation_text="always the most<br>common stage",
+                      annotation_position="right")
     fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title="accuracy", yaxis_range=[0, 1.12],
                       legend_title="test images", title=dict(text=title, x=0) if title else None, height=400,
                       template="plotly_white", margin=dict(l=60, r=20, t=50 if title else 30, b=50))
@@ -162,7 +165,8 @@ def _png(fig: Any) -> bytes:
 
 def _grouped_png(stages: Sequence[str], series: Mapping[str, Sequence[tuple[float | None, float | None,
                                                                             float | None]]],
-                 colours: Mapping[str, str], ylabel: str, title: str, line: float | None = None) -> bytes:
+                 colours: Mapping[str, str], ylabel: str, title: str, line: float | None = None,
+                 line_label: str = "") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,11 +182,13 @@ def _grouped_png(stages: Sequence[str], series: Mapping[str, Sequence[tuple[floa
                [(hi - m) if hi is not None else 0 for m, (_, _, hi) in zip(means, values, strict=True)]]
         ax.bar(x, means, width, yerr=err, capsize=2, label=name, color=colours.get(name, None))
     if line is not None:
-        ax.axhline(line, linestyle=":", color="black", linewidth=1)
+        ax.axhline(line, linestyle=":", color="black", linewidth=1, label=line_label or None)
     ax.set_xticks(range(len(stages)), stages)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    # The legend above the axes: inside them it covered bars and the reference line.
+    ax.legend(fontsize=8, frameon=False, ncol=2, loc="lower left", bbox_to_anchor=(0, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _png(fig)
 
 
@@ -192,7 +198,8 @@ def png_localisation(result: Mapping[str, Any], score: str = "concentration", ti
                              for s in stages] for src in SOURCES}
     colours = {SOURCES[k]: v for k, v in SOURCE_COLOURS.items()}
     return _grouped_png(stages, series, colours, SCORE_TITLES[score], title,
-                        line=1.0 if score == "concentration" else None)
+                        line=1.0 if score == "concentration" else None,
+                        line_label="uniform map" if score == "concentration" else "")
 
 
 def png_context(context: Mapping[str, Any], title: str = "") -> bytes:
@@ -204,7 +211,8 @@ def png_context(context: Mapping[str, Any], title: str = "") -> bytes:
             stats = [{**block["per_stage"], "all": block["all"]}[s] for s in stages]
             series[name] = [(st["accuracy"], *st["ci95"]) for st in stats]
     colours = {VARIANTS[k]: v for k, v in VARIANT_COLOURS.items()}
-    return _grouped_png(stages, series, colours, "accuracy", title, line=context.get("chance"))
+    return _grouped_png(stages, series, colours, "accuracy", title, line=context.get("chance"),
+                        line_label="always the most common stage")
 
 
 # ----------------------------------------------------------------------------- verdicts

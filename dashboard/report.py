@@ -341,7 +341,10 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
     if findings.evidence and located:
         s = slide(f"Do the maps point at the leukocytes? ({located['method']} at {located['layer']})")
         picture(s, evidence.png_localisation(located), 0.5, 1.2, 5.2)
-        text(s, [evidence.verdict_line(located["all"]["verdict"])], 9.6, 1.4, 3.3, size=20)
+        # Per stage too: the pooled verdict alone can be carried by one stage (on the demo, pro's 3.7).
+        text(s, [f"All stages pooled: {evidence.verdict_line(located['all']['verdict'])}",
+                 *(f"{stage}: {evidence.verdict_line(block['verdict'])}"
+                   for stage, block in located["per_stage"].items())], 9.6, 1.4, 3.5, size=14)
     if findings.evidence and (located or data.get("context")):
         for stage in findings.stages:
             rows = evidence_rows(data, stage)
