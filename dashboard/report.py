@@ -167,14 +167,12 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
     found = loaders.evidence(root, run) if findings.evidence else {"problems": []}
     warnings += found["problems"]
     localised = found.get("localisation")
-    # The deck's first method at its layer, else the best-localising pair.
+    # The best-localising pair among the deck's methods (localisation.json's ranking), else the best of all.
     located = None
-    if localised:
-        located = next((evidence.find_result(localised, x, layer) for x in methods
-                        if evidence.find_result(localised, x, layer)), None)
-        if located is None and localised.get("ranking"):
-            top = localised["ranking"][0]
-            located = evidence.find_result(localised, top["method"], top["layer"])
+    if localised and localised.get("ranking"):
+        ranking = localised["ranking"]
+        top = next((r for r in ranking if r["method"] in methods), ranking[0])
+        located = evidence.find_result(localised, top["method"], top["layer"])
     return {"run": run, "label": relative(root, run), "metrics": m, "classes": metrics.get("classes", loaders.CLASSES),
             "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
             "methods": methods, "layer": layer, "warnings": warnings,

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .progress import progress
-from .runs import CLASSES, atomic_write_bytes, atomic_write_text, read_json, write_json
+from .runs import CLASSES, SPLITS, atomic_write_bytes, atomic_write_text, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "heigh
 # Empty for an image without a usable mask, and absent from manifests prepared without masks.
 MASK_COLUMNS = ("mask", "mask_source", "mask_fraction")
 MASKS = "masks"
-SPLITS = ("train", "val", "test")
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
 # 40 megapixels is far above any smear photograph; more is treated as a decompression bomb.
 MAX_PIXELS = 40_000_000

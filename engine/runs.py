@@ -128,7 +128,7 @@ def cam_mask(sha256: str) -> str:
 
 LOCALISATION_VERDICTS = {
     "points": "points at the leukocytes",
-    "baseline": "no better than a centred blob or another image's map",
+    "baseline": "not clearly better than a centred blob or another image's map",
     "away": "points away from the leukocytes",
     "unknown": "too few images with masks to tell",
 }

@@ -38,7 +38,7 @@ def test_ranking_and_stage_tables_put_the_pointing_method_first():
     ranking = evidence.ranking_frame(summary)
     assert list(ranking["method"]) == ["good", "blob"]
     assert ranking["verdict"][0].endswith("points at the leukocytes")
-    assert "no better than" in ranking["verdict"][1]
+    assert "not clearly better than" in ranking["verdict"][1]
     table = evidence.stage_verdicts(evidence.find_result(summary, "good", "norm5"))
     assert list(table["stage"]) == [*CLASSES, "all"]
     assert (table["images"][:4] == 10).all()
