@@ -20,12 +20,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.runs import CLASSES, LOCALISATION_VERDICTS
+from engine.runs import CLASSES, CONTEXT_VARIANTS, LOCALISATION_VERDICTS
 
 SOURCES = {"map": "the maps", "centre": "centred Gaussian", "shuffled": "another image's map (same stage)"}
 SOURCE_COLOURS = {"map": "#264653", "centre": "#bdbdbd", "shuffled": "#8d99ae"}
-VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
-            "background_removed": "background removed"}
+VARIANTS = CONTEXT_VARIANTS
 VARIANT_COLOURS = {"original": "#264653", "cells_removed": "#e76f51", "background_removed": "#2a9d8f"}
 SCORE_TITLES = {"concentration": "concentration (1 = uniform map)", "pointing": "pointing game (share of hits)",
                 "mass_in": "share of map mass on the leukocytes"}

@@ -24,8 +24,9 @@ import numpy as np
 
 from .masks import dilate
 from .metrics import proportion_ci
+from .runs import CONTEXT_VARIANTS
 
-VARIANTS = ("original", "cells_removed", "background_removed")
+VARIANTS = tuple(CONTEXT_VARIANTS)
 TABLE_COLUMNS = ("split", "path", "sha256", "true",
                  *(f"{kind}_{v}" for v in VARIANTS for kind in ("pred", "p_true")))
 CELL_GROW_AT_224 = 6

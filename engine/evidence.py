@@ -13,8 +13,7 @@ from typing import Any
 from . import runs
 from .runs import CLASSES, LOCALISATION_VERDICTS
 
-VARIANT_TITLES = {"original": "as they are", "cells_removed": "leukocytes removed",
-                  "background_removed": "background removed"}
+VARIANT_TITLES = runs.CONTEXT_VARIANTS
 
 
 def _pct(block: dict[str, Any]) -> str:

@@ -57,6 +57,9 @@ COMPLETE = "COMPLETE"
 # Written by `evaluate` when the data has leukocyte masks (engine.context).
 CONTEXT = "context.json"
 CONTEXT_TABLE = "context.csv"
+# context.json's variants (engine.context.VARIANTS), each with the words readers show for it.
+CONTEXT_VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
+                    "background_removed": "background removed"}
 
 # The "status" COMPLETE records: every planned epoch trained, or early stopping (patience) ended the run.
 STATUS_COMPLETE = "complete"
