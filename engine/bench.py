@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import runs
+from . import fastpath, runs
 from .data import class_root, find_class_dirs, read_manifest
 from .inference import Data, predict_proba, switch, to_input, use_channels_last
 from .models import create_model
@@ -162,7 +162,9 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
     seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
-    use_amp, channels_last = switch(cfg.amp, device), use_channels_last(cfg, device)
+    fast = fastpath.resolve(cfg, device, (steps + warmup) * cfg.batch_size)
+    cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
+    use_amp, channels_last = fast.amp, use_channels_last(cfg, device)
     model = create_model(cfg, len(CLASSES)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

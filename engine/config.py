@@ -19,7 +19,7 @@ SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 BACKGROUNDS = ("keep", "random", "black")  # engine.background.MODES, kept here so configs load without torch
-COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 # These compile modes capture CUDA graphs of their own, so the engine's hand-captured step stays off.
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
@@ -58,12 +58,14 @@ class Config:
     # hardware
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # bf16 autocast; auto = on for CUDA
+    amp: str = "auto"  # bf16 autocast; auto = on for CUDA and CPUs with native bf16 (engine.fastpath)
     channels_last: str = "auto"  # auto = on (CUDA and CPU: both are faster with NHWC)
     data_on_device: str = "auto"  # keep the decoded uint8 cache on the GPU when it fits
     fused_optimizer: str = "auto"  # fused AdamW kernel; auto = on for CUDA
     cuda_graphs: str = "auto"  # capture the training step once, replay it per batch; auto = on for CUDA
-    compile: str = "off"  # torch.compile of the model; off, or a mode (default: Inductor fuses BatchNorm, ReLU, cat)
+    # torch.compile of the model: auto (on a GPU when the training repays it, engine.fastpath), off, or a
+    # mode (default: Inductor fuses BatchNorm, ReLU, cat)
+    compile: str = "auto"
     eval_batch_size: int = 128
     num_threads: int = 0  # CPU threads for torch; 0 = torch's default
 

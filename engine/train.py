@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import background, runs
+from . import background, fastpath, runs
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError
 from .data import has_masks, load_mask_cache, read_manifest
 from .inference import (
@@ -201,9 +201,14 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterio
     """The eager step, or the CUDA-graph step where ``cfg.cuda_graphs`` resolves on.
 
     A compiled model gets fixed batches too: a short last batch would be compiled again.
+    ``cfg`` is resolved (``fit`` asks ``engine.fastpath``): an unresolved ``compile=auto`` counts as off.
     """
     kind = GraphedTrainStep if use_cuda_graphs(cfg, device) else TrainStep
-    return kind(model, optimizer, criterion, device, switch(cfg.amp, device), fixed_batch=cfg.compile != "off")
+    return kind(model, optimizer, criterion, device, switch(cfg.amp, device), fixed_batch=compiles(cfg))
+
+
+def compiles(cfg: Config) -> bool:
+    return cfg.compile not in ("off", "auto")
 
 
 def use_cuda_graphs(cfg: Config, device: torch.device) -> bool:
@@ -217,7 +222,7 @@ def compile_model(model: nn.Module, cfg: Config) -> nn.Module:
     Static shapes: a training batch keeps its size (``make_train_step`` drops a short last
     batch), and validation runs the uncompiled model, so no shape is compiled twice.
     """
-    if cfg.compile == "off":
+    if not compiles(cfg):
         return model
     return torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
 
@@ -401,12 +406,19 @@ def fit(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     seed_everything(cfg.seed, device)
-    use_amp = switch(cfg.amp, device)
     channels_last = use_channels_last(cfg, device)
 
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
     labels_np = data.labels.cpu().numpy()
     train_idx = subsample(data.split["train"], labels_np, cfg.max_train_images, cfg.seed)
+    # A resumed run keeps its first decision: compiling changes the steps per epoch (fixed batches).
+    env_file = run_dir / runs.ENV
+    fast = (fastpath.FastPath.from_env(runs.read_json(env_file)) if resume and env_file.is_file() else None) \
+        or fastpath.resolve(cfg, device, cfg.epochs * len(train_idx))
+    log.info("bf16 autocast %s (%s); compile %s (%s)", "on" if fast.amp else "off", fast.amp_reason,
+             fast.compile, fast.compile_reason)
+    use_amp = fast.amp
+    step_cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
     cells = CellMasks.load(prepared, cfg.image_size, data.labels.device) if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
@@ -416,7 +428,7 @@ def fit(
     weight = class_weights(labels_np[train_idx]).to(device) if cfg.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    step = make_train_step(compile_model(model, cfg), optimizer, criterion, device, cfg)
+    step = make_train_step(compile_model(model, step_cfg), optimizer, criterion, device, step_cfg)
     total_steps = cfg.epochs * steps_per_epoch(len(train_idx), cfg.batch_size, step.fixed_batch)
     scheduler = make_scheduler(optimizer, cfg, total_steps)
 
@@ -438,7 +450,7 @@ def fit(
         run_dir.mkdir(parents=True, exist_ok=True)
         runs.write_json(run_dir / runs.CONFIG, {**cfg.to_dict(), "data_dir": str(prepared), "preset": preset})
         env = runs.environment(str(device), cfg.seed)
-        env.update({"amp_bf16": use_amp, "channels_last": channels_last,
+        env.update({**fast.to_env(), "channels_last": channels_last,
                     "cuda_graphs": isinstance(step, GraphedTrainStep),
                     "data_on_device": data.images.device.type == "cuda",
                     "train_images": len(train_idx), "val_images": len(data.split["val"])})
@@ -449,6 +461,8 @@ def fit(
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
                                    epoch=epoch, channels_last=channels_last, cells=cells))
+        if epoch == start_epoch and fast.compile == "default":
+            fastpath.note_compiled(cfg, device, use_amp, row["train_seconds"])
         if cfg.precise_bn_images:
             recalibrate_batchnorm(model, data, train_idx, cfg, device, use_amp=use_amp, channels_last=channels_last)
         # The uncompiled model (same weights): compiling an eval-mode graph would cost minutes for seconds of work.
