@@ -247,25 +247,29 @@ def ladder(prepared: Path, cfg, device: torch.device, steps: int, warmup: int,
 
 
 def profile_step(prepared: Path, cfg, device: torch.device, out: Path) -> dict[str, Any]:
-    """Where an eager training step spends its GPU time: the top operators, also as a text table.
+    """Where an eager training step spends its device time (GPU time on CUDA, CPU time on a CPU):
+    the top operators, also as a text table.
 
     Eager, not graphed, so each kernel shows under the operator that launched it.
     """
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = device.type == "cuda"
     cfg = dataclasses.replace(cfg, cuda_graphs="off")
-    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU])
     engine_loop(prepared, cfg, device, steps=3, warmup=3, profiler=prof)
     events = prof.key_averages()
 
     def device_time(event: Any) -> float:
+        if not cuda:
+            return event.self_cpu_time_total
         return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
     # Operators only: the table also lists each kernel under its own name, which would count twice.
     ops = [e for e in events if e.key.startswith("aten::")]
     total = sum(device_time(e) for e in ops) or 1.0
     top = sorted(ops, key=device_time, reverse=True)[:15]
-    out.write_text(events.table(sort_by="self_device_time_total", row_limit=30))
+    out.write_text(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=30))
     return {"table": str(out), "device_ms_per_step": total / 3 / 1000,
             "top": [{"op": e.key, "share": device_time(e) / total, "calls_per_step": e.count / 3} for e in top]}
 

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-accuracy", action="store_true",
                         help="also train the plain loop for the preset's epochs and report its val accuracy")
     parser.add_argument("--profile", action="store_true",
-                        help="GPU: also profile a few eager training steps (top operators by GPU time)")
+                        help="also profile a few eager training steps (top operators by GPU time, or CPU time on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_accuracy:
             log.info("bench: plain loop trained in full")
             stage("plain_accuracy", plain_accuracy(data_dir, prepared, cfg, device, args.workers))
-        if args.profile and cuda:
+        if args.profile:
             # Last: the profiler's hooks can slow launch-bound work measured after it.
             log.info("bench: profiling the training step")
             stage("profile", profile_step(prepared, cfg, device, out.with_suffix(".profile.txt")))
