@@ -46,9 +46,24 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
-# Debian's Chromium for the browser tests (Playwright's own browser download cannot work offline).
+# Chromium for the browser tests. One already there is used (CHROMIUM=, chromium, chromium-browser,
+# google-chrome, Playwright's download: tests/support/chromium.py looks in the same places); otherwise
+# Debian's package, where this user may install it (root, as CI runs, or passwordless sudo; Playwright's own
+# download needs the internet). Without one the browser tests skip and say how to enable them (fail with CI set).
+BROWSER_APT := apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@found=$${CHROMIUM:-}; \
+	for name in chromium chromium-browser google-chrome google-chrome-stable; do \
+		[ -n "$$found" ] || found=$$(command -v $$name 2>/dev/null) || true; done; \
+	for path in "$${PLAYWRIGHT_BROWSERS_PATH:-$${XDG_CACHE_HOME:-$$HOME/.cache}/ms-playwright}"/chromium-*/chrome-linux*/chrome; do \
+		[ -n "$$found" ] || [ ! -x "$$path" ] || found=$$path; done; \
+	if [ -n "$$found" ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then { $(BROWSER_APT); } || echo "make browser: apt-get could not install chromium: the browser tests will be skipped"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+		{ sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "make browser: sudo apt-get could not install chromium: the browser tests will be skipped"; \
+	else echo "make browser: no Chromium found, and installing Debian's needs root: the browser tests will be skipped." \
+		"To run them: sudo apt-get install chromium, or CHROMIUM=/path/to/chrome make test"; fi
 
 prepare: setup
 	$(PY) -m engine prepare --data-dir $(DATA_DIR) --out $(PREPARED)

@@ -54,6 +54,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     """
     run_dir = Path(run_dir)
     saved = runs.read_json(run_dir / runs.CONFIG)
+    runs.require_same_split(run_dir)
     dev = resolve_device(device)
     state = read_checkpoint(run_dir, checkpoint)
     cfg, model = model_from_checkpoint(state, dev)

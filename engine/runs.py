@@ -2,7 +2,8 @@
 
 ``outputs/runs/<run-id>/`` (and one per trial inside a sweep) holds::
 
-    config.json          the fully resolved Config, plus "data_dir" and "preset"
+    config.json          the fully resolved Config, plus "data_dir", "preset" and the prepared
+                         manifest's fingerprint (MANIFEST_SHA256, SPLIT_SHA256)
     env.json             versions, device, git commit, seed, host, start time
     history.csv          one row per finished epoch (HISTORY_COLUMNS)
     checkpoints/best.pt  {"model", "epoch", "val_macro_f1", "config"}   (weights_only loadable)
@@ -14,6 +15,7 @@
     cams/                written by `explain` (the CAMS_* names below)
     COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
                          STATUS_EARLY_STOPPED, "epochs", "best_epoch", ...}
+    .train.lock          TRAIN_LOCK: flock-ed by the process training the run, removed when it ends
 
 Every file is written atomically (temporary file, then rename), so a reader never sees
 half a file. A folder without COMPLETE is a run still training, or one that was interrupted.
@@ -26,18 +28,24 @@ it without torch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+log = logging.getLogger(__name__)
 
 CLASSES = ("benign", "early", "pre", "pro")
 SPLITS = ("train", "val", "test")
@@ -60,6 +68,16 @@ CONTEXT_TABLE = "context.csv"
 # context.json's variants (engine.context.VARIANTS), each with the words readers show for it.
 CONTEXT_VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
                     "background_removed": "background removed"}
+
+# Exclusively flock-ed by the process that trains the run (engine.train.fit), from its start to its end,
+# and removed then. The kernel drops a flock when its process dies however it dies, so a killed
+# training leaves at most an unlocked file behind, which the next training simply takes.
+TRAIN_LOCK = ".train.lock"
+# config.json keys: what the run was trained on. The sha256 of the prepared manifest.csv's bytes, and
+# of its sorted (sha256, class, split) rows, which stays the same when only paths, row order or mask
+# columns change (the split the run trained on is still there).
+MANIFEST_SHA256 = "manifest_sha256"
+SPLIT_SHA256 = "split_sha256"
 
 # The "status" COMPLETE records: every planned epoch trained, or early stopping (patience) ended the run.
 STATUS_COMPLETE = "complete"
@@ -94,6 +112,14 @@ CAMS_COMPARE = "compare"  # compare/<other run>/{COMPARE_TABLE, COMPARE_FIGURE, 
 COMPARE_TABLE = "compare.csv"
 COMPARE_FIGURE = "compare.png"
 TARGETS = ("pred", "true")  # the class a map explains: the predicted one, or the true one
+
+# explain builds cams/ in a hidden sibling CAMS_WORK_PREFIX + "<pid>-<ns>", flock-ed through the file
+# beside it named like it plus LOCK_SUFFIX while the explain runs; the previous cams/ is renamed
+# CAMS_OLD_PREFIX + "<ns>" for the moment of the swap. Whatever a killed explain leaves of these is
+# removed by the next explain of the run (engine.explain.pipeline).
+CAMS_WORK_PREFIX = ".cams-"
+CAMS_OLD_PREFIX = ".cams-old-"
+LOCK_SUFFIX = ".lock"
 
 INDEX_COLUMNS = ("split", "path", "sha256", "true", "pred", "confidence", "correct", "method", "layer", "target",
                  "target_class", "image", "overlay", "map")
@@ -243,3 +269,184 @@ def complete_status(run_dir: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return STATUS_COMPLETE
     return status if status in STATUSES else STATUS_COMPLETE
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+_NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+class RunBusyError(RuntimeError):
+    """Another process is training this run folder."""
+
+
+def try_lock(path: Path, *, create: bool = True) -> IO[str] | None:
+    """Take an exclusive ``flock`` on ``path`` without waiting: the open file that holds it, or None when
+    another process holds it (or, with ``create=False``, when the file is gone).
+
+    Holders remove the file when they let go (``unlock``). A file removed between our open and our
+    lock would leave us locking a name nobody else can find, so the lock counts only if ``path`` still
+    is the file we locked; otherwise we try again on the new one.
+    """
+    import fcntl
+
+    while True:
+        try:
+            handle = open(path, "a+" if create else "r+")  # noqa: SIM115 - the caller keeps it open to hold the lock
+        except FileNotFoundError:
+            if create:
+                raise
+            return None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in _NO_FLOCK and create:
+                # Some file systems (Lustre mounted without flock, a few FUSE ones) have no flock at all:
+                # refusing every training there would be worse than not refusing concurrent ones.
+                log.warning("%s: this file system cannot lock files (%s); another process using the same folder "
+                            "at the same time is not refused", path, exc.strerror)
+                return handle
+            handle.close()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or exc.errno in _NO_FLOCK:
+                return None  # held elsewhere (or, without flock, taken for held: nothing gets removed)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return handle
+        handle.close()
+        if not create:
+            return None
+
+
+def unlock(handle: IO[str]) -> None:
+    """Remove the lock file, then let go of it (in this order, see ``try_lock``)."""
+    Path(handle.name).unlink(missing_ok=True)
+    handle.close()
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/TRAIN_LOCK`` for the ``with`` block, or raise ``RunBusyError`` at once.
+
+    The file says who holds it (pid, host, since), for the message another training gets.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / TRAIN_LOCK
+    handle = try_lock(path)
+    if handle is None:
+        try:
+            holder = json.loads(path.read_text())
+            who = f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            who = "which one is not recorded"
+        raise RunBusyError(f"{run_dir} is being trained by another process ({who}): wait for it to finish, or stop "
+                           "it first (a stopped or killed training releases the run at once)")
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+        handle.flush()
+        yield
+    finally:
+        unlock(handle)
+
+
+# ----------------------------------------------------------------------------- the data a run trained on
+
+# (path, device, inode, size, mtime_ns) -> (manifest sha256, split sha256 or None until needed): the
+# dashboard asks for every trial of a sweep, and they share one manifest.
+_DIGESTS: dict[tuple[str, int, int, int, int], list[str | None]] = {}
+
+
+def _manifest_path(prepared: Path) -> Path:
+    from .data import MANIFEST  # the prepared folder's names live in engine.data (imported late: it imports us)
+
+    return Path(prepared) / MANIFEST
+
+
+def _digests(manifest: Path, *, split: bool) -> tuple[str, str | None]:
+    """The manifest's byte sha256 and, when ``split``, its split sha256 (see SPLIT_SHA256); OSError if unreadable."""
+    info = manifest.stat()
+    key = (str(manifest), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    cached = _DIGESTS.get(key)
+    if cached is None:
+        data = manifest.read_bytes()
+        cached = [hashlib.sha256(data).hexdigest(), None]
+        if len(_DIGESTS) > 64:
+            _DIGESTS.clear()
+        _DIGESTS[key] = cached
+    else:
+        data = None
+    if split and cached[1] is None:
+        text = (data if data is not None else manifest.read_bytes()).decode("utf-8")
+        rows = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in csv.DictReader(io.StringIO(text)))
+        cached[1] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+    return cached[0], cached[1]
+
+
+def manifest_record(prepared: Path) -> dict[str, str]:
+    """What ``config.json`` records of the prepared data a run trains on: {MANIFEST_SHA256, SPLIT_SHA256}."""
+    manifest, split = _digests(_manifest_path(prepared), split=True)
+    return {MANIFEST_SHA256: manifest, SPLIT_SHA256: str(split)}
+
+
+def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
+    try:
+        config = read_json(Path(run_dir) / CONFIG)
+        recorded, prepared = config[MANIFEST_SHA256], Path(config["data_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None  # no run, or one trained before the record existed: nothing to compare
+    manifest = _manifest_path(prepared)
+    try:
+        current, _ = _digests(manifest, split=False)
+        if current == recorded:
+            return True, None
+        _, split = _digests(manifest, split=True)
+    except (OSError, ValueError, KeyError):
+        return False, (f"{run_dir} was trained on {manifest}, which is no longer there or no longer readable: "
+                       "its split cannot be checked")
+    if split is not None and split == config.get(SPLIT_SHA256):
+        return True, None
+    return False, (f"{run_dir} was trained on another split: {manifest} has changed since (prepared again with "
+                   "another seed or other images), so its validation and test images may include images it was "
+                   "trained on. Prepare the data again as it was (same images, same --seed) to use this run, or "
+                   "train a new run on the new split")
+
+
+def manifest_matches(run_dir: Path) -> bool | None:
+    """Is the prepared data's split still the one the run was trained on?
+
+    True: yes (the manifest is unchanged, or only its bytes changed, not its split). False: the split
+    changed or the manifest is gone, so the run's val/test scores on it would not be held out
+    (``manifest_problem`` says which, in a sentence). None: cannot tell (no readable config.json, or a
+    run trained before the record existed). Without torch, and the hash of one small file (remembered
+    while the file stays the same): cheap enough for the dashboard to ask for every run it lists.
+    """
+    return _manifest_check(run_dir)[0]
+
+
+def manifest_problem(run_dir: Path) -> str | None:
+    """Why the run no longer matches its prepared data, as a sentence for the reader; None when it matches
+    or cannot be told (``manifest_matches``)."""
+    return _manifest_check(run_dir)[1]
+
+
+def require_same_split(run_dir: Path) -> None:
+    """Raise ``engine.data.DataError`` (``manifest_problem``) when the run's prepared data no longer holds
+    the split it was trained on: its validation and test images could then include training images, and
+    every score would look better than it is, silently. A run from before the record passes with a warning.
+    """
+    problem = manifest_problem(run_dir)
+    if problem:
+        from .data import DataError
+
+        raise DataError(problem)
+    if manifest_matches(run_dir) is None and (Path(run_dir) / CONFIG).is_file():
+        log.warning("%s does not record the manifest it was trained on: whether its prepared data still holds "
+                    "its split cannot be checked", run_dir)

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,6 +61,37 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.utils.deterministic.fill_uninitialized_memory = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random state training draws from besides the augmentation generator, for ``last.pt``.
+
+    Dropout draws its masks from torch's global generator (CUDA's on a GPU); NumPy's and Python's are
+    kept too, so that any code the step calls resumes exactly. Tensors and plain values only, so the
+    checkpoint stays loadable with ``weights_only=True``.
+    """
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached_gaussian)},
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    """Put back what ``rng_state`` saved (CUDA's only when resuming on a GPU too)."""
+    torch.set_rng_state(state["torch"])
+    saved = state["numpy"]
+    np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                         saved["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def subsample(indices: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -402,9 +434,27 @@ def fit(
     """Train ``cfg`` on the prepared data into ``run_dir``; return the run folder.
 
     ``on_epoch(row, run_dir)`` is called after each epoch's checkpoint is written (tuning
-    reports to Ray Tune from there).
+    reports to Ray Tune from there). The run folder is locked (``runs.TRAIN_LOCK``) for the
+    whole training: while another process trains it, this raises ``runs.RunBusyError`` before
+    touching anything. A resumed run must still find the split it was trained on.
     """
-    run_dir, prepared = Path(run_dir), Path(prepared).resolve()
+    run_dir = Path(run_dir)
+    with runs.training_lock(run_dir):
+        return _fit(cfg, Path(prepared).resolve(), run_dir, preset=preset, resume=resume, on_epoch=on_epoch)
+
+
+def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resume: bool,
+         on_epoch: EpochCallback | None) -> Path:
+    data_record: dict[str, str] = {}  # the prepared manifest's fingerprint, for config.json
+    if resume:
+        runs.require_same_split(run_dir)  # more epochs on another split would mix two training sets
+    else:
+        # Taken before the images are read: a manifest replaced meanwhile makes the run refuse later, not pass.
+        try:
+            data_record = runs.manifest_record(prepared)
+        except FileNotFoundError:
+            read_manifest(prepared)  # raises the DataError that says to run `prepare` first
+            raise
     device = resolve_device(cfg.device)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
@@ -445,13 +495,18 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
+        if "rng" in state:
+            restore_rng(state["rng"], device)
+        else:  # a checkpoint from before the RNG states were saved
+            log.warning("%s holds no RNG state: with dropout, the resumed epochs differ from an uninterrupted run",
+                        ckpt_dir / runs.LAST_CHECKPOINT)
         # history.csv is written before last.pt, so it may hold one epoch more: drop it.
         history = [row for row in read_history(run_dir) if int(row["epoch"]) <= state["epoch"]]
         start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_val_macro_f1"], state["best_epoch"]
         log.info("resuming %s at epoch %d", run_dir, start_epoch)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        runs.write_json(run_dir / runs.CONFIG, {**cfg.to_dict(), "data_dir": str(prepared), "preset": preset})
+        runs.write_json(run_dir / runs.CONFIG, {**cfg.to_dict(), "data_dir": str(prepared), "preset": preset,
+                                                **data_record})
         env = runs.environment(str(device), cfg.seed)
         env.update({**fast.to_env(), "channels_last": channels_last,
                     "cuda_graphs": isinstance(step, GraphedTrainStep),
@@ -484,7 +539,8 @@ def fit(
         runs.atomic_torch_save({
             "model": weights, **summary,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generator": gen.get_state(), "best_val_macro_f1": best_f1, "best_epoch": best_epoch,
+            "generator": gen.get_state(), "rng": rng_state(device),
+            "best_val_macro_f1": best_f1, "best_epoch": best_epoch,
         }, ckpt_dir / runs.LAST_CHECKPOINT)
         log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  val_macro_f1 %.4f  %.0f img/s",
                  epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"],

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.support import chromium
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "outputs" / "screenshots"
 PAGES = {"data": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM gallery",
          "compare": "Compare runs", "predict": "Predict", "present": "Present"}
@@ -34,9 +35,12 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(dashboard_outputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install -y chromium`")
-    pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+    # Found before the server starts, so that a machine without Chromium skips (CI: fails) at once.
+    executable = chromium.require_chromium()
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        chromium.missing("the playwright Python package is not installed (`make setup` installs it)")
     outputs = dashboard_outputs
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
@@ -57,7 +61,7 @@ def server(dashboard_outputs: dict[str, Path], tmp_path_factory: pytest.TempPath
             if process.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield {"url": url, **outputs}
+        yield {"url": url, "chromium": executable, **outputs}
     finally:
         process.terminate()
         try:
@@ -71,11 +75,11 @@ def browser(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+        launched = p.chromium.launch(executable_path=str(server["chromium"]), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update"])
-        yield chromium
-        chromium.close()
+        yield launched
+        launched.close()
 
 
 def settle(page, timeout_ms: int = 60_000) -> None:

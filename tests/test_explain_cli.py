@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine import cli
+from engine import cli, runs
 from engine.explain.pipeline import INDEX_COLUMNS
 from engine.runs import CLASSES
 
@@ -148,6 +151,47 @@ def test_compare_then_rerun_keeps_the_comparison_and_drops_stale_maps(cams: Path
     assert json.loads((cams / "sanity.json").read_text()) == {}
     assert json.loads((cams / "faithfulness_summary.json").read_text())["methods"] == {}
     assert not list(run_copy.glob(".cams-*"))
+
+
+def test_explain_removes_what_killed_explains_left_and_never_a_running_ones(run_copy: Path, capsys):
+    """A killed explain leaves its hidden work folder behind; the next explain of the run removes it.
+
+    The work folder of an explain that is still running (its lock file is locked) stays, as does a
+    young lock-less one (an older engine may be writing it); a lock-less one older than a day and the
+    previous cams/ of an interrupted swap go.
+    """
+    def work(name: str, *, lock: bool, age_s: float = 0) -> Path:
+        folder = run_copy / f"{runs.CAMS_WORK_PREFIX}{name}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "images" / "a.png").write_bytes(b"x")
+        if lock:
+            folder.with_name(folder.name + runs.LOCK_SUFFIX).write_text("")
+        if age_s:
+            stamp = time.time() - age_s
+            for path in (folder / "images" / "a.png", folder / "images", folder):
+                os.utime(path, (stamp, stamp))
+        return folder
+
+    killed = work("111-1", lock=True)  # its owner is gone: nobody holds the lock
+    running = work("222-2", lock=True)
+    legacy_old, legacy_young = work("333-3", lock=False, age_s=2 * 86400), work("444-4", lock=False)
+    swapped = work("old-5", lock=False)
+    orphan_lock = run_copy / f"{runs.CAMS_WORK_PREFIX}555-5{runs.LOCK_SUFFIX}"
+    orphan_lock.write_text("")
+    running_lock = running.with_name(running.name + runs.LOCK_SUFFIX)
+    with running_lock.open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, _ = run_cli(["explain", str(run_copy), "--no-faithfulness", "--no-sanity", "--no-stages",
+                           "--no-localisation", "--multilayer", "0", "--limit", "4"], capsys)
+        assert code == 0
+        assert not killed.exists() and not killed.with_name(killed.name + runs.LOCK_SUFFIX).exists()
+        assert not legacy_old.exists() and not swapped.exists() and not orphan_lock.exists()
+        assert (running / "images" / "a.png").is_file() and running_lock.is_file()
+        assert (legacy_young / "images" / "a.png").is_file()
+    shutil.rmtree(running)
+    shutil.rmtree(legacy_young)
+    running_lock.unlink()
+    assert not list(run_copy.glob(f"{runs.CAMS_WORK_PREFIX}*"))
 
 
 def test_cli_rejects_unknown_names_with_the_choices(run_copy: Path, capsys):

@@ -52,8 +52,11 @@ def test_training_is_deterministic_on_cpu(prepared_tiny, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path):
-    cfg = build_config("tiny", {"epochs": 3})
+@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["no-dropout", "dropout"])
+def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path, dropout):
+    """Dropout draws its masks from torch's global generator (CUDA's on a GPU), not from the
+    augmentation generator: a resumed run must restore that state too, or epoch 3 differs."""
+    cfg = build_config("tiny", {"epochs": 3, "dropout": dropout})
     straight = fit(cfg, prepared_tiny, tmp_path / "straight")
 
     class Interrupt(Exception):
@@ -72,6 +75,9 @@ def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path):
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
     wa, wb = _weights(straight), _weights(tmp_path / "resumed")
     assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
+    # Epoch 3's training loss and validation scores, as trained straight through.
+    expected = [float(v) for v in (straight / "history.csv").read_text().splitlines()[3].split(",")[1:6]]
+    assert [float(v) for v in history[3].split(",")[1:6]] == pytest.approx(expected, rel=1e-5)
 
 
 def test_cli_rejects_unknown_keys_and_existing_runs(prepared_tiny, tmp_path, capsys):

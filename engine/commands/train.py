@@ -27,23 +27,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        run_dir = _train(args)
+    except runs.RunBusyError as exc:
+        raise ConfigError(str(exc)) from None  # the command line prints it as an error, without a traceback
+    print(run_dir)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> Path:
     if args.resume:
         run_dir = args.resume
         saved = runs.read_json(run_dir / runs.CONFIG)
         prepared, preset = Path(saved.pop("data_dir")), saved.pop("preset", None)
+        for key in (runs.MANIFEST_SHA256, runs.SPLIT_SHA256):  # what fit records of the data, not config keys
+            saved.pop(key, None)
         cfg = config_from_dict(saved)
         if runs.is_complete(run_dir):
             log.info("%s is already complete", run_dir)
-            print(run_dir)
-            return 0
-        fit(cfg, prepared, run_dir, preset=preset, resume=(run_dir / runs.CHECKPOINTS / "last.pt").is_file())
+            return run_dir
+        fit(cfg, prepared, run_dir, preset=preset, resume=(run_dir / runs.CHECKPOINTS / runs.LAST_CHECKPOINT).is_file())
     else:
         if args.data is None:
             raise ConfigError("--data is required (the folder written by `python -m engine prepare`)")
         cfg = build_config(args.preset, parse_overrides(args.overrides))
         run_dir = args.out / (args.name or runs.new_run_id())
-        if run_dir.exists() and any(run_dir.iterdir()):
+        # The lock file alone is what a training killed before writing anything leaves.
+        if run_dir.exists() and any(p.name != runs.TRAIN_LOCK for p in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} already exists and is not empty; choose another --name")
         fit(cfg, args.data, run_dir, preset=args.preset)
-    print(run_dir)
-    return 0
+    return run_dir

@@ -87,6 +87,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
              limit: int = 0, seed: int = 0, batch_size: int = 64) -> LoadedRun:
     """Load a run's checkpoint and the images of ``split`` (a stratified ``limit`` of them)."""
     run_dir = Path(run_dir)
+    runs.require_same_split(run_dir)  # maps of "test" images the run trained on would be read as held-out evidence
     dev = resolve_device(device)
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
     model.eval()
@@ -184,8 +185,14 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
     run = load_run(run_dir, checkpoint=options.checkpoint, device=options.device, split=options.split,
                    limit=options.limit, seed=options.seed)
     final = run_dir / runs.CAMS
-    work = run_dir / f".cams-{os.getpid()}-{time.time_ns()}"
+    work = run_dir / f"{runs.CAMS_WORK_PREFIX}{os.getpid()}-{time.time_ns()}"
+    # Locked before the folder exists, for as long as it exists: the sign, for the next explain's clean-up
+    # below, that this one is alive; a killed explain's lock goes with its process.
+    lock = runs.try_lock(_lock_of(work))
+    if lock is None:  # a fresh name nobody else uses: only a broken file system gets here
+        raise RuntimeError(f"cannot lock {_lock_of(work)}")
     try:
+        remove_abandoned_work(run_dir)
         images_per_s = _write_cams(run, work, options)
         runs.write_json(work / runs.CAMS_META, {
             **run.checkpoint, **{k: list(v) if isinstance(v, tuple) else v
@@ -197,15 +204,73 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
         _swap_in(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        runs.unlock(lock)
     log.info("explanations of %d images -> %s", len(run.rows), final)
     return final
+
+
+# A work folder without a lock file comes from an engine older than these locks; one untouched this long
+# is taken for abandoned (an explain of the whole test split with every method takes minutes, not a day).
+UNLOCKED_WORK_STALE_S = 24 * 3600
+
+
+def _lock_of(work: Path) -> Path:
+    return work.with_name(work.name + runs.LOCK_SUFFIX)
+
+
+def remove_abandoned_work(run_dir: Path) -> list[Path]:
+    """Remove what explains that died (killed, out of memory, a crashed machine) left in ``run_dir``; return it.
+
+    - a work folder whose lock file nobody holds: its explain is gone (a running one holds its lock),
+    - a lock file without its folder, unheld,
+    - a lock-less work folder untouched for ``UNLOCKED_WORK_STALE_S``,
+    - the previous ``cams/`` of an interrupted swap, once a ``cams/`` is in place again (while it is
+      missing, the swap may be in progress, or the old folder is all that is left of the explanations).
+
+    A running explain's folder is never touched: its lock cannot be taken while its process lives.
+    """
+    removed: list[Path] = []
+    has_cams = (run_dir / runs.CAMS).is_dir()
+    for entry in sorted(run_dir.glob(f"{runs.CAMS_WORK_PREFIX}*")):
+        if entry.name.startswith(runs.CAMS_OLD_PREFIX):
+            if has_cams and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+            continue
+        if entry.name.endswith(runs.LOCK_SUFFIX):
+            folder, lock_path = entry.with_name(entry.name[:-len(runs.LOCK_SUFFIX)]), entry
+        elif entry.is_dir():
+            folder, lock_path = entry, _lock_of(entry)
+        else:
+            continue
+        if folder != entry and folder.exists():
+            continue  # handled with its folder
+        if lock_path.exists():
+            held = runs.try_lock(lock_path, create=False)
+            if held is None:
+                continue  # alive (or already cleaned by another explain)
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+            finally:
+                runs.unlock(held)
+        else:
+            try:
+                if time.time() - folder.stat().st_mtime < UNLOCKED_WORK_STALE_S:
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        log.info("removed what %d interrupted explain(s) left: %s", len(removed), ", ".join(p.name for p in removed))
+    return removed
 
 
 def _swap_in(work: Path, final: Path) -> None:
     """Replace ``final`` with ``work``, keeping comparisons made earlier (``compare/``)."""
     if (final / runs.CAMS_COMPARE).is_dir() and not (work / runs.CAMS_COMPARE).exists():
         shutil.copytree(final / runs.CAMS_COMPARE, work / runs.CAMS_COMPARE)
-    old = final.with_name(f".cams-old-{time.time_ns()}")
+    old = final.with_name(f"{runs.CAMS_OLD_PREFIX}{time.time_ns()}")
     if final.exists():
         final.rename(old)
     work.rename(final)
