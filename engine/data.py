@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import locks
 from .progress import progress
 from .runs import CLASSES, SPLITS, atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -35,6 +36,8 @@ MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "heigh
 # Empty for an image without a usable mask, and absent from manifests prepared without masks.
 MASK_COLUMNS = ("mask", "mask_source", "mask_fraction")
 MASKS = "masks"
+CACHE = "cache"  # decoded images: cache/<size>px.<key>.npy, cache/<size>px-masks.<key>.npy (see _cached)
+CACHE_KEY_CHARS = 16  # of the manifest's SHA-256 in a cache file's name
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "TIFF": "TIFF"}
 # 40 megapixels is far above any smear photograph; more is treated as a decompression bomb.
 MAX_PIXELS = 40_000_000
@@ -685,18 +688,23 @@ def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
 
 def read_manifest(prepared: Path) -> list[dict[str, Any]]:
     """The manifest's rows; the mask columns are '' where the data was prepared without masks."""
+    return _read_manifest(prepared)[1]
+
+
+def _read_manifest(prepared: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The manifest's SHA-256 and its rows, both from one read (a new prepare may replace it meanwhile)."""
     path = Path(prepared) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} not found: run `python -m engine prepare` first")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    data = path.read_bytes()
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
     missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
     for row in rows:
         for column in MASK_COLUMNS:
             row[column] = row.get(column) or ""
-    return rows
+    return hashlib.sha256(data).hexdigest(), rows
 
 
 def has_masks(rows: list[dict[str, Any]]) -> np.ndarray:
@@ -731,37 +739,83 @@ def _decode_mask(args: tuple[str, int]) -> np.ndarray:
     return resize_square(image, size, Image.Resampling.BILINEAR) >= 128
 
 
-def _cached(prepared: Path, name: str, decode: Any, jobs: list[tuple[str, int]], shape: tuple[int, ...],
-            dtype: type, desc: str) -> np.ndarray:
-    """``cache/<name>.npy``, rebuilt when the manifest changed since (its hash is kept as the key)."""
-    key = hashlib.sha256((prepared / MANIFEST).read_bytes()).hexdigest()
-    array_path = prepared / "cache" / f"{name}.npy"
-    key_path = prepared / "cache" / f"{name}.key"
-    if array_path.is_file() and key_path.is_file() and key_path.read_text().strip() == key:
-        return np.load(array_path, mmap_mode="r")
-    array = np.empty((len(jobs), *shape), dtype=dtype)
-    with ProcessPoolExecutor(_workers()) as pool:
-        decoded = pool.map(decode, jobs, chunksize=32)
-        for i, item in enumerate(progress(decoded, total=len(jobs), desc=desc, unit="img")):
-            array[i] = item
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    atomic_write_bytes(array_path, buffer.getvalue())
-    atomic_write_text(key_path, key + "\n")
-    return array
+def _cache_file(folder: Path, name: str, key: str) -> Path:
+    return folder / f"{name}.{key[:CACHE_KEY_CHARS]}.npy"
+
+
+def _cache_hit(path: Path, n: int, shape: tuple[int, ...], dtype: type) -> np.ndarray | None:
+    """The cached array at ``path`` as a memory map, or None when absent or not what this manifest needs."""
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):  # unreadable: rebuilt below (every write is atomic, so this is rare)
+        log.warning("%s cannot be read; rebuilding it", path, exc_info=True)
+        return None
+    return array if array.shape == (n, *shape) and array.dtype == np.dtype(dtype) else None
+
+
+def _remove_stale(folder: Path, name: str, keep: Path) -> None:
+    """Delete the caches of other manifests (and the old ``<name>.npy`` + ``<name>.key`` pairs).
+
+    A process still reading one keeps its memory map: unlinking a file does not take it away.
+    """
+    stale = [p for p in folder.glob(f"{name}.*.npy") if p != keep]
+    stale += [folder / f"{name}.npy", folder / f"{name}.key"]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _cached(prepared: Path, name: str, key: str, decode: Any, jobs: list[tuple[str, int]],
+            shape: tuple[int, ...], dtype: type, desc: str) -> np.ndarray:
+    """``cache/<name>.<key>.npy``: the decoded ``jobs``, for the manifest whose hash is ``key``.
+
+    The key is part of the file's name, so images and key are published together by one atomic
+    rename: a reader finds its own manifest's images or nothing, whatever other writers do and
+    wherever one of them is killed. Builders queue on ``cache/<name>.lock`` so that concurrent
+    trainings decode once; the lock dies with its holder (engine.locks).
+    """
+    folder = prepared / CACHE
+    path = _cache_file(folder, name, key)
+    hit = _cache_hit(path, len(jobs), shape, dtype)
+    if hit is not None:
+        return hit
+    try:
+        build_lock = locks.wait_lock(folder / f"{name}.lock", purpose=f"building {desc}")
+    except locks.LockUnsupported:
+        log.warning("%s: no file locks on this file system; concurrent builds of %s may decode twice", folder, desc)
+        build_lock = None
+    try:
+        hit = _cache_hit(path, len(jobs), shape, dtype)  # built by another process while this one waited
+        if hit is not None:
+            return hit
+        array = np.empty((len(jobs), *shape), dtype=dtype)
+        with ProcessPoolExecutor(_workers()) as pool:
+            decoded = pool.map(decode, jobs, chunksize=32)
+            for i, item in enumerate(progress(decoded, total=len(jobs), desc=desc, unit="img")):
+                array[i] = item
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(path, buffer.getvalue())
+        _remove_stale(folder, name, keep=path)
+        return array
+    finally:
+        if build_lock is not None:
+            build_lock.release()
 
 
 def load_cache(prepared: Path, size: int) -> np.ndarray:
     """The decoded images of the manifest, in its order, as uint8 (N, size, size, 3).
 
-    Built once per resolution with all cores and stored as ``cache/<size>px.npy`` next to
-    a key of the manifest's hash, so a changed manifest rebuilds it.
+    Built once per resolution with all cores and stored as ``cache/<size>px.<key>.npy``, where
+    the key is the manifest's hash, so a changed manifest rebuilds it.
     """
     prepared = Path(prepared)
-    rows = read_manifest(prepared)
+    key, rows = _read_manifest(prepared)
     root = data_root(prepared)
     jobs = [(str(root / r["path"]), size) for r in rows]
-    return _cached(prepared, f"{size}px", _decode_for_cache, jobs, (size, size, 3), np.uint8, f"cache {size}px")
+    return _cached(prepared, f"{size}px", key, _decode_for_cache, jobs, (size, size, 3), np.uint8,
+                   f"cache {size}px")
 
 
 def load_mask_cache(prepared: Path, size: int) -> np.ndarray:
@@ -770,6 +824,6 @@ def load_mask_cache(prepared: Path, size: int) -> np.ndarray:
     All False for an image without a usable mask (``has_masks`` tells which those are).
     """
     prepared = Path(prepared)
-    rows = read_manifest(prepared)
+    key, rows = _read_manifest(prepared)
     jobs = [(str(prepared / r["mask"]) if r["mask"] else "", size) for r in rows]
-    return _cached(prepared, f"{size}px-masks", _decode_mask, jobs, (size, size), bool, f"masks {size}px")
+    return _cached(prepared, f"{size}px-masks", key, _decode_mask, jobs, (size, size), bool, f"masks {size}px")

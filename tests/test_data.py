@@ -146,6 +146,46 @@ def test_cache_follows_manifest_order_and_rebuilds_when_it_changes(prepared_tiny
     assert load_cache(prepared, 32).shape[0] == len(manifest) - 5
 
 
+class _Killed(BaseException):
+    """A writer killed at a chosen point (not an Exception: nothing may catch it)."""
+
+
+def test_cache_writer_killed_mid_swap_never_pairs_a_manifest_with_another_manifests_images(
+        prepared_tiny, tmp_path, monkeypatch):
+    prepared = tmp_path / "prepared"
+    shutil.copytree(prepared_tiny, prepared, ignore=shutil.ignore_patterns("cache"))
+    manifest = prepared / "manifest.csv"
+    full = manifest.read_bytes()
+    short = b"".join(full.splitlines(keepends=True)[:-5])
+    manifest.write_bytes(short)
+    first = np.array(load_cache(prepared, 32))
+
+    # A new prepare changes the manifest; the writer rebuilding the cache dies right after its
+    # first file replacement. Whatever it managed to write, a reader of the old manifest must get
+    # the old images (or a rebuild), never the new manifest's.
+    manifest.write_bytes(full)
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)
+        raise _Killed
+
+    monkeypatch.setattr(os, "replace", replace_then_die)
+    with pytest.raises(_Killed):
+        load_cache(prepared, 32)
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    manifest.write_bytes(short)
+    again = load_cache(prepared, 32)
+    assert again.shape == first.shape and np.array_equal(again, first)
+    manifest.write_bytes(full)
+    assert load_cache(prepared, 32).shape[0] == len(read_manifest(prepared))
+    # A rebuild removes the caches of other manifests instead of letting them pile up.
+    manifest.write_bytes(b"".join(full.splitlines(keepends=True)[:-3]))
+    assert load_cache(prepared, 32).shape[0] == len(read_manifest(prepared))
+    assert len(list((prepared / "cache").glob("32px*.npy"))) == 1
+
+
 def test_prepare_without_imagehash_still_splits_and_says_near_duplicates_were_not_checked(
         image_folder, tmp_path, monkeypatch):
     import sys

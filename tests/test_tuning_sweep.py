@@ -196,3 +196,19 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
         assert epochs == [1, 2, 3, 4]
     info = json.loads((sweep / "sweep.json").read_text())
     assert info["status"] == "complete" and (sweep / "best.json").is_file()
+
+
+def test_max_concurrent_trials_holds_with_the_random_searcher(prepared_tiny: Path, tmp_path: Path,
+                                                               ray_tmpdir: str) -> None:
+    # One CPU per trial on two CPUs would run both trials at once; --max-concurrent 1 must not.
+    space = space_file(tmp_path, "fixed: {epochs: 3}\n"
+                                 "params:\n  lr: {loguniform: [0.002, 0.003]}\nsearch: random\nscheduler: fifo\n")
+    out = tmp_path / "sweeps"
+    code = main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "m",
+                 "--num-samples", "2", "--max-concurrent", "1", "--cpus-per-trial", "1", "--num-cpus", "2",
+                 "--no-explain"])
+    assert code == 0
+    spans = sorted((json.loads((run / "env.json").read_text())["started_at"],
+                    json.loads((run / "COMPLETE").read_text())["finished_at"])
+                   for run in (out / "m" / "trials").iterdir())
+    assert len(spans) == 2 and spans[1][0] >= spans[0][1], spans  # the second began after the first ended

@@ -6,6 +6,8 @@ Modules, in the order a sweep uses them:
 * ``resources`` sizes CPUs/GPUs per trial so that GPUs, not CPUs, limit concurrency;
 * ``trainable`` the Ray Tune function: one engine run folder per trial;
 * ``summary``   summary.csv and trial.json, kept current by a ``ray.tune.Callback``;
+* ``driver``    one driver per sweep folder (sweep.lock) and sweep.json with its heartbeat;
+* ``liveness``  whether a sweep's driver still runs (shared with the dashboard);
 * ``sweep``     ray.init, Tuner (or Tuner.restore), ray.shutdown;
 * ``finish``    evaluates and explains the best trial, writes best.json, prints a table;
 * ``cli``       the command line.

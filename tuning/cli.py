@@ -65,14 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from engine.config import ConfigError
 
+    from .driver import SweepError, exclusive
     from .finish import FinishError, finish
     from .resources import ResourceError
     from .space import SpaceError
-    from .sweep import SweepError, SweepOptions, run_sweep
+    from .sweep import SweepOptions, run_sweep
 
     try:
         if args.command == "finish":
-            best = finish(args.sweep_dir, explain=args.explain)
+            with exclusive(args.sweep_dir):  # not while the sweep's driver runs (it finishes itself)
+                best = finish(args.sweep_dir, explain=args.explain)
             print_outcome(args.sweep_dir, best)
             print(args.sweep_dir)
             return 0

@@ -2,7 +2,9 @@
 
 ``outputs/sweeps/<name>/`` holds::
 
-    sweep.json           settings, data folder, start/finish times and the sweep's status (SWEEP_STATUSES)
+    sweep.json           settings, data folder, start/finish times, the sweep's status (SWEEP_STATUSES) and
+                         its driver (DRIVER_FIELDS: host, pid, heartbeat; tuning/liveness.py reads them)
+    sweep.lock           held (flock) by the running driver; names it while held (engine/locks.py)
     space.yaml           the search space as it was when the sweep started (--resume reads this one)
     summary.csv          one row per trial (summary_columns), rewritten while the sweep runs
     best.json            written by the finish step: the best trial, its params and test metrics
@@ -16,11 +18,15 @@ them. Standard library only, so the dashboard can import it without Ray.
 from __future__ import annotations
 
 SWEEP_JSON = "sweep.json"
+SWEEP_LOCK = "sweep.lock"
 SPACE_COPY = "space.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
 TRIALS = "trials"
-TRIAL_JSON = "trial.json"  # inside each trial's folder: {"trial_id", "params", "status", "gpu_ids", "error"}
+# Inside each trial's folder: {"trial_id", "params", "status", "gpu_ids", "error", "node", "attempts"};
+# "node" {"id", "ip", "host"} is where the trial last ran, "attempts" one {"node_id", "node_ip", "host", "pid",
+# "started_at"} per start (a retry after a crash or a lost node, a --resume), oldest first.
+TRIAL_JSON = "trial.json"
 RAY_STORAGE = "ray"
 
 # sweep.json "status": running, complete (every trial ended and the finish step ran), or interrupted (--resume).
@@ -28,6 +34,9 @@ SWEEP_RUNNING = "running"
 SWEEP_COMPLETE = "complete"
 SWEEP_INTERRUPTED = "interrupted"
 SWEEP_STATUSES = (SWEEP_RUNNING, SWEEP_COMPLETE, SWEEP_INTERRUPTED)
+# sweep.json: who drives the sweep. "running" holds only while the heartbeat is fresh (tuning/liveness.py):
+# a driver killed outright cannot write "interrupted", but it stops beating.
+DRIVER_FIELDS = ("host", "pid", "pid_started", "heartbeat_at", "heartbeat_every_s")
 
 # A trial's status, in summary.csv and trial.json. "stopped": cut early by the scheduler (ASHA).
 TRIAL_PENDING = "pending"
@@ -40,7 +49,9 @@ TRIAL_ENDED = (TRIAL_COMPLETE, TRIAL_STOPPED, TRIAL_ERROR)  # nothing more will 
 
 # summary.csv: trial_id, status, one PARAM_PREFIX column per searched parameter, then METRIC_COLUMNS.
 PARAM_PREFIX = "param_"
-METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error")
+# node_ip, node_id: the Ray node of the trial's latest report.
+METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error",
+                  "node_ip", "node_id")
 
 
 def summary_columns(param_keys: list[str]) -> list[str]:

@@ -79,6 +79,8 @@ def trial_row(trial: Trial, param_keys: list[str], status: str) -> dict[str, Any
         "seconds": round(result["time_total_s"], 1) if "time_total_s" in result else None,
         "run_dir": f"{TRIALS}/{trial.trial_id}",
         "error": error_line(trial),
+        "node_ip": result.get("node_ip"),  # filled in by Ray
+        "node_id": result.get("node_id"),  # reported by the trainable
     })
     return row
 

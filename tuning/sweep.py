@@ -1,6 +1,8 @@
 """One sweep, start to end: ``run_sweep(SweepOptions(...))``.
 
-1. resolve the sweep folder and its settings (a resumed sweep reuses the recorded ones);
+1. resolve the sweep folder, claim it (driver.py: one driver per folder, refused while another
+   runs it) and its settings (a resumed sweep reuses the recorded ones); sweep.json records the
+   driver and its heartbeat from here on;
 2. warm the image cache for the sizes the space uses (before Ray: no forking under Ray);
 3. ``ray.init`` on loopback without dashboard, or join ``--address``;
 4. size each trial's CPU/GPU request (resources.py) and run ``Tuner.fit`` (or
@@ -22,6 +24,7 @@ from engine import runs
 from engine.data import MANIFEST
 
 from . import layout
+from .driver import SweepError, SweepRecord, claim
 from .finish import read_summary
 from .space import Space, load_space, param_space
 from .trainable import TrialSetup, train_trial, trial_dir, update_trial_json
@@ -29,10 +32,6 @@ from .trainable import TrialSetup, train_trial, trial_dir, update_trial_json
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "val_macro_f1", "max"
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot start or resume as asked."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,8 @@ def latest_unfinished(out: Path, space_name: str) -> Path | None:
 
 
 def resolve_folder(opts: SweepOptions, space_name: str) -> Path:
+    """The sweep's folder. Whether it is free (or, for --resume, not still running) is claim()'s to say,
+    under the folder's lock: checked here, two drivers could both find it free."""
     out = Path(opts.out)
     if opts.resume:
         sweep_dir = out / opts.name if opts.name else latest_unfinished(out, space_name)
@@ -89,10 +90,7 @@ def resolve_folder(opts: SweepOptions, space_name: str) -> Path:
             which = f"named {opts.name!r}" if opts.name else f"of space {space_name!r}"
             raise SweepError(f"--resume: no sweep {which} to resume in {out}")
         return sweep_dir
-    sweep_dir = out / (opts.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (sweep_dir / layout.SWEEP_JSON).exists():
-        raise SweepError(f"{sweep_dir} already holds a sweep; use --resume to continue it or another --name")
-    return sweep_dir
+    return out / (opts.name or f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def settings(opts: SweepOptions, space: Space) -> dict[str, Any]:
@@ -122,11 +120,41 @@ def init_ray(opts: SweepOptions) -> None:
     address = opts.address or os.environ.get("RAY_ADDRESS") or None
     if address:
         log.info("joining the Ray cluster at %s", address)
-        ray.init(address=address, runtime_env=runtime_env)
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except (ConnectionError, RuntimeError) as exc:
+            refusal = _authentication_error(exc)
+            if refusal is None:
+                raise
+            # Ray never turns token authentication on by itself for an explicit address.
+            raise SweepError(
+                f"the Ray cluster at {address} refused this driver ({refusal}): it uses token authentication; "
+                "export RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+                "or ~/.ray/auth_token (see docs/sweeps.md)") from None
     else:
         # A private single-node Ray bound to loopback, without the dashboard web server.
         ray.init(num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, include_dashboard=False,
                  _node_ip_address="127.0.0.1", runtime_env=runtime_env)
+
+
+def _authentication_error(exc: BaseException) -> str | None:
+    """Why the cluster refused this driver's credentials, if that is what ``exc`` is about; else None.
+
+    Ray 2.60 wraps the refusal in a ConnectionError whose cause, a RuntimeError, carries the
+    original AuthenticationError only as text ("InvalidAuthToken: ..."), hence the text search.
+    """
+    from ray.exceptions import AuthenticationError
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, AuthenticationError):
+            return (cause.message.splitlines() or ["authentication failed"])[0]
+        if any(mark in str(cause) for mark in ("InvalidAuthToken", "AuthenticationError")):
+            return "its authentication token is missing or incorrect"
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def trial_dirname(trial: Any) -> str:
@@ -134,14 +162,22 @@ def trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def make_search(search: str, seed: int = 0) -> Any:
+def make_search(search: str, max_concurrent: int = 0, seed: int = 0) -> Any:
+    """The search algorithm, capped at ``max_concurrent`` trials at once (0: no cap).
+
+    The cap is applied here, not with TuneConfig(max_concurrent_trials=...): Ray applies that
+    one to Searcher instances only and ignores it for a BasicVariantGenerator (random and grid
+    search), warning "requires a Searcher instance".
+    """
     if search == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
+        searcher = OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
 
 
 def make_scheduler(scheduler: str, space: Space) -> Any:
@@ -168,9 +204,8 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
         param_space=param_space(space, info["search"]),
         tune_config=tune.TuneConfig(
             metric=METRIC, mode=MODE, num_samples=info["num_samples"],
-            search_alg=make_search(info["search"]), scheduler=make_scheduler(info["scheduler"], space),
-            max_concurrent_trials=info["max_concurrent_trials"] or None,
-            trial_dirname_creator=trial_dirname,
+            search_alg=make_search(info["search"], info["max_concurrent_trials"] or 0),
+            scheduler=make_scheduler(info["scheduler"], space), trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=info["name"], storage_path=storage,
@@ -181,13 +216,14 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
     )
 
 
-def run_trials(opts: SweepOptions, space: Space, info: dict[str, Any], sweep_dir: Path) -> None:
+def run_trials(opts: SweepOptions, space: Space, record: SweepRecord, sweep_dir: Path) -> None:
     """Inside an initialised Ray: size the trials, then fit a new Tuner or restore the old one."""
     import ray
     from ray import tune
 
     from .resources import plan
 
+    info = record.info
     cluster = ray.cluster_resources()
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
     gpus_per_trial = info["gpus_per_trial"]
@@ -196,8 +232,7 @@ def run_trials(opts: SweepOptions, space: Space, info: dict[str, Any], sweep_dir
     nodes = [(n["Resources"].get("CPU", 0), n["Resources"].get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
     res = plan(cpus, gpus, gpus_per_trial=gpus_per_trial, cpus_per_trial=info["cpus_per_trial"],
                max_concurrent=info["max_concurrent_trials"], nodes=nodes)
-    info.update(gpus_per_trial=res.gpu, cpus_per_trial=res.cpu, cluster={"CPU": cpus, "GPU": gpus})
-    runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
+    record.update(gpus_per_trial=res.gpu, cpus_per_trial=res.cpu, cluster={"CPU": cpus, "GPU": gpus})
     log.info("cluster: %g CPU, %g GPU; each trial gets %g CPU (%d threads) and %g GPU; up to %d at once",
              cpus, gpus, res.cpu, res.num_threads, res.gpu, res.concurrent)
 
@@ -244,10 +279,28 @@ def all_trials_ended(sweep_dir: Path, expected: int) -> bool:
 
 def run_sweep(opts: SweepOptions) -> SweepResult:
     """Run (or resume) a sweep and its finish step; return its folder and outcome."""
-    import ray
-
     given = load_space(opts.space)  # validate the named space first, even on --resume
     sweep_dir = resolve_folder(opts, given.name)
+    data_dir = None
+    if not opts.resume:
+        if opts.data is None:
+            raise SweepError("--data is required (the folder written by `python -m engine prepare`)")
+        data_dir = Path(opts.data).resolve()
+        if not (data_dir / MANIFEST).is_file():
+            raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
+                             "run `python -m engine prepare` first")
+    # Nothing is written into the folder before this: a refused driver leaves the running one's files alone.
+    lock = claim(sweep_dir, resume=opts.resume, default_name=opts.name is None)
+    try:
+        return _drive(opts, given, sweep_dir, data_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | None) -> SweepResult:
+    """The sweep itself, in a folder this process has claimed."""
+    import ray
 
     if opts.resume:
         info = runs.read_json(sweep_dir / layout.SWEEP_JSON)
@@ -259,14 +312,7 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
         info["gpus_per_trial"] = opts.gpus_per_trial
         info["cpus_per_trial"] = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.cpus_per_trial
     else:
-        if opts.data is None:
-            raise SweepError("--data is required (the folder written by `python -m engine prepare`)")
-        data_dir = Path(opts.data).resolve()
-        if not (data_dir / MANIFEST).is_file():
-            raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
-                             "run `python -m engine prepare` first")
         space = given
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(space.path, sweep_dir / layout.SPACE_COPY)
         info = {
             "name": sweep_dir.name, "space": space.name, "space_file": str(space.path),
@@ -276,35 +322,46 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
             "started_at": now(), "finished_at": None, "status": layout.SWEEP_RUNNING,
         }
     (sweep_dir / layout.TRIALS).mkdir(exist_ok=True)
-    runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
-
-    status = layout.SWEEP_INTERRUPTED
+    record = SweepRecord(sweep_dir, info)
+    record.start()  # writes sweep.json with this driver's host, pid and first heartbeat
     try:
-        warm_cache(Path(info["data_dir"]), space)
-        init_ray(opts)
-        run_trials(opts, space, info, sweep_dir)
-        expected = info["num_samples"] * space.grid_size(info["search"])
-        status = layout.SWEEP_COMPLETE if all_trials_ended(sweep_dir, expected) else layout.SWEEP_INTERRUPTED
+        status = layout.SWEEP_INTERRUPTED
+        try:
+            warm_cache(Path(info["data_dir"]), space)
+            init_ray(opts)
+            run_trials(opts, space, record, sweep_dir)
+            expected = info["num_samples"] * space.grid_size(info["search"])
+            status = layout.SWEEP_COMPLETE if all_trials_ended(sweep_dir, expected) else layout.SWEEP_INTERRUPTED
+        finally:
+            # Every way out (a Tune error, KeyboardInterrupt, SystemExit from SIGTERM) ends here.
+            ray.shutdown()
+            if status == layout.SWEEP_INTERRUPTED:
+                settle_interrupted(sweep_dir, space)
+            record.update(status=status, finished_at=now() if status == layout.SWEEP_COMPLETE else None)
+            log.info("sweep %s: %s", sweep_dir, status)
+
+        best = None
+        if status == layout.SWEEP_COMPLETE:
+            from .finish import finish
+
+            best = finish(sweep_dir, explain=opts.explain)
     finally:
-        # Every way out (a Tune error, KeyboardInterrupt, SystemExit from SIGTERM) ends here.
-        ray.shutdown()
-        if status == layout.SWEEP_INTERRUPTED:
-            settle_interrupted(sweep_dir, space)
-        info.update(status=status, finished_at=now() if status == layout.SWEEP_COMPLETE else None)
-        runs.write_json(sweep_dir / layout.SWEEP_JSON, info)
-        log.info("sweep %s: %s", sweep_dir, status)
-
-    best = None
-    if status == layout.SWEEP_COMPLETE:
-        from .finish import finish
-
-        best = finish(sweep_dir, explain=opts.explain)
+        record.stop()
     return SweepResult(sweep_dir=sweep_dir, status=status, best=best)
 
 
 def warm_cache(prepared: Path, space: Space) -> None:
-    """Decode the images once per size here, instead of in every concurrent trial at once."""
-    from engine.data import load_cache
+    """Decode the images once per size here, instead of in every concurrent trial at once.
 
+    Also the leukocyte masks when trials may replace the background with them, so that on a
+    cluster the nodes only read the prepared folder's cache.
+    """
+    from engine.data import has_masks, load_cache, load_mask_cache, read_manifest
+
+    spec = space.params.get("background")
+    backgrounds = set(next(iter(spec.values()))) if spec else {space.base_config().background}
+    masks = backgrounds != {"keep"} and bool(has_masks(read_manifest(prepared)).any())
     for size in space.image_sizes():
         load_cache(prepared, size)
+        if masks:
+            load_mask_cache(prepared, size)

@@ -8,14 +8,21 @@ The run folder is the trial's real state (its ``last.pt`` holds weights, optimis
 The checkpoint reported to Tune is a small marker of the epoch reached, so that Tune knows
 a retried or restored trial has something to resume, without copying ~100 MB of weights
 into Ray's storage every epoch. A retried trial finds ``last.pt`` and calls ``fit(resume=True)``.
+
+Each start of a trial (the first, a retry after a crash or a lost node, a --resume) appends an
+attempt to trial.json with the Ray node it runs on, and every report carries the node's id, so
+summary.csv and trial.json say where each trial ran.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +54,29 @@ def update_trial_json(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into ``run_dir/trial.json`` (written atomically) and return it."""
     path = Path(run_dir) / TRIAL_JSON
     data: dict[str, Any] = {"trial_id": Path(run_dir).name, "params": {}, "status": TRIAL_PENDING,
-                            "gpu_ids": [], "error": None}
+                            "gpu_ids": [], "error": None, "node": None, "attempts": []}
     if path.is_file():
         data.update(runs.read_json(path))
     data.update(fields)
     runs.write_json(path, data)
     return data
+
+
+def _node() -> dict[str, str]:
+    """The Ray node this trial runs on: its id (unique even for several nodes on one machine), IP and host."""
+    import ray
+    from ray.util import get_node_ip_address
+
+    return {"id": ray.get_runtime_context().get_node_id(), "ip": get_node_ip_address(), "host": socket.gethostname()}
+
+
+def start_attempt(run_dir: Path, node: dict[str, str], **fields: Any) -> dict[str, Any]:
+    """Record in trial.json that the trial starts (again) on ``node``; ``fields`` are merged too."""
+    path = Path(run_dir) / TRIAL_JSON
+    attempts = list(runs.read_json(path).get("attempts") or []) if path.is_file() else []
+    attempts.append({"node_id": node["id"], "node_ip": node["ip"], "host": node["host"], "pid": os.getpid(),
+                     "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return update_trial_json(run_dir, node=node, attempts=attempts, **fields)
 
 
 def _gpu_ids() -> list[int | str]:
@@ -70,16 +94,18 @@ class EpochReporter:
     the driver tells a finished trial from one cut short by ASHA (Ray marks both "done").
     """
 
-    def __init__(self, trial_id: str, best_so_far: float, epochs_planned: int) -> None:
+    def __init__(self, trial_id: str, best_so_far: float, epochs_planned: int, node_id: str = "") -> None:
         self.trial_id = trial_id
+        self.node_id = node_id
         self.best = best_so_far
         self.epochs_planned = epochs_planned
         self.last: tuple[dict[str, Any], Path] | None = None
 
     def __call__(self, row: dict[str, Any], run_dir: Path) -> None:
         self.best = max(self.best, float(row["val_macro_f1"]))
+        # node_id: Ray fills in node_ip itself, which cannot tell two nodes on one machine apart.
         metrics = {**row, "best_val_macro_f1": self.best, "epochs_planned": self.epochs_planned,
-                   "run_complete": False}
+                   "run_complete": False, "node_id": self.node_id}
         self.last = (metrics, run_dir)
         if int(row["epoch"]) < self.epochs_planned:
             self.report(metrics, run_dir)
@@ -113,8 +139,9 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     trial_id = tune.get_context().get_trial_id()
     run_dir = trial_dir(setup.sweep_dir, trial_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    update_trial_json(run_dir, trial_id=trial_id, params=dict(config), status=TRIAL_RUNNING,
-                      gpu_ids=_gpu_ids(), error=None)
+    node = _node()
+    start_attempt(run_dir, node, trial_id=trial_id, params=dict(config), status=TRIAL_RUNNING,
+                  gpu_ids=_gpu_ids(), error=None)
 
     if runs.is_complete(run_dir):
         # Finished just before the sweep was interrupted: report its last epoch again, train nothing.
@@ -122,7 +149,7 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         if history:
             best = max(float(r["val_macro_f1"]) for r in history)
             tune.report({**history[-1], "best_val_macro_f1": best, "epochs_planned": len(history),
-                         "run_complete": True})
+                         "run_complete": True, "node_id": node["id"]})
         return
 
     cfg = build_config(setup.base_preset, {**setup.fixed, **config})
@@ -132,6 +159,6 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     if resume:
         best = max((float(r["val_macro_f1"]) for r in read_history(run_dir)), default=-1.0)
         log.info("trial %s resumes from %s", trial_id, last)
-    reporter = EpochReporter(trial_id, best, cfg.epochs)
+    reporter = EpochReporter(trial_id, best, cfg.epochs, node["id"])
     fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
     reporter.finish()

@@ -1,4 +1,9 @@
-"""Sweeps: trial table, parameters vs validation macro-F1, learning curves; refreshes while running."""
+"""Sweeps: trial table, parameters vs validation macro-F1, learning curves; refreshes while running.
+
+"Running" is decided by tuning.liveness from the driver's heartbeat in sweep.json, not by the
+recorded status alone: a killed driver leaves "running" behind, and its sweep is shown as
+stopped (driver not running), without refreshing.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
-from tuning import layout
+from tuning import layout, liveness
 
 REFRESH_S = 5
 
@@ -20,10 +25,25 @@ if not sweeps:
 
 root = ui.root()
 by_label = {s.label: s for s in sweeps}
+
+
+def read_info(path: str) -> dict:
+    """sweep.json, or {} when it cannot be read (the view says why)."""
+    try:
+        return loaders.sweep_info(root, path)
+    except loaders.LoadError:
+        return {}
+
+
+def shown_status(info: dict, recorded: str) -> str:
+    return liveness.shown_status(info) if info else recorded
+
+
 label = st.selectbox("Sweep", list(by_label), key="sweep",
-                     format_func=lambda x: f"{by_label[x].name} · {by_label[x].status} ({x})")
+                     format_func=lambda x: f"{by_label[x].name} · "
+                                           f"{shown_status(read_info(by_label[x].path), by_label[x].status)} ({x})")
 sweep = by_label[label]
-running = sweep.status == layout.SWEEP_RUNNING
+running = liveness.is_running(read_info(sweep.path))
 
 
 @st.fragment(run_every=REFRESH_S if running else None)
@@ -33,6 +53,8 @@ def sweep_view() -> None:
     except loaders.LoadError as exc:
         st.warning(f"{exc}; showing what the trial folders hold.", icon=":material/warning:")
         info = {}
+    if running and not liveness.is_running(info):
+        st.rerun(scope="app")  # it ended (or its driver died) since the page was drawn: stop refreshing
     frame = loaders.trials(root, sweep.path)
     best = loaders.best_trial(root, sweep.path)
     best_id = str(best["trial_id"]) if best and "trial_id" in best else None
@@ -42,7 +64,7 @@ def sweep_view() -> None:
 
     status_counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     cols = st.columns(6)
-    cols[0].metric("Status", info.get("status", sweep.status))
+    cols[0].metric("Status", shown_status(info, sweep.status))
     cols[1].metric("Trials", f"{len(frame)} / {info.get('num_samples', '?')}")
     for col, status in zip(cols[2:], (layout.TRIAL_COMPLETE, layout.TRIAL_RUNNING, layout.TRIAL_STOPPED,
                                       layout.TRIAL_ERROR), strict=False):
@@ -50,7 +72,11 @@ def sweep_view() -> None:
     st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
                                                         "finished_at") if info.get(k)))
     if running:
-        st.caption(f"▶ running: this view refreshes every {REFRESH_S} s")
+        st.caption(f"▶ running ({liveness.describe_driver(info)}): this view refreshes every {REFRESH_S} s")
+    elif info.get("status") == layout.SWEEP_RUNNING:
+        st.caption(f"■ {liveness.STOPPED}: {liveness.describe_driver(info)}. Its trials marked running were cut "
+                   f"off with it; continue the sweep with `python -m tuning sweep --space {info.get('space', 'SPACE')} "
+                   f"--name {info.get('name', sweep.name)} --resume`.")
     if frame.empty:
         st.info("No trial has started yet.")
         return

@@ -26,7 +26,7 @@ from engine import runs
 from engine.data import MANIFEST, MANIFEST_COLUMNS, REPORT
 from engine.metrics import classification_metrics
 from engine.runs import CLASSES
-from tuning import layout
+from tuning import layout, liveness
 
 METHODS = ("gradcam", "gradcampp")
 LAYERS = ("norm5",)
@@ -256,7 +256,9 @@ def make_sweep(folder: Path, n_trials: int, rng: np.random.Generator, data_dir: 
     runs.write_csv(folder / layout.SUMMARY, layout.summary_columns(list(params)), rows)  # every trial has these keys
     runs.write_json(folder / layout.SWEEP_JSON, {
         "name": name, "space": "synthetic", "search": "random", "scheduler": "asha", "metric": "val_macro_f1",
-        "mode": "max", "num_samples": n_trials, "status": status, "started_at": "2026-01-01T00:00:00"})
+        "mode": "max", "num_samples": n_trials, "status": status, "started_at": "2026-01-01T00:00:00",
+        # A running sweep is driven by someone: here, the process that made it (tuning/liveness.py).
+        **(liveness.driver_fields() if status == layout.SWEEP_RUNNING else {})})
     if best:
         runs.write_json(folder / layout.BEST, {"trial_id": best[0], "run_dir": f"{layout.TRIALS}/{best[0]}",
                                                "params": best[2], "best_val_macro_f1": best[1], "test": {}})

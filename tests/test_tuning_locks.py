@@ -1,0 +1,245 @@
+"""One driver per sweep folder, and telling a running sweep from a dead one (no Ray cluster).
+
+The sweep's Ray part is replaced by a stand-in that blocks, so these tests exercise exactly the
+folder claim, the lock and the heartbeat: two sweeps under one name, ``--resume`` and ``finish``
+of a running sweep, a driver killed with SIGKILL, and the dashboard's Sweeps page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine import locks
+from tests.support import synthetic
+from tuning import layout, liveness
+from tuning import sweep as sweep_module
+from tuning.cli import main
+from tuning.sweep import SweepError, SweepOptions
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A sweep driver whose trials never end (run_trials blocks), with a fast heartbeat.
+DRIVER = r"""
+import sys, time
+from pathlib import Path
+from tuning import liveness, sweep
+liveness.HEARTBEAT_EVERY_S = 0.5
+sweep.warm_cache = lambda *a, **k: None
+sweep.init_ray = lambda *a, **k: None
+sweep.run_trials = lambda *a, **k: time.sleep(600)
+sweep.run_sweep(sweep.SweepOptions(space="tiny", data=Path(sys.argv[1]), out=Path(sys.argv[2]), name="s",
+                                   explain=False))
+"""
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def iso(seconds_ago: float = 0) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds")
+
+
+@pytest.fixture
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """run_sweep without Ray: run_trials blocks until ``release`` is set and records its folder in ``started``."""
+    state: dict[str, Any] = {"release": threading.Event(), "started": []}
+
+    def run_trials(opts: Any, space: Any, info: Any, sweep_dir: Path, *args: Any, **kwargs: Any) -> None:
+        state["started"].append(sweep_dir)
+        state["release"].wait(60)
+
+    monkeypatch.setattr(sweep_module, "init_ray", lambda *a, **k: None)
+    monkeypatch.setattr(sweep_module, "warm_cache", lambda *a, **k: None)
+    monkeypatch.setattr(sweep_module, "settle_interrupted", lambda *a, **k: None)
+    monkeypatch.setattr(sweep_module, "run_trials", run_trials)
+    yield state
+    state["release"].set()
+
+
+# ----------------------------------------------------------------------------- the liveness rule
+
+
+def test_liveness_rule() -> None:
+    host, now = socket.gethostname(), time.time()
+    alive = {"status": layout.SWEEP_RUNNING, "host": host, "pid": os.getpid(),
+             "pid_started": locks.process_start_time(os.getpid()), "heartbeat_at": iso(), "heartbeat_every_s": 10}
+    assert liveness.is_running(alive, now=now)
+    assert liveness.shown_status(alive) == layout.SWEEP_RUNNING
+    assert not liveness.is_running({**alive, "status": layout.SWEEP_COMPLETE}, now=now)
+    assert liveness.shown_status({**alive, "status": layout.SWEEP_INTERRUPTED}) == layout.SWEEP_INTERRUPTED
+    dead = {**alive, "pid": dead_pid(), "pid_started": None}
+    assert not liveness.is_running(dead, now=now)
+    assert liveness.shown_status(dead) == liveness.STOPPED == "stopped (driver not running)"
+    # The pid was reused by another process: its start time gives it away.
+    assert not liveness.is_running({**alive, "pid_started": "1"}, now=now)
+    assert not liveness.is_running({**alive, "heartbeat_at": iso(61)}, now=now)  # six beats missed
+    assert liveness.is_running({**alive, "heartbeat_at": iso(50)}, now=now)
+    # Another host's pid cannot be checked: a fresh heartbeat is all there is.
+    elsewhere = {**alive, "host": "another-host", "pid": dead_pid()}
+    assert liveness.is_running(elsewhere, now=now)
+    assert not liveness.is_running({**elsewhere, "heartbeat_at": iso(120)}, now=now)
+    # Written before heartbeats existed, or garbled: not known to run.
+    legacy = {"status": layout.SWEEP_RUNNING, "started_at": "2026-01-01T00:00:00"}
+    assert not liveness.is_running(legacy, now=now)
+    assert not liveness.is_running({**alive, "heartbeat_at": "yesterday"}, now=now)
+
+
+def test_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    with locks.try_lock(path, purpose="test") as held:
+        assert held.path == path
+        with pytest.raises(locks.LockHeld) as info:
+            locks.try_lock(path)
+        assert info.value.holder["pid"] == os.getpid() and info.value.holder["purpose"] == "test"
+    locks.try_lock(path).release()  # released: free again
+
+    hold = ("import sys, time; from engine import locks; "
+            "held = locks.try_lock(sys.argv[1]); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(locks.LockHeld):
+            locks.try_lock(path)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        holder.kill()
+    locks.try_lock(path).release()  # a killed holder leaves nothing stuck
+
+
+# ----------------------------------------------------------------------------- one driver per sweep
+
+
+@pytest.mark.parametrize("name", ["same", None])
+def test_two_sweeps_started_together_under_one_name_one_is_refused(
+        prepared_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_ray: dict[str, Any],
+        name: str | None) -> None:
+    if name is None:  # the default name SPACE-YYYYmmdd-HHMMSS: two sweeps started in one second share it
+        real_strftime = time.strftime
+        monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-120000" if fmt == "%Y%m%d-%H%M%S"
+                            else real_strftime(fmt, *a))
+    # Both drivers look for the folder before either has written anything into it.
+    barrier = threading.Barrier(2)
+    real_resolve = sweep_module.resolve_folder
+
+    def resolve_together(*args: Any, **kwargs: Any) -> Path:
+        folder = real_resolve(*args, **kwargs)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=10)
+        return folder
+
+    monkeypatch.setattr(sweep_module, "resolve_folder", resolve_together)
+    outcomes: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcomes.append(sweep_module.run_sweep(SweepOptions(space="tiny", data=prepared_tiny, out=tmp_path,
+                                                                name=name, explain=False)))
+        except SweepError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(no_ray["started"]) + len(outcomes) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    no_ray["release"].set()
+    for thread in threads:
+        thread.join(60)
+    refused = [o for o in outcomes if isinstance(o, SweepError)]
+    assert len(no_ray["started"]) == 1 and len(refused) == 1, outcomes
+    message = str(refused[0])
+    assert "running" in message and str(os.getpid()) in message and "--name" in message
+    folder = no_ray["started"][0]
+    assert json.loads((folder / layout.SWEEP_JSON).read_text())["status"] == layout.SWEEP_INTERRUPTED
+
+
+def test_resume_or_finish_of_a_running_sweep_is_refused_and_of_a_killed_one_works(
+        prepared_tiny: Path, tmp_path: Path, no_ray: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    no_ray["release"].set()  # a resume that is not refused runs its (stand-in) trials at once
+    sweep = tmp_path / "s"
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(prepared_tiny), str(tmp_path)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not (sweep / layout.SWEEP_JSON).is_file() and time.monotonic() < deadline:
+            assert driver.poll() is None, "the driver ended"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        info = json.loads((sweep / layout.SWEEP_JSON).read_text())
+        assert (info["status"], info["host"], info["pid"]) == (layout.SWEEP_RUNNING, socket.gethostname(), driver.pid)
+        time.sleep(1.5)
+        later = json.loads((sweep / layout.SWEEP_JSON).read_text())
+        assert later["heartbeat_at"] != info["heartbeat_at"], "no heartbeat"
+        assert liveness.is_running(later)
+
+        with pytest.raises(SweepError, match=rf"is running .*pid {driver.pid}"):
+            sweep_module.run_sweep(SweepOptions(space="tiny", name="s", out=tmp_path, resume=True))
+        with pytest.raises(SweepError, match="running"):
+            sweep_module.run_sweep(SweepOptions(space="tiny", data=prepared_tiny, name="s", out=tmp_path))
+        assert main(["finish", str(sweep)]) == 2
+        assert "running" in capsys.readouterr().err
+        assert not no_ray["started"]
+
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+    finally:
+        driver.kill()
+    info = json.loads((sweep / layout.SWEEP_JSON).read_text())
+    assert info["status"] == layout.SWEEP_RUNNING  # what a killed driver leaves behind
+    assert not liveness.is_running(info) and liveness.shown_status(info) == liveness.STOPPED
+
+    result = sweep_module.run_sweep(SweepOptions(space="tiny", name="s", out=tmp_path, resume=True))
+    assert no_ray["started"] == [sweep] and result.status == layout.SWEEP_INTERRUPTED
+    info = json.loads((sweep / layout.SWEEP_JSON).read_text())
+    assert info["pid"] == os.getpid() and info["status"] == layout.SWEEP_INTERRUPTED
+
+
+# ----------------------------------------------------------------------------- the Sweeps page
+
+
+def sweeps_page(root: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ALL_OUTPUTS", str(root))
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/sweeps.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_sweeps_page_tells_a_dead_driver_from_a_live_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "sweeps" / "x"
+    synthetic.make_sweep(folder, 4, np.random.default_rng(0), str(tmp_path), status=layout.SWEEP_RUNNING)
+    info = json.loads((folder / layout.SWEEP_JSON).read_text())
+    driver = {"host": socket.gethostname(), "heartbeat_at": iso(), "heartbeat_every_s": 10}
+
+    (folder / layout.SWEEP_JSON).write_text(json.dumps({**info, **driver, "pid": dead_pid()}))
+    at = sweeps_page(tmp_path, monkeypatch)
+    shown = " ".join(str(m.value) for m in at.metric) + " ".join(c.value for c in at.caption)
+    assert "stopped (driver not running)" in shown and "--resume" in shown
+    assert "refreshes every" not in shown
+
+    (folder / layout.SWEEP_JSON).write_text(json.dumps({**info, **driver, "pid": os.getpid(),
+                                                        "pid_started": locks.process_start_time(os.getpid())}))
+    at = sweeps_page(tmp_path, monkeypatch)
+    shown = " ".join(str(m.value) for m in at.metric) + " ".join(c.value for c in at.caption)
+    assert "refreshes every" in shown and "stopped" not in shown
