@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare-accuracy", action="store_true",
                         help="also train the plain loop for the preset's epochs and report its val accuracy")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile a few eager training steps (top operators by GPU time, or CPU time on a CPU)")
+                        help="also profile a few eager training steps (top operators by GPU time; CPU time on a CPU)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser

@@ -1,0 +1,38 @@
+"""Load: several real browser sessions click through every page and predict at once against one
+server (dashboard/load.py); nothing fails, every session gets the answer one gets alone, and the
+server's memory stops growing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dashboard import load
+from tests.support import chromium, synthetic
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_memory_growth_ignores_the_warm_up_and_sees_a_leak() -> None:
+    warm_then_flat = [(t, 300.0 + min(t, 10) * 20) for t in range(30)]
+    assert load.memory_growth(warm_then_flat) == 0
+    leaking = [(t, 300.0 + t * 10) for t in range(30)]
+    assert load.memory_growth(leaking) >= 90
+
+
+def test_concurrent_sessions_get_the_same_answers_without_errors(dashboard_outputs: dict[str, Path],
+                                                                 tmp_path: Path) -> None:
+    executable = chromium.require_chromium()
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (make setup)")
+    image = tmp_path / "smear.png"
+    Image.fromarray(synthetic.cell_image("pre", np.random.default_rng(3), 128)).save(image)
+    with load.serve(dashboard_outputs["root"], tmp_path / "server.log") as (url, pid):
+        result = load.run_load(url, pid, str(executable), image, sessions=3, seconds=60)
+    assert result["errors"] == []
+    assert result["predictions"] >= 3  # every session predicted at least once, all alike
+    assert result["page_views"] >= 3 * len(load.PAGES)  # every session went through every page
+    assert result["answer_alone"].startswith("Predicted stage:")
+    assert load.memory_growth(result["rss_mb"]) < 150, result["rss_mb"]
