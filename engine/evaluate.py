@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import context, ood, runs
+from . import features as feature_space
 from .data import has_masks, load_mask_cache
 from .inference import (
     Data,
@@ -74,14 +75,13 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     all_rows: list[dict[str, Any]] = []
     result: dict[str, Any] = {"classes": list(CLASSES), "checkpoint": checkpoint,
                               "checkpoint_epoch": checkpoint_epoch, "splits": {}}
+    probabilities = {s: classify(model, f, dev) for s, f in features.items()}
     for split in splits:
         indices = data.split[split]
         if len(indices) == 0:
             log.warning("split %s is empty; skipped", split)
             continue
-        with torch.no_grad():
-            logits = model.classifier(torch.from_numpy(features[split]).float().to(dev))
-        proba = torch.softmax(logits.double(), 1).cpu().numpy()
+        proba = probabilities[split]
         rows = prediction_rows(split, [data.rows[i] for i in indices], proba)
         all_rows += rows
         # Metrics come from the rounded probabilities written to predictions.csv, so that
@@ -95,6 +95,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
                  metrics["accuracy"], *(x or 0 for x in metrics["accuracy_ci95"]), metrics["macro_f1"],
                  metrics["balanced_accuracy"], metrics["calibration"]["ece"])
     result["ood"] = fit_ood(run_dir, features, data.labels.cpu().numpy()[data.split["train"]])
+    keep_features(run_dir, data, features, probabilities, seed=cfg.seed)
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
     runs.write_json(run_dir / runs.METRICS, result)
     if context_split in splits:
@@ -102,6 +103,30 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
                         batch_size=cfg.eval_batch_size, channels_last=channels_last,
                         checkpoint={"checkpoint": checkpoint, "checkpoint_epoch": result["checkpoint_epoch"]})
     return result
+
+
+def classify(model: torch.nn.Module, features: np.ndarray, device: torch.device) -> np.ndarray:
+    """Class probabilities (float64) from pooled features, by the model's own classifier."""
+    with torch.no_grad():
+        logits = model.classifier(torch.from_numpy(features).float().to(device))
+    return torch.softmax(logits.double(), 1).cpu().numpy()
+
+
+def keep_features(run_dir: Path, data: Data, features: dict[str, np.ndarray], probabilities: dict[str, np.ndarray],
+                  *, seed: int) -> None:
+    """Write ``features.npz`` (the pooled features of every split) and ``embedding.csv`` (their 2-D map).
+
+    The out-of-distribution distance of each image comes from the ``ood.npz`` just written, so the
+    map's flags are the ones Predict and metrics.json use.
+    """
+    labels = data.labels.cpu().numpy()
+    stored = {s: feature_space.SplitFeatures.build(f, [data.rows[i] for i in data.split[s]], labels[data.split[s]])
+              for s, f in features.items()}
+    feature_space.save(run_dir / runs.FEATURES, stored)
+    detector = ood.OODDetector.load(run_dir / ood.FILE)
+    distance = {s: detector.score(f) for s, f in features.items()}
+    rows = feature_space.embedding_rows(stored, probabilities, distance, detector.threshold, seed)
+    runs.write_csv(run_dir / runs.EMBEDDING, runs.EMBEDDING_COLUMNS, rows)
 
 
 def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared: Path, size: int,

@@ -12,6 +12,8 @@
     predictions.csv      written by `evaluate` (PREDICTION_COLUMNS)
     ood.npz              written by `evaluate`: the out-of-distribution check's class means
     context.json/.csv    written by `evaluate` when the data has leukocyte masks
+    features.npz         written by `evaluate`: pooled features per split, keyed by sha256 (FEATURES_KEYS)
+    embedding.csv        written by `evaluate`: PCA + t-SNE map of those features (EMBEDDING_COLUMNS)
     cams/                written by `explain` (the CAMS_* names below)
     COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
                          STATUS_EARLY_STOPPED, "epochs", "best_epoch", ...}
@@ -68,6 +70,14 @@ CONTEXT_TABLE = "context.csv"
 # context.json's variants (engine.context.VARIANTS), each with the words readers show for it.
 CONTEXT_VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
                     "background_removed": "background removed"}
+# Written by `evaluate` (engine.features): the pooled DenseNet features of every image (FEATURES_* keys
+# per split, NumPy arrays only: load with allow_pickle=False) and their 2-D map (EMBEDDING_COLUMNS).
+FEATURES = "features.npz"
+EMBEDDING = "embedding.csv"
+FEATURES_SPLITS = "splits"  # the splits stored, in order; then per split "<key>_<split>" for each key below
+FEATURES_KEYS = ("features", "sha256", "path", "label")  # float16 N x D, str, str, int8 index into CLASSES
+EMBEDDING_COLUMNS = ("split", "sha256", "path", "true", "pred", "confidence", "ood_distance", "out_of_distribution",
+                     "x", "y")
 
 # Exclusively flock-ed by the process that trains the run (engine.train.fit), from its start to its end,
 # and removed then. The kernel drops a flock when its process dies however it dies, so a killed
