@@ -96,3 +96,18 @@ def test_stored_and_uploaded_vectors_agree(trained_tiny_run):
     upload = similar.image_vector(predictor, predictor.preprocess(data_root(prepared) / test.path[0]))
     np.testing.assert_allclose(upload, vector, rtol=1e-2, atol=1e-2)
     assert similar.nearest(trained_tiny_run, upload, k=1)[0]["stage"] in CLASSES
+
+
+def test_cached_images_are_the_training_images_as_the_model_saw_them(trained_tiny_run):
+    from engine.data import load_cache
+
+    config = runs.read_json(trained_tiny_run / runs.CONFIG)
+    prepared, size = Path(config["data_dir"]), config["image_size"]
+    train = feature_space.load(trained_tiny_run / runs.FEATURES)["train"]
+    found = similar.nearest(trained_tiny_run, train.features[0], k=2)
+    images = similar.cached_images(prepared, size, [f["sha256"] for f in found] + ["f" * 64])
+    assert set(images) == {f["sha256"] for f in found}
+    cache = np.asarray(load_cache(prepared, size))
+    assert images[found[0]["sha256"]].shape == (size, size, 3)
+    assert any(np.array_equal(images[found[0]["sha256"]], c) for c in cache)
+    assert similar.cached_images(prepared, size + 1, [found[0]["sha256"]]) == {}  # no cache at that size
