@@ -28,10 +28,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8501
 NO_SERVE ?=
 PYTEST_ARGS ?=
+LOGDIR ?= $(OUTPUTS)
+TB_PORT ?= 6006
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench test test-fast bench bench-gpu lint clean
+.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench tensorboard test test-fast bench bench-gpu lint clean
 
 help:
 	@echo "make demo DATA_DIR=...   prepare, a cpu-quick sweep, evaluate and explain the best trial, serve the dashboard"
@@ -100,6 +102,12 @@ demo: prepare
 
 dashboard: setup
 	$(PY) -m dashboard --outputs $(OUTPUTS) --host $(HOST) --port $(PORT)
+
+# TensorBoard on history.csv: engine/tensorboard.py exports every run below LOGDIR (a run, a sweep, or all of
+# OUTPUTS) into $(OUTPUTS)/tensorboard, then serves that on HOST (127.0.0.1 unless told). Rerun to catch up.
+tensorboard: setup
+	logdir=$$($(PY) -m engine.tensorboard $(LOGDIR) --root $(OUTPUTS) --out $(OUTPUTS)/tensorboard | tail -n 1) && \
+	$(VENV)/bin/tensorboard --logdir "$$logdir" --host $(HOST) --port $(TB_PORT)
 
 dashboard-bench: setup
 	$(PY) -m dashboard.bench --trials 200

@@ -1,0 +1,82 @@
+"""dashboard/importance.py: hyperparameter importance from summary.csv rows, and curves across sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import importance
+from tuning import layout
+
+
+def summary(n: int, seed: int = 0, status: str = layout.TRIAL_COMPLETE) -> pd.DataFrame:
+    """A summary.csv-like frame whose metric depends on lr alone (batch_size and model are noise)."""
+    rng = np.random.default_rng(seed)
+    lr = 10 ** rng.uniform(-4, -2, n)
+    return pd.DataFrame({
+        "trial_id": [f"t{i}" for i in range(n)], "status": status,
+        "param_lr": lr, "param_batch_size": rng.choice([16, 32, 64], n),
+        "param_model": rng.choice(["densenet121", "densenet-tiny"], n), "param_fixed": 3,
+        "best_val_macro_f1": 0.9 - np.abs(np.log10(lr) + 3) * 0.3 + rng.normal(0, 0.005, n)})
+
+
+@pytest.mark.parametrize("evaluator", list(importance.EVALUATORS))
+def test_importance_finds_the_parameter_that_matters(evaluator: str) -> None:
+    table = importance.importance_table(summary(40), "best_val_macro_f1", evaluator=evaluator)
+    assert list(table.columns) == ["parameter", "importance", "distinct"]
+    assert table["parameter"].iloc[0] == "lr"
+    assert set(table["parameter"]) == {"lr", "batch_size", "model"}  # "fixed" took one value: left out
+    assert table["importance"].sum() == pytest.approx(1.0)
+    assert table.set_index("parameter").loc["batch_size", "distinct"] == 3
+
+
+def test_importance_is_deterministic_and_counts_only_finished_trials() -> None:
+    frame = summary(30)
+    first = importance.importance_table(frame, "best_val_macro_f1")
+    assert first.equals(importance.importance_table(frame, "best_val_macro_f1"))
+    frame.loc[frame.index[:5], "status"] = layout.TRIAL_STOPPED
+    frame.loc[frame.index[5:8], "best_val_macro_f1"] = np.nan
+    assert len(importance.finished(frame, "best_val_macro_f1")) == 22
+
+
+def test_importance_refuses_below_the_minimum() -> None:
+    frame = summary(importance.MIN_TRIALS + 3)
+    frame.loc[frame.index[:4], "status"] = layout.TRIAL_ERROR
+    with pytest.raises(importance.TooFewTrials, match=f"{importance.MIN_TRIALS - 1} finished"):
+        importance.importance_table(frame, "best_val_macro_f1")
+    with pytest.raises(importance.TooFewTrials):
+        importance.importance_table(summary(3), "best_val_macro_f1")
+    with pytest.raises(importance.TooFewTrials):
+        importance.importance_table(summary(20), "no_such_metric")
+    assert len(importance.importance_table(frame, "best_val_macro_f1", min_trials=5)) == 3
+    with pytest.raises(ValueError, match="evaluator"):
+        importance.importance_table(summary(20), "best_val_macro_f1", evaluator="shap")
+
+
+def history(values: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"epoch": range(1, len(values) + 1), "val_macro_f1": values})
+
+
+def test_curve_spread_groups_seed_repeats_across_sweeps() -> None:
+    trials = pd.DataFrame([
+        {"key": "a/t0", "param_lr": 0.001, "param_seed": 0},
+        {"key": "b/t0", "param_lr": 0.001, "param_seed": 1},  # a repeat from another sweep
+        {"key": "a/t1", "param_lr": 0.01, "param_seed": 0},
+        {"key": "a/t2", "param_lr": 0.1, "param_seed": 0},  # no history: left out
+    ])
+    histories = {"a/t0": history([0.5, 0.7, 0.8]), "b/t0": history([0.3, 0.5]), "a/t1": history([0.6, 0.9])}
+    spread = importance.curve_spread(trials, histories, "val_macro_f1", colour_by="lr")
+    assert list(spread.columns) == ["setting", "colour", "epoch", "mean", "min", "max", "n", "trials"]
+    slow = spread[spread["setting"] == "lr=0.001"].set_index("epoch")
+    assert slow.loc[1, "mean"] == pytest.approx(0.4) and slow.loc[1, "min"] == 0.3 and slow.loc[1, "max"] == 0.5
+    assert slow.loc[1, "n"] == 2 and slow.loc[1, "trials"] == ["a/t0", "b/t0"]
+    assert slow.loc[3, "n"] == 1 and slow.loc[3, "mean"] == pytest.approx(0.8)  # only one repeat got there
+    fast = spread[spread["setting"] == "lr=0.01"]
+    assert fast["n"].tolist() == [1, 1] and (fast["min"] == fast["max"]).all()
+    assert set(spread["colour"]) == {"0.001", "0.01"}
+    assert set(spread["setting"]) == {"lr=0.001", "lr=0.01"}
+    # Without a colour parameter each setting is its own colour; without histories, an empty frame.
+    assert set(importance.curve_spread(trials, histories, "val_macro_f1")["colour"]) == {"lr=0.001", "lr=0.01"}
+    assert importance.curve_spread(trials, {}, "val_macro_f1").empty
+    assert importance.curve_spread(trials, histories, "lr").empty
