@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zipfile
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -59,14 +61,17 @@ def save(path: Path, splits: dict[str, SplitFeatures]) -> None:
     tmp.replace(path)
 
 
-def load(path: Path) -> dict[str, SplitFeatures]:
-    """Read ``features.npz`` (without pickles); ValueError when it is malformed."""
-    with np.load(path, allow_pickle=False) as saved:
-        try:
+def load(source: Path | IO[bytes]) -> dict[str, SplitFeatures]:
+    """Read ``features.npz`` (a path, or its bytes as a file object) without pickles; ValueError when malformed."""
+    name = str(source) if isinstance(source, (str, Path)) else runs.FEATURES
+    try:
+        with np.load(source, allow_pickle=False) as saved:
             return {str(split): SplitFeatures(*(saved[f"{key}_{split}"] for key in runs.FEATURES_KEYS))
                     for split in saved[runs.FEATURES_SPLITS]}
-        except KeyError as exc:
-            raise ValueError(f"{path} lacks {exc}") from None
+    except KeyError as exc:
+        raise ValueError(f"{name} lacks {exc}") from None
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{name} is not a readable .npz ({exc})") from None
 
 
 def embed(features: np.ndarray, seed: int) -> np.ndarray:
