@@ -6,8 +6,9 @@ Three questions, each answered from one file:
 - Are the maps faithful to the model?    ``cams/faithfulness_summary.json`` and ``cams/sanity.json``
 - Does the model need the cells at all?  ``context.json`` (engine.context)
 
-Plotly figures for the pages and the HTML report, matplotlib PNGs for the PPTX deck. No
-Streamlit here, so every function is tested directly.
+Plotly figures for the pages and the HTML report, matplotlib PNGs for the PPTX deck; stage
+labels read from the files are escaped for both (dashboard.escape). No Streamlit here, so every
+function is tested directly.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.runs import CLASSES, CONTEXT_VARIANTS, LOCALISATION_VERDICTS
+
+from .escape import html_text, mpl
 
 SOURCES = {"map": "the maps", "centre": "centred Gaussian", "shuffled": "another image's map (same stage)"}
 SOURCE_COLOURS = {"map": "#264653", "centre": "#bdbdbd", "shuffled": "#8d99ae"}
@@ -85,7 +88,8 @@ def localisation_bars(result: Mapping[str, Any], score: str = "concentration", t
     for source, name in SOURCES.items():
         stats = [result["per_stage"][s][source][score] for s in stages]
         errors = [_error(st) for st in stats]
-        fig.add_bar(x=stages, y=[st["mean"] for st in stats], name=name, marker_color=SOURCE_COLOURS[source],
+        fig.add_bar(x=[html_text(s) for s in stages], y=[st["mean"] for st in stats], name=name,
+                    marker_color=SOURCE_COLOURS[source],
                     error_y=dict(type="data", symmetric=False, array=[e[0] for e in errors],
                                  arrayminus=[e[1] for e in errors]))
     if score == "concentration":
@@ -119,7 +123,8 @@ def context_bars(context: Mapping[str, Any], title: str = "") -> go.Figure:
         part = frame[frame["variant"] == variant]
         if part.empty:
             continue
-        fig.add_bar(x=part["stage"], y=part["accuracy"], name=name, marker_color=VARIANT_COLOURS[variant],
+        fig.add_bar(x=[html_text(s) for s in part["stage"]], y=part["accuracy"], name=name,
+                    marker_color=VARIANT_COLOURS[variant],
                     error_y=dict(type="data", symmetric=False, array=(part["high"] - part["accuracy"]).fillna(0),
                                  arrayminus=(part["accuracy"] - part["low"]).fillna(0)),
                     # Inside, at the bar's foot: at its top or above it the label collided with the error bar.
@@ -182,7 +187,7 @@ def _grouped_png(stages: Sequence[str], series: Mapping[str, Sequence[tuple[floa
         ax.bar(x, means, width, yerr=err, capsize=2, label=name, color=colours.get(name, None))
     if line is not None:
         ax.axhline(line, linestyle=":", color="black", linewidth=1, label=line_label or None)
-    ax.set_xticks(range(len(stages)), stages)
+    ax.set_xticks(range(len(stages)), [mpl(s) for s in stages])
     ax.set_ylabel(ylabel)
     # The legend above the axes: inside them it covered bars and the reference line.
     ax.legend(fontsize=8, frameon=False, ncol=2, loc="lower left", bbox_to_anchor=(0, 1.0))

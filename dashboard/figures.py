@@ -1,6 +1,8 @@
 """Figures as plain functions of data: Plotly for the pages and the HTML report, matplotlib PNGs for PPTX.
 
-No Streamlit here, so every function is tested directly.
+No Streamlit here, so every function is tested directly. Plotly reads labels as a subset of HTML
+(links included), so every label that comes from a file is passed through ``html_text``;
+matplotlib reads ``$`` as mathtext, so its labels pass through ``mpl``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from plotly.subplots import make_subplots
 
 from engine.runs import CLASSES, SPLITS
 from tuning.layout import PARAM_PREFIX
+
+from .escape import html_text, mpl
 
 STAGE_COLOURS = dict(zip(CLASSES, ("#2a9d8f", "#e9c46a", "#f4a261", "#e76f51"), strict=True))
 SPLIT_COLOURS = dict(zip(SPLITS, ("#264653", "#2a9d8f", "#e76f51"), strict=True))
@@ -74,28 +78,29 @@ def confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str] = C
     fig.add_heatmap(z=z, x=classes, y=classes, text=text, texttemplate="%{text}", textfont=dict(size=18),
                     colorscale="Blues", showscale=False, hoverinfo="skip", xgap=2, ygap=2,
                     zmin=0, zmax=1 if mode == "normalized" else max(1.0, float(cm.max())))
-    xs, ys, custom = [], [], []
+    xs, ys, custom, hover = [], [], [], []
     for i, true in enumerate(classes):
         for j, pred in enumerate(classes):
             xs.append(pred)
             ys.append(true)
-            custom.append([true, pred, int(cm[i, j])])
+            custom.append([true, pred, int(cm[i, j])])  # raw: a click reports these back to the page
+            hover.append(f"true {html_text(true)} → predicted {html_text(pred)}<br>{int(cm[i, j])} images"
+                         "<br>click to show them")
     fig.add_scatter(
         x=xs, y=ys, mode="markers", customdata=custom, name="cells", showlegend=False,
         marker=dict(symbol="square", size=70, color="rgba(0,0,0,0)", line=dict(width=0)),
         selected=dict(marker=dict(color="rgba(255,140,0,0.35)")),
         unselected=dict(marker=dict(opacity=0)),
-        hovertemplate="true %{customdata[0]} → predicted %{customdata[1]}<br>%{customdata[2]} images"
-                      "<br>click to show them<extra></extra>",
+        hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
     )
     if selected is not None and selected[0] in classes and selected[1] in classes:
         fig.add_shape(type="rect", x0=classes.index(selected[1]) - 0.5, x1=classes.index(selected[1]) + 0.5,
                       y0=classes.index(selected[0]) - 0.5, y1=classes.index(selected[0]) + 0.5,
                       line=dict(color="#ff8c00", width=4))
-    fig.update_xaxes(title="predicted stage", type="category", categoryorder="array", categoryarray=classes,
-                     showgrid=False, fixedrange=True)
-    fig.update_yaxes(title="true stage", type="category", categoryorder="array", categoryarray=classes,
-                     autorange="reversed", showgrid=False, fixedrange=True)
+    ticks = dict(type="category", categoryorder="array", categoryarray=classes, tickvals=classes,
+                 ticktext=[html_text(c) for c in classes], showgrid=False, fixedrange=True)
+    fig.update_xaxes(title="predicted stage", **ticks)
+    fig.update_yaxes(title="true stage", autorange="reversed", **ticks)
     _layout(fig, title, height=height, hovermode="closest", hoverdistance=-1, clickmode="event+select",
             dragmode=False)
     return fig
@@ -177,12 +182,12 @@ def learning_curves(histories: Mapping[str, pd.DataFrame], metric: str = "val_ma
             continue
         is_best = label == best
         fig.add_scatter(x=hist["epoch"], y=hist[metric], mode="lines+markers",
-                        name=f"★ {label} (best)" if is_best else label,
+                        name=f"★ {html_text(label)} (best)" if is_best else html_text(label),
                         line=dict(width=5 if is_best else 2, color=BEST_COLOUR if is_best else None),
                         marker=dict(size=8 if is_best else 5))
     _epoch_axis(fig, histories.values())
-    fig.update_yaxes(title=metric)
-    return _layout(fig, title or f"{metric} per epoch", height=400)
+    fig.update_yaxes(title=html_text(metric))
+    return _layout(fig, title or f"{html_text(metric)} per epoch", height=400)
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -202,7 +207,7 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
     done = frame[pd.to_numeric(frame.get(metric), errors="coerce").notna()] if metric in frame else frame.iloc[0:0]
     dims = []
     for column in params:
-        name = column.removeprefix(PARAM_PREFIX)
+        name = html_text(column.removeprefix(PARAM_PREFIX))
         values = done[column]
         if values.isna().all():
             continue
@@ -216,7 +221,7 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
             labels = values.astype(str)
             cats = sorted(labels.unique())
             dims.append(dict(label=name, values=[cats.index(v) for v in labels], tickvals=list(range(len(cats))),
-                             ticktext=cats))
+                             ticktext=[html_text(c) for c in cats]))
     scores = pd.to_numeric(done[metric], errors="coerce") if metric in done else pd.Series(dtype=float)
     dims.append(dict(label="val macro-F1", values=scores))
     fig = go.Figure(go.Parcoords(
@@ -226,7 +231,7 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
     ))
     if best is not None and best in set(done.get("trial_id", [])):
         score = float(scores[done["trial_id"] == best].iloc[0])
-        title = f"{title} · best {best}: {score:.3f}"
+        title = f"{title} · best {html_text(best)}: {score:.3f}"
     return _layout(fig, title, height=440, margin=dict(l=70, r=40, t=110, b=40))
 
 
@@ -273,16 +278,17 @@ def faithfulness_bars(summary: Mapping[str, Any], metric: str | None = None,
     stages = [s for s in ("all", *CLASSES) if s in set(part["stage"])]
     for method in part["method"].unique():
         rows = part[part["method"] == method].set_index("stage").reindex(stages)
-        fig.add_bar(x=stages, y=rows["mean"], name=method,
+        fig.add_bar(x=stages, y=rows["mean"], name=html_text(method),
                     error_y=dict(type="data", symmetric=False, array=rows["plus"], arrayminus=rows["minus"]))
-    fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title=metric, legend_title="method")
-    return _layout(fig, f"{title}: {metric}", height=400)
+    fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title=html_text(metric), legend_title="method")
+    return _layout(fig, f"{title}: {html_text(metric)}", height=400)
 
 
 def probabilities_bar(probabilities: Mapping[str, float], title: str = "Stage probabilities") -> go.Figure:
     classes = list(probabilities)
     values = [float(probabilities[c]) for c in classes]
-    fig = go.Figure(go.Bar(x=values, y=classes, orientation="h", text=[f"{v:.1%}" for v in values],
+    fig = go.Figure(go.Bar(x=values, y=[html_text(c) for c in classes], orientation="h",
+                           text=[f"{v:.1%}" for v in values],
                            textposition="auto", marker_color=[STAGE_COLOURS.get(c, "#888") for c in classes]))
     fig.update_xaxes(range=[0, 1], title="probability", tickformat=".0%")
     fig.update_yaxes(autorange="reversed")
@@ -311,8 +317,8 @@ def png_confusion_matrix(counts: Sequence[Sequence[int]], classes: Sequence[str]
             label = f"{norm[i, j]:.0%}\n({int(cm[i, j])})" if normalized else f"{int(cm[i, j])}"
             ax.text(j, i, label, ha="center", va="center", fontsize=20,
                     color="white" if norm[i, j] > 0.55 else "#111")
-    ax.set_xticks(range(len(classes)), classes, fontsize=18)
-    ax.set_yticks(range(len(classes)), classes, fontsize=18)
+    ax.set_xticks(range(len(classes)), [mpl(c) for c in classes], fontsize=18)
+    ax.set_yticks(range(len(classes)), [mpl(c) for c in classes], fontsize=18)
     ax.set_xlabel("predicted stage", fontsize=18)
     ax.set_ylabel("true stage", fontsize=18)
     if title:

@@ -10,6 +10,7 @@ tuning.layout for sweep folders, engine.data for prepared data), which need neit
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from engine.data import MANIFEST, REPORT
 from engine.runs import CLASSES, SPLITS
 from tuning import layout
 
+from . import paths
 from .paths import OutsideOutputs, inside, relative
 
 EXPORTS = "exports"  # the dashboard's own folder: decks written by the Present page
@@ -47,7 +49,23 @@ class LoadError(Exception):
     """A file is missing, partial or corrupt; the message says which and why."""
 
 
+class MissingFile(LoadError):
+    """The file does not exist (often expected: a run not yet evaluated or explained)."""
+
+
+class RefusedFile(LoadError):
+    """Not read at all: outside the outputs folder, not a regular file, or over its size limit."""
+
+
 # ----------------------------------------------------------------------------- files
+
+# Limits on what is read. The small files are the ones discovery opens for every run and sweep
+# (and best.json, cams/meta.json): a few kB when the engine writes them.
+MAX_SMALL_BYTES = 2**20
+MAX_JSON_BYTES = 64 * 2**20
+MAX_CSV_BYTES = paths.MAX_BYTES
+SMALL_FILES = frozenset({runs.CONFIG, runs.COMPLETE, runs.ENV, runs.CAMS_META, layout.TRIAL_JSON,
+                         layout.SWEEP_JSON, layout.BEST})
 
 
 def stamp(path: Path | str) -> tuple[int, int] | None:
@@ -59,51 +77,109 @@ def stamp(path: Path | str) -> tuple[int, int] | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def _read_json(path: str, version: tuple[int, int] | None) -> Any:
-    return json.loads(Path(path).read_text())
+def _read_json(root: str, path: str, version: tuple[int, int], limit: int) -> Any:
+    return json.loads(paths.read_bytes(root, path, limit))
 
 
 @st.cache_data(show_spinner=False, max_entries=2048)
-def _read_csv(path: str, version: tuple[int, int] | None) -> pd.DataFrame:
-    return pd.read_csv(path)
+def _read_csv(root: str, path: str, version: tuple[int, int], as_text: bool) -> pd.DataFrame:
+    data = io.BytesIO(paths.read_bytes(root, path, MAX_CSV_BYTES))
+    # As text, a blank field stays "" and nothing is guessed: the caller checks each column itself.
+    return pd.read_csv(data, dtype=str, keep_default_na=False) if as_text else pd.read_csv(data)
 
 
-def _existing(root: Path | str, path: Path | str) -> tuple[Path, tuple[int, int]]:
-    """A file inside ``root`` and its cache key (mtime, size); LoadError when outside or missing."""
+def _limit(path: Path | str, default: int) -> int:
+    return MAX_SMALL_BYTES if Path(path).name in SMALL_FILES else default
+
+
+def _existing(root: Path | str, path: Path | str, limit: int) -> tuple[Path, tuple[int, int]]:
+    """A regular file inside ``root`` within ``limit`` bytes, and its cache key (mtime, size)."""
     try:
         full = inside(root, path)
     except OutsideOutputs as exc:
-        raise LoadError(str(exc)) from None
-    key = stamp(full)
-    if key is None or not full.is_file():
-        raise LoadError(f"{relative(root, full)} not found")
-    return full, key
-
-
-def read_json(root: Path | str, path: Path | str) -> Any:
-    """A JSON file inside ``root``; LoadError when missing or corrupt."""
-    full, key = _existing(root, path)
+        raise RefusedFile(str(exc)) from None
     try:
-        return _read_json(str(full), key)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LoadError(f"{relative(root, full)} is not valid JSON ({exc})") from None
+        info = paths.regular_file(root, full, limit)
+    except FileNotFoundError:
+        raise MissingFile(f"{relative(root, full)} not found") from None
+    except paths.RefusedFile as exc:
+        raise RefusedFile(f"{relative(root, full)} {exc}") from None
+    except OSError as exc:
+        raise LoadError(f"{relative(root, full)} cannot be read ({exc.strerror})") from None
+    return full, (info.st_mtime_ns, info.st_size)
+
+
+def _read(root: Path | str, full: Path, reader: Any, *args: Any) -> Any:
+    try:
+        return reader(str(Path(root).resolve()), str(full), *args)
+    except (OutsideOutputs, paths.RefusedFile) as exc:  # swapped for something else since the check
+        raise RefusedFile(f"{relative(root, full)}: {exc}") from None
     except OSError as exc:
         raise LoadError(f"{relative(root, full)} cannot be read ({exc.strerror})") from None
 
 
-def read_csv(root: Path | str, path: Path | str, required: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A CSV file inside ``root`` as a DataFrame; LoadError when missing, corrupt or lacking columns."""
-    full, key = _existing(root, path)
+def read_json(root: Path | str, path: Path | str, limit: int | None = None) -> Any:
+    """A JSON file inside ``root``; LoadError when missing, refused or corrupt."""
+    limit = limit or _limit(path, MAX_JSON_BYTES)
+    full, key = _existing(root, path, limit)
     try:
-        frame = _read_csv(str(full), key)
+        return _read(root, full, _read_json, key, limit)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise LoadError(f"{relative(root, full)} is not valid JSON ({exc})") from None
+
+
+def read_csv(root: Path | str, path: Path | str, required: tuple[str, ...] = (), *,
+             as_text: bool = False) -> pd.DataFrame:
+    """A CSV file inside ``root`` as a DataFrame; LoadError when missing, refused, corrupt or lacking columns.
+
+    ``as_text``: every column as strings, blank fields as "" (for :func:`usable_rows`).
+    """
+    full, key = _existing(root, path, MAX_CSV_BYTES)
+    try:
+        frame = _read(root, full, _read_csv, key, as_text)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise LoadError(f"{relative(root, full)} is not a readable CSV ({exc})") from None
-    except OSError as exc:
-        raise LoadError(f"{relative(root, full)} cannot be read ({exc.strerror})") from None
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise LoadError(f"{relative(root, full)} lacks column(s) {', '.join(missing)}")
     return frame
+
+
+def usable_rows(frame: pd.DataFrame, name: str, text: tuple[str, ...], numbers: dict[str, tuple[float, float]],
+                allowed: dict[str, tuple[str, ...]] | None = None,
+                problems: list[str] | None = None) -> pd.DataFrame:
+    """The rows of a text-read CSV (``read_csv(as_text=True)``) whose fields a page can use.
+
+    ``text`` columns must not be blank, ``numbers`` must parse as finite numbers within their
+    (low, high) range (they become floats), ``allowed`` columns must hold one of their values.
+    The other rows are dropped and one line in ``problems`` says how many and why; LoadError when
+    no row is left, since a page has nothing to show then.
+    """
+    bad = pd.Series(False, index=frame.index)
+    reasons = []
+    frame = frame.copy()
+
+    def flag(column: str, wrong: pd.Series, what: str) -> None:
+        nonlocal bad
+        if wrong.any():
+            reasons.append(f"{column}: {int(wrong.sum())} {what}")
+            bad |= wrong
+
+    for column in text:
+        flag(column, frame[column].str.strip() == "", "blank")
+    for column, (low, high) in numbers.items():
+        values = pd.to_numeric(frame[column].str.strip(), errors="coerce")
+        flag(column, ~values.between(low, high), "blank or malformed")  # NaN, inf and strings fail between
+        frame[column] = values
+    for column, values in (allowed or {}).items():
+        flag(column, ~frame[column].isin(values), "not one of " + "/".join(values))
+    usable = frame[~bad]
+    if len(usable) < len(frame) and problems is not None:
+        problems.append(f"{name}: {len(frame) - len(usable)} of {len(frame)} rows skipped "
+                        f"(blank or malformed fields: {'; '.join(reasons)})")
+    if usable.empty:
+        raise LoadError(f"{name} has no usable row" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    return usable
 
 
 def file_in(root: Path | str, base: Path | str, rel: str) -> Path:
@@ -115,6 +191,15 @@ def file_in(root: Path | str, base: Path | str, rel: str) -> Path:
     except OutsideOutputs as exc:
         raise LoadError(str(exc)) from None
     return full
+
+
+def _regular(root: Path | str, path: Path | str, limit: int = paths.MAX_BYTES) -> bool:
+    """Whether ``path`` is a regular file inside ``root`` within ``limit`` (stat only: nothing is opened)."""
+    try:
+        paths.regular_file(root, path, limit)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -147,32 +232,61 @@ class SweepInfo:
     problem: str | None = None
 
 
-def run_status(folder: Path) -> tuple[str, str | None]:
-    """A run folder's status (one of RUN_STATUSES) and, for corrupt or interrupted runs, why."""
+def _complete_status(root: Path | str, folder: Path) -> str | None:
+    """engine.runs.complete_status, read through the checks: a marker that is not a regular file inside
+    the outputs folder raises RefusedFile; one that is unreadable JSON still means training ended."""
     try:
-        json.loads((folder / runs.CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        return RUN_CORRUPT, f"{runs.CONFIG} unreadable ({exc})"
-    finished = runs.complete_status(folder)
+        marker = read_json(root, folder / runs.COMPLETE)
+    except MissingFile:
+        return None
+    except RefusedFile:
+        raise
+    except LoadError:
+        return runs.STATUS_COMPLETE
+    status = marker.get("status") if isinstance(marker, dict) else None
+    return status if status in runs.STATUSES else runs.STATUS_COMPLETE
+
+
+def run_status(folder: Path, root: Path | str | None = None) -> tuple[str, str | None]:
+    """A run folder's status (one of RUN_STATUSES) and, for corrupt or interrupted runs, why.
+
+    Every file is read through :func:`read_json` (regular files inside ``root``, by default the
+    folder itself, below MAX_SMALL_BYTES), so a FIFO, a link to a device or a huge file makes the
+    run corrupt instead of blocking or exhausting the scan.
+    """
+    folder = Path(folder)
+    root = folder if root is None else root
+    try:
+        config = read_json(root, folder / runs.CONFIG)
+        if not isinstance(config, dict):
+            raise LoadError("not a JSON object")
+        finished = _complete_status(root, folder)
+    except LoadError as exc:
+        return RUN_CORRUPT, f"unreadable: {exc}"
     if finished is not None:
         return (RUN_STOPPED if finished == runs.STATUS_EARLY_STOPPED else RUN_COMPLETE), None
     try:  # a sweep trial cut short by ASHA says so in its trial.json
-        if json.loads((folder / layout.TRIAL_JSON).read_text()).get("status") == layout.TRIAL_STOPPED:
-            return RUN_STOPPED, None
-    except (OSError, ValueError, AttributeError):
-        pass
+        trial = read_json(root, folder / layout.TRIAL_JSON)
+    except RefusedFile as exc:
+        return RUN_CORRUPT, f"unreadable: {exc}"
+    except LoadError:
+        trial = None
+    if isinstance(trial, dict) and trial.get("status") == layout.TRIAL_STOPPED:
+        return RUN_STOPPED, None
     newest = max((s[0] for s in (stamp(folder / n) for n in (runs.HISTORY, runs.CONFIG)) if s), default=0)
     if time.time() - newest / 1e9 < RUNNING_WINDOW_S:
         return RUN_RUNNING, None
     return RUN_INTERRUPTED, f"no {runs.COMPLETE} marker and no recent writes: the run was interrupted"
 
 
-def _sweep_status(folder: Path) -> tuple[str, str, str | None]:
+def _sweep_status(root: Path | str, folder: Path) -> tuple[str, str, str | None]:
     try:
-        info = json.loads((folder / layout.SWEEP_JSON).read_text())
-        return str(info.get("name") or folder.name), str(info.get("status", "unknown")), None
-    except (OSError, ValueError, AttributeError) as exc:
-        return folder.name, RUN_CORRUPT, f"{layout.SWEEP_JSON} unreadable ({exc})"
+        info = read_json(root, folder / layout.SWEEP_JSON)
+        if not isinstance(info, dict):
+            raise LoadError(f"{relative(root, folder / layout.SWEEP_JSON)} is not a JSON object")
+    except LoadError as exc:
+        return folder.name, RUN_CORRUPT, f"unreadable: {exc}"
+    return str(info.get("name") or folder.name), str(info.get("status", "unknown")), None
 
 
 @st.cache_data(ttl=DISCOVERY_TTL_S, show_spinner=False)
@@ -191,17 +305,19 @@ def _scan(root: str) -> dict[str, list[dict[str, Any]]]:
         if MANIFEST in names_set:
             prepared.append({"path": str(folder), "label": label})
         if layout.SWEEP_JSON in names_set:
-            name, status, problem = _sweep_status(folder)
+            name, status, problem = _sweep_status(base, folder)
             sweeps.append(asdict(SweepInfo(str(folder), label, name, status, problem)))
         if runs.CONFIG in names_set:
-            status, problem = run_status(folder)
+            status, problem = run_status(folder, base)
             parts = Path(label).parts
             sweep = "/".join(parts[: parts.index(layout.TRIALS)]) if layout.TRIALS in parts else None
+            # A corrupt run is listed (the Run page says why) but offered to no page that reads its files.
+            usable = status != RUN_CORRUPT
             found_runs.append(asdict(RunInfo(
                 str(folder), label, status,
-                evaluated=runs.METRICS in names_set and runs.PREDICTIONS in names_set,
-                explained=(folder / runs.CAMS / runs.CAMS_INDEX).is_file(),
-                has_checkpoint=(folder / runs.CHECKPOINTS / runs.BEST_CHECKPOINT).is_file(),
+                evaluated=usable and all(_regular(base, folder / n) for n in (runs.METRICS, runs.PREDICTIONS)),
+                explained=usable and _regular(base, folder / runs.CAMS / runs.CAMS_INDEX),
+                has_checkpoint=usable and _regular(base, folder / runs.CHECKPOINTS / runs.BEST_CHECKPOINT, 2**62),
                 sweep=sweep, problem=problem,
             )))
             dirs[:] = []  # run folders do not nest
@@ -250,7 +366,10 @@ def samples(root: Path | str, prepared: Path | str) -> dict[str, list[Path]]:
 # ----------------------------------------------------------------------------- runs
 
 def run_config(root: Path | str, run: Path | str) -> dict[str, Any]:
-    return read_json(root, Path(run) / runs.CONFIG)
+    config = read_json(root, Path(run) / runs.CONFIG)
+    if not isinstance(config, dict):
+        raise LoadError(f"{relative(root, run)}/{runs.CONFIG} is not a JSON object")
+    return config
 
 
 def history(root: Path | str, run: Path | str) -> pd.DataFrame:
@@ -263,24 +382,39 @@ def metrics(root: Path | str, run: Path | str) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("splits"), dict) or not data["splits"]:
         raise LoadError(f"{relative(root, run)}/{runs.METRICS} has no evaluated split")
     for split, m in data["splits"].items():
+        if not isinstance(m, dict):
+            raise LoadError(f"{relative(root, run)}/{runs.METRICS}: split {split} is not a JSON object")
         for key in ("accuracy", "macro_f1", "confusion_matrix", "per_class"):
             if key not in m:
                 raise LoadError(f"{relative(root, run)}/{runs.METRICS}: split {split} lacks {key!r}")
     return data
 
 
-def predictions(root: Path | str, run: Path | str) -> pd.DataFrame:
-    return read_csv(root, Path(run) / runs.PREDICTIONS, required=runs.PREDICTION_COLUMNS)
+def predictions(root: Path | str, run: Path | str, problems: list[str] | None = None) -> pd.DataFrame:
+    """predictions.csv, rows with blank or malformed fields dropped (and counted in ``problems``)."""
+    path = Path(run) / runs.PREDICTIONS
+    frame = read_csv(root, path, required=runs.PREDICTION_COLUMNS, as_text=True)
+    probabilities = [c for c in runs.PREDICTION_COLUMNS if c.startswith("prob_")]
+    return usable_rows(frame, relative(root, path), text=("split", "path", "sha256", "true", "pred"),
+                       numbers={c: (0.0, 1.0) for c in ("confidence", *probabilities)}, problems=problems)
 
 
 def cams_meta(root: Path | str, run: Path | str) -> dict[str, Any]:
     return read_json(root, Path(run) / runs.CAMS / runs.CAMS_META)
 
 
-def cams_index(root: Path | str, run: Path | str) -> pd.DataFrame:
-    frame = read_csv(root, Path(run) / runs.CAMS / runs.CAMS_INDEX, required=runs.INDEX_COLUMNS)
-    frame["correct"] = frame["correct"].astype(int)
-    return frame
+def cams_index(root: Path | str, run: Path | str, problems: list[str] | None = None) -> pd.DataFrame:
+    """cams/index.csv, rows with blank or malformed fields dropped (and counted in ``problems``).
+
+    The pages filter, sort and format these columns, so a blank method or a confidence of "high"
+    would otherwise fail a page; LoadError when no row is usable.
+    """
+    path = Path(run) / runs.CAMS / runs.CAMS_INDEX
+    frame = read_csv(root, path, required=runs.INDEX_COLUMNS, as_text=True)
+    text = tuple(c for c in runs.INDEX_COLUMNS if c not in ("confidence", "correct", "target"))
+    frame = usable_rows(frame, relative(root, path), text=text, numbers={"confidence": (0.0, 1.0)},
+                        allowed={"target": runs.TARGETS, "correct": ("0", "1")}, problems=problems)
+    return frame.assign(correct=frame["correct"].astype(int))
 
 
 def faithfulness(root: Path | str, run: Path | str) -> dict[str, Any]:
@@ -311,7 +445,7 @@ def load_run(root: Path | str, run: Path | str) -> dict[str, Any]:
     """What the pages need of one run, each part or the reason it is missing (never raises)."""
     out: dict[str, Any] = {"problems": []}
     for name, reader in (("config", run_config), ("history", history), ("metrics", metrics),
-                         ("predictions", predictions)):
+                         ("predictions", lambda r, p: predictions(r, p, out["problems"]))):
         try:
             out[name] = reader(root, run)
         except LoadError as exc:
@@ -343,9 +477,10 @@ def _trials_from_folders(root: Path | str, sweep: Path) -> pd.DataFrame:
     for trial_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         try:
             trial = read_json(root, trial_dir / layout.TRIAL_JSON)
-        except LoadError:
-            trial = {"trial_id": trial_dir.name, "status": layout.TRIAL_ERROR,
-                     "error": f"{layout.TRIAL_JSON} unreadable"}
+            if not isinstance(trial, dict):
+                raise LoadError(f"{layout.TRIAL_JSON} is not a JSON object")
+        except LoadError as exc:
+            trial = {"trial_id": trial_dir.name, "status": layout.TRIAL_ERROR, "error": f"unreadable: {exc}"}
         row = {"trial_id": trial.get("trial_id", trial_dir.name),
                "status": trial.get("status", layout.TRIAL_PENDING),
                **{f"{layout.PARAM_PREFIX}{k}": v for k, v in (trial.get("params") or {}).items()},
@@ -421,9 +556,10 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
         out[key] = None
         try:
             data = read_json(root, Path(run) / rel)
+        except MissingFile:
+            continue
         except LoadError as exc:
-            if "not found" not in str(exc):
-                out["problems"].append(str(exc))
+            out["problems"].append(str(exc))
             continue
         if isinstance(data, dict):
             out[key] = data

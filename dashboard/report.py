@@ -2,13 +2,14 @@
 HTML report (images base64-embedded, Plotly JS inlined: it works offline).
 
 ``Findings`` names what to show; ``build(root, findings)`` gathers it from the run folder and
-returns both documents; ``save`` writes them to ``OUTPUTS/exports/``.
+returns both documents; ``save`` writes them to ``OUTPUTS/exports/``. Text from the run folder
+goes into the HTML through ``html_text``, into the PPTX through ``plain`` and into matplotlib
+figures through ``mpl`` (dashboard.escape).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import re
 import time
@@ -20,7 +21,8 @@ import pandas as pd
 
 from engine import runs
 
-from . import evidence, figures, loaders
+from . import evidence, figures, loaders, paths
+from .escape import html_text, mpl, plain
 from .paths import inside, relative
 
 SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
@@ -89,7 +91,7 @@ def _cam_grid(root: Path, run: Path, index: pd.DataFrame, shas: list[str], metho
             hit = cells[cells["method"] == method]
             images.append((method, loaders.cam_path(root, run, hit.iloc[0]["overlay"]) if len(hit) else None))
         verdict = "✓" if first["true"] == first["pred"] else "✗"
-        rows.append((f"{verdict} pred {first['pred']} ({float(first['confidence']):.2f})", images))
+        rows.append((f"{verdict} pred {mpl(first['pred'])} ({float(first['confidence']):.2f})", images))
     if not rows:
         return None
     ncols = 1 + len(methods)
@@ -101,7 +103,7 @@ def _cam_grid(root: Path, run: Path, index: pd.DataFrame, shas: list[str], metho
             if path is not None:
                 ax.imshow(Image.open(path).convert("RGB"))
             if r == 0:
-                ax.set_title(name, fontsize=16)
+                ax.set_title(mpl(name), fontsize=16)
             if c == 0:
                 ax.text(0.0, -0.04, label, transform=ax.transAxes, fontsize=13, va="top",
                         color="#b00020" if label.startswith("✗") else "#1b5e20")
@@ -129,7 +131,7 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
     stages_out: dict[str, dict[str, Any]] = {}
     faith = None
     try:
-        index = loaders.cams_index(root, run)
+        index = loaders.cams_index(root, run, warnings)
     except loaders.LoadError as exc:
         index = None
         warnings.append(f"no Grad-CAM maps: {exc}")
@@ -148,7 +150,7 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             shas = shas or _auto_pick(candidates, findings.per_stage)
             stages_out[stage] = {
                 "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage),
-                "mean_map": loaders.stage_file(root, run, stage, runs.STAGE_MEAN_MAP),
+                "mean_map": _png_of(root, loaders.stage_file(root, run, stage, runs.STAGE_MEAN_MAP), warnings),
                 # Count files, as the metrics do: byte-identical copies are one candidate but several images.
                 "n": len(files), "errors": int((files["correct"] == 0).sum()),
             }
@@ -178,6 +180,17 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             "methods": methods, "layer": layer, "warnings": warnings,
             "checkpoint_epoch": metrics.get("checkpoint_epoch"), "located": located,
             "context": found.get("context"), "sanity": found.get("sanity")}
+
+
+def _png_of(root: Path, path: Path | None, warnings: list[str]) -> bytes | None:
+    """A picture's bytes, read like every other file (regular, inside the outputs, size-limited), or None."""
+    if path is None:
+        return None
+    try:
+        return paths.read_bytes(root, path)
+    except (OSError, ValueError) as exc:
+        warnings.append(f"{relative(root, path)} not shown: {exc}")
+        return None
 
 
 def evidence_rows(data: dict[str, Any], stage: str) -> list[list[str]]:
@@ -254,6 +267,7 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
     def slide(title: str):
         s = prs.slides.add_slide(blank)
         box = s.shapes.add_textbox(Inches(0.5), Inches(0.3), Inches(SLIDE_W_IN - 1), Inches(1.0))
+        title = plain(title)  # what PPTX (XML) can hold: no control characters or lone surrogates
         p = box.text_frame.paragraphs[0]
         p.text = title
         p.font.size, p.font.bold = Pt(TITLE_PT), True
@@ -272,7 +286,7 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         frame.word_wrap = True
         for i, line in enumerate(lines):
             p = frame.paragraphs[0] if i == 0 else frame.add_paragraph()
-            p.text = line
+            p.text = plain(line)
             p.font.size = Pt(size)
 
     def table(s, header: list[str], rows: list[list[str]], left: float, top: float, width: float,
@@ -280,10 +294,10 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         shape = s.shapes.add_table(len(rows) + 1, len(header), Inches(left), Inches(top), Inches(width),
                                    Inches(0.55 * (len(rows) + 1)))
         for c, name in enumerate(header):
-            shape.table.cell(0, c).text = name
+            shape.table.cell(0, c).text = plain(name)
         for r, row in enumerate(rows, start=1):
             for c, value in enumerate(row):
-                shape.table.cell(r, c).text = value
+                shape.table.cell(r, c).text = plain(value)
         for r in range(len(rows) + 1):
             for c in range(len(header)):
                 for p in shape.table.cell(r, c).text_frame.paragraphs:
@@ -314,7 +328,7 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         if info["grid"]:
             picture(s, info["grid"], 0.5, 1.2, 6.1)
         if info["mean_map"]:
-            picture(s, info["mean_map"].read_bytes(), 9.3, 1.6, 3.4)
+            picture(s, info["mean_map"], 9.3, 1.6, 3.4)
             text(s, [f"mean map, {stage}"], 9.3, 5.1, 3.6, size=18)
         if not info["grid"]:
             text(s, ["No Grad-CAM maps for this stage."], 0.7, 1.6, 8)
@@ -371,13 +385,13 @@ img{max-width:100%}.row{display:flex;gap:32px;align-items:flex-start;flex-wrap:w
 
 
 def _img(png: bytes, alt: str, width: str = "100%") -> str:
-    return (f'<img alt="{html.escape(alt)}" style="width:{width}" '
+    return (f'<img alt="{html_text(alt)}" style="width:{width}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    head = "".join(f"<th>{html_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(v)}</td>" for v in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -388,10 +402,10 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
                                   normalized=m.get("confusion_matrix_normalized"),
                                   mode="normalized" if findings.normalized else "counts", height=560)
     cm.update_layout(font=dict(size=20))
-    parts = [f"<h1>{html.escape(findings.title)}</h1>", f"<p><strong>{html.escape(NOTICE)}</strong></p>",
-             f"<p class='muted'>Run {html.escape(data['label'])} · model {html.escape(str(cfg.get('model', '?')))} · "
-             f"{html.escape(str(cfg.get('image_size', '?')))} px · split {findings.split} (n = {m.get('n', '?')}) · "
-             f"generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
+    parts = [f"<h1>{html_text(findings.title)}</h1>", f"<p><strong>{html_text(NOTICE)}</strong></p>",
+             f"<p class='muted'>Run {html_text(data['label'])} · model {html_text(cfg.get('model', '?'))} · "
+             f"{html_text(cfg.get('image_size', '?'))} px · split {html_text(findings.split)} "
+             f"(n = {html_text(m.get('n', '?'))}) · generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
              "<section><h2>Metrics with 95% bootstrap intervals</h2>"
              + _table(["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m)])
              + _table(PER_STAGE_HEADER, per_stage_rows(m)) + "</section>",
@@ -399,13 +413,13 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
              + cm.to_html(full_html=False, include_plotlyjs=True, config=plot_config, default_width="720px")
              + "</section>"]
     for stage, info in data["stages"].items():
-        body = f"<section><h2>Grad-CAM: {html.escape(stage)}</h2><p class='muted'>{info['errors']} of {info['n']} " \
-               f"images misclassified · layer {html.escape(str(data['layer']))}</p><div class='row'>"
+        body = f"<section><h2>Grad-CAM: {html_text(stage)}</h2><p class='muted'>{html_text(info['errors'])} of " \
+               f"{html_text(info['n'])} images misclassified · layer {html_text(data['layer'])}</p><div class='row'>"
         body += f"<div style='flex:3'>{_img(info['grid'], f'Grad-CAM panel {stage}')}</div>" if info["grid"] else \
             "<p>No Grad-CAM maps for this stage.</p>"
         if info["mean_map"]:
-            body += f"<div style='flex:1'>{_img(info['mean_map'].read_bytes(), f'mean map {stage}')}" \
-                    f"<p class='muted'>mean map, {html.escape(stage)}</p></div>"
+            body += f"<div style='flex:1'>{_img(info['mean_map'], f'mean map {stage}')}" \
+                    f"<p class='muted'>mean map, {html_text(stage)}</p></div>"
         parts.append(body + "</div></section>")
     faith, summary = data["faith"], data["faith_summary"]
     if findings.faithfulness and faith is not None and not faith.empty and summary:
@@ -420,18 +434,18 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
     if findings.evidence and data.get("context"):
         fig = evidence.context_bars(data["context"])
         parts.append("<section><h2>Cells or context</h2>"
-                     f"<p>{html.escape(evidence.context_sentence(data['context']))}</p>"
+                     f"<p>{html_text(evidence.context_sentence(data['context']))}</p>"
                      + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config) + "</section>")
     located = data.get("located")
     if findings.evidence and located:
         fig = evidence.localisation_bars(located, "concentration")
         rows = [[stage, *row] for stage in findings.stages for row in evidence_rows(data, stage)]
-        parts.append(f"<section><h2>Do the maps point at the leukocytes? ({html.escape(located['method'])} at "
-                     f"{html.escape(located['layer'])})</h2><p>{html.escape(evidence.verdict_line(located['all']['verdict']))}"
+        parts.append(f"<section><h2>Do the maps point at the leukocytes? ({html_text(located['method'])} at "
+                     f"{html_text(located['layer'])})</h2><p>{html_text(evidence.verdict_line(located['all']['verdict']))}"
                      "</p>" + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
                      + _table(["Stage", "Evidence", "Value [95% CI]"], rows) + "</section>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(findings.title)}</title><style>{CSS}</style></head><body><main>"
+            f"<title>{html_text(findings.title)}</title><style>{CSS}</style></head><body><main>"
             + "".join(parts) + "</main></body></html>")
 
 

@@ -14,6 +14,7 @@ from engine import runs
 from tuning import layout
 
 from . import loaders
+from .escape import code, md
 from .loaders import LoadError, RunInfo
 from .paths import OutsideOutputs, inside, outputs_dir
 
@@ -65,11 +66,11 @@ def section(name: str) -> Iterator[None]:
     try:
         yield
     except (LoadError, OutsideOutputs) as exc:
-        st.warning(f"{name}: {exc}", icon=":material/warning:")
+        st.warning(f"{name}: {md(exc)}", icon=":material/warning:")
     except (KeyError, ValueError, TypeError, IndexError, AttributeError, OSError) as exc:
         log.warning("%s failed", name, exc_info=True)
-        st.warning(f"{name} could not be shown: the files look partial or corrupt ({type(exc).__name__}: {exc})",
-                   icon=":material/warning:")
+        st.warning(f"{name} could not be shown: the files look partial or corrupt "
+                   f"({type(exc).__name__}: {md(exc)})", icon=":material/warning:")
 
 
 def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int = 0,
@@ -93,24 +94,29 @@ def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int =
 
 def run_problems(run: RunInfo) -> None:
     if run.status == loaders.RUN_CORRUPT:
-        st.warning(f"`{run.label}` is corrupt: {run.problem}", icon=":material/block:")
+        st.warning(f"{code(run.label)} is corrupt: {md(run.problem)}", icon=":material/block:")
     elif run.status == loaders.RUN_INTERRUPTED:
-        st.warning(f"`{run.label}` has no {runs.COMPLETE} marker and stopped writing: it was interrupted. "
-                   f"Resume it with `python -m engine train --resume {run.path}`.", icon=":material/warning:")
+        st.warning(f"{code(run.label)} has no {runs.COMPLETE} marker and stopped writing: it was interrupted. "
+                   f"Resume it with {code(f'python -m engine train --resume {run.path}')}.",
+                   icon=":material/warning:")
     elif run.status == loaders.RUN_RUNNING:
-        st.info(f"`{run.label}` is still training; its files are refreshed as they change.",
+        st.info(f"{code(run.label)} is still training; its files are refreshed as they change.",
                 icon=":material/directions_run:")
 
 
 def cams_index(run: RunInfo):
-    """The run's Grad-CAM index, or None (with a warning when it exists but cannot be read)."""
+    """The run's Grad-CAM index, or None; a warning when it cannot be read or some rows were skipped."""
     if not run.explained:
         return None
+    problems: list[str] = []
     try:
-        return loaders.cams_index(root(), run.path)
+        index = loaders.cams_index(root(), run.path, problems)
     except LoadError as exc:
-        st.warning(f"Grad-CAM maps of `{run.label}` cannot be read: {exc}", icon=":material/warning:")
+        st.warning(f"Grad-CAM maps of {code(run.label)} cannot be read: {md(exc)}", icon=":material/warning:")
         return None
+    for problem in problems:
+        st.warning(f"Grad-CAM maps of {code(run.label)}: {md(problem)}", icon=":material/warning:")
+    return index
 
 
 def first_explained(index: Any, column: str) -> str:
@@ -172,12 +178,15 @@ def ci_text(ci: Any, digits: int = 3) -> str:
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    """A number from a file for a caption or card; anything that is not a number shows as n/a."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def fmt_param(value: Any) -> str:
-    """A hyper-parameter as a person would write it: 0.00333 rather than 0.0033305729602260046."""
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+    """A hyper-parameter as a person would write it: 0.00333 rather than 0.0033305729602260046 (Markdown-safe)."""
+    return f"{value:.3g}" if isinstance(value, float) else md(value)
 
 
 def metric_cards(m: dict[str, Any]) -> None:
@@ -195,7 +204,7 @@ def metric_cards(m: dict[str, Any]) -> None:
         with column:
             st.metric(name, fmt(value))
             st.caption(f"95% CI {ci_text(ci)}" if ci is not None else "\u00a0")
-    st.caption(f"n = {m.get('n', '?')} images · intervals: percentile bootstrap over images")
+    st.caption(f"n = {md(m.get('n', '?'))} images · intervals: percentile bootstrap over images")
 
 
 def per_class_table(m: dict[str, Any]):

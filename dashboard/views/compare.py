@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from dashboard.escape import code, html_text, md
 
 st.title("Compare runs")
 runs = sorted((r for r in ui.found()["runs"] if r.evaluated), key=lambda r: (not r.explained, r.label))
 if len(runs) == 1:
     # One evaluated run (e.g. a sweep whose other trials ASHA stopped): say so rather than "nothing yet".
     others = [r for r in ui.found()["runs"] if not r.evaluated]
-    st.info(f"Only one evaluated run (`{runs[0].label}`): comparing needs two folders with metrics.json.",
+    st.info(f"Only one evaluated run ({code(runs[0].label)}): comparing needs two folders with metrics.json.",
             icon=":material/info:")
     if others:
-        st.markdown("Evaluate another run to compare it, e.g. `python -m engine evaluate "
-                    f"{others[0].path}`. Not evaluated: " + ", ".join(f"`{o.label}`" for o in others) + ".")
+        st.markdown(f"Evaluate another run to compare it, e.g. {code(f'python -m engine evaluate {others[0].path}')}. "
+                    "Not evaluated: " + ", ".join(code(o.label) for o in others) + ".")
     st.stop()
 if len(runs) < 2:
     ui.empty_state("pair of evaluated runs (two or more folders with metrics.json)")
@@ -39,7 +38,7 @@ try:
     ma = loaders.metrics(root, a.path)["splits"].get(split)
     mb = loaders.metrics(root, b.path)["splits"].get(split)
 except loaders.LoadError as exc:
-    st.warning(str(exc), icon=":material/warning:")
+    st.warning(md(exc), icon=":material/warning:")
 if ma is None or mb is None:
     st.warning(f"Both runs need the {split} split evaluated.", icon=":material/warning:")
     st.stop()
@@ -79,7 +78,7 @@ with ui.section("Confusion matrices"):
         with col:
             fig = figures.confusion_matrix(m["confusion_matrix"], normalized=m.get("confusion_matrix_normalized"),
                                            mode="normalized" if mode != "counts" else "counts",
-                                           title=f"{name}: {run.label}", height=420,
+                                           title=f"{name}: {html_text(run.label)}", height=420,
                                            selected=cell[1:] if cell and cell[0] == name else None)
             event = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key=f"cmp_cm_{name}_{split}",
                                     config={"displayModeBar": False})
@@ -94,10 +93,13 @@ with ui.section("Maps"):
     if not (a.explained and b.explained):
         st.info("Both runs need Grad-CAM maps (`python -m engine explain RUN`) to compare them image by image.")
     else:
-        ia, ib = loaders.cams_index(root, a.path), loaders.cams_index(root, b.path)
-        methods = sorted(set(ia["method"]) & set(ib["method"]))
-        layers = sorted(set(ia["layer"]) & set(ib["layer"]))
-        if not methods or not layers:
+        ia, ib = ui.cams_index(a), ui.cams_index(b)  # each warns when it cannot be read or skips rows
+        readable = ia is not None and ib is not None
+        methods = sorted(set(ia["method"]) & set(ib["method"])) if readable else []
+        layers = sorted(set(ia["layer"]) & set(ib["layer"])) if readable else []
+        if not readable:
+            st.caption("Both runs' Grad-CAM maps must be readable to compare them image by image.")
+        elif not methods or not layers:
             st.info("The two runs share no Grad-CAM method and layer.")
         else:
             f = st.columns([2, 2, 2, 2])
@@ -129,23 +131,23 @@ with ui.section("Maps"):
             splits = sorted(set(both["split_a"])) if "split_a" in both else []
             where = f" (maps of the {', '.join(splits)} split)" if splits else ""
             st.caption(f"{len(common)} images have maps in both runs (matched by content, else by their path in the "
-                       f"class folder); {len(both)} match{where}"
+                       f"class folder); {len(both)} match{md(where)}"
                        f"{', the 12 most confident of A shown' if len(both) > 12 else ''}.")
             both = both.sort_values("confidence_a", ascending=False, key=lambda c: c.astype(float))
             grid = st.columns(3)
             for k, (_sha, row) in enumerate(both.head(12).iterrows()):
                 with grid[k % 3], st.container(border=True, key=f"cmp_pair_{k}"):
-                    name = html.escape(str(row["path_a"]).rsplit("/", 1)[-1])
-                    st.markdown(f"<span class='pair-image' title='{html.escape(str(row['path_a']), quote=True)}'>"
-                                f"<b>{name}</b></span> · true **{row['true_a']}** · "
-                                f"A: {row['pred_a']} ({float(row['confidence_a']):.2f}) · "
-                                f"B: {row['pred_b']} ({float(row['confidence_b']):.2f})", unsafe_allow_html=True)
+                    name = md(str(row["path_a"]).rsplit("/", 1)[-1])
+                    st.markdown(f"<span class='pair-image' title='{html_text(row['path_a'])}'>"
+                                f"<b>{name}</b></span> · true **{md(row['true_a'])}** · "
+                                f"A: {md(row['pred_a'])} ({float(row['confidence_a']):.2f}) · "
+                                f"B: {md(row['pred_b'])} ({float(row['confidence_b']):.2f})", unsafe_allow_html=True)
                     cols = st.columns(3)
                     with cols[0]:
                         ui.image(loaders.cam_path(root, a.path, row["image_a"]), caption="input")
                     with cols[1]:
                         ui.image(loaders.cam_path(root, a.path, row["overlay_a"]),
-                                 caption=f"A: map for {row['pred_a']}")
+                                 caption=f"A: map for {md(row['pred_a'])}")
                     with cols[2]:
                         ui.image(loaders.cam_path(root, b.path, row["overlay_b"]),
-                                 caption=f"B: map for {row['pred_b']}")
+                                 caption=f"B: map for {md(row['pred_b'])}")

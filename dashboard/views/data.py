@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from dashboard.escape import code, md
 
 st.title("Data")
 prepared = ui.found()["prepared"]
@@ -20,10 +21,10 @@ root = ui.root()
 
 with ui.section("Data report"):
     report = loaders.data_report(root, folder)
-    st.caption(f"Source: `{report.get('data_dir', '?')}` · prepared folder `{chosen}`")
+    st.caption(f"Source: {code(report.get('data_dir', '?'))} · prepared folder {code(chosen)}")
     cols = st.columns(5)
-    cols[0].metric("Images used", report.get("images", "?"))
-    cols[1].metric("Files found", report.get("files_found", "?"))
+    cols[0].metric("Images used", md(report.get("images", "?")))
+    cols[1].metric("Files found", md(report.get("files_found", "?")))
     cols[2].metric("Rejected", len(report.get("rejected") or []))
     cols[3].metric("Duplicate groups", len(report.get("duplicate_groups") or []))
     cols[4].metric("Near-duplicate pairs", len(report.get("near_duplicates") or []))
@@ -68,7 +69,7 @@ with ui.section("Data report details"):
                                     "split": g.get("split"), "paths": ", ".join(g.get("paths", []))} for g in dup],
                                   columns=["sha256", "copies", "split", "paths"]), width="stretch", hide_index=True)
     with tabs[1]:
-        st.caption(f"Perceptual-hash Hamming distance ≤ {report.get('near_duplicate_max_bits', 4)} bits "
+        st.caption(f"Perceptual-hash Hamming distance ≤ {md(report.get('near_duplicate_max_bits', 4))} bits "
                    "(visually near-identical images).")
         st.dataframe(pd.DataFrame(near, columns=["a", "b", "distance"]), width="stretch", hide_index=True)
     with tabs[2]:

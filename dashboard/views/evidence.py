@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import evidence, figures, loaders, ui
+from dashboard.escape import md
 
 st.title("Evidence")
 st.caption("Research software: these checks say how far the maps can be trusted; they do not replace expert review.")
@@ -20,7 +21,7 @@ run = ui.pick_run(ordered, key="evidence_run")
 ui.run_problems(run)
 found = loaders.evidence(root, run.path)
 for problem in found["problems"]:
-    st.caption(f"⚠ {problem}")
+    st.caption(f"⚠ {md(problem)}")
 localised, context, faith, sanity = (found[k] for k in ("localisation", "context", "faithfulness", "sanity"))
 
 st.header("Verdicts")
@@ -44,11 +45,12 @@ else:
     choice = st.selectbox("Method and layer (best localising first)", labels, key="evidence_pair")
     method, layer = pairs[labels.index(choice)]
     result = evidence.find_result(localised, method, layer)
-    st.caption(f"{localised.get('images', '?')} {localised.get('split', '')} images with a leukocyte mask "
-               f"({localised.get('images_without_mask', 0)} without) · maps for the predicted stage · pointing "
-               f"tolerance {localised.get('pointing_tolerance_px', '?')} px at {localised.get('image_size', '?')} px · "
-               f"baselines: {localised.get('baselines', {}).get('centre', '')}; "
-               f"{localised.get('baselines', {}).get('shuffled', '')}")
+    baselines = localised.get("baselines") or {}
+    st.caption(f"{md(localised.get('images', '?'))} {md(localised.get('split', ''))} images with a leukocyte mask "
+               f"({md(localised.get('images_without_mask', 0))} without) · maps for the predicted stage · pointing "
+               f"tolerance {md(localised.get('pointing_tolerance_px', '?'))} px at "
+               f"{md(localised.get('image_size', '?'))} px · baselines: {md(baselines.get('centre', ''))}; "
+               f"{md(baselines.get('shuffled', ''))}")
     st.dataframe(evidence.stage_verdicts(result), hide_index=True, width="stretch")
     left, right = st.columns(2)
     with left:
@@ -78,4 +80,4 @@ else:
     st.plotly_chart(evidence.context_bars(context), key="ev_context")
     with st.expander("How the images were changed"):
         for variant, how in context.get("how", {}).items():
-            st.markdown(f"- **{evidence.VARIANTS.get(variant, variant)}**: {how}")
+            st.markdown(f"- **{md(evidence.VARIANTS.get(variant, variant))}**: {md(how)}")

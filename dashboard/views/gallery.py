@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from dashboard.escape import md
 from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL
 
 st.title("Grad-CAM gallery")
@@ -23,12 +24,12 @@ if index is None:
 try:
     meta = loaders.cams_meta(root, run.path)
 except loaders.LoadError as exc:
-    st.caption(f"⚠ {exc}")
+    st.caption(f"⚠ {md(exc)}")
     meta = {}
-if meta:
-    st.caption(f"{meta.get('images', '?')} {meta.get('split', '')} images · checkpoint epoch "
-               f"{meta.get('checkpoint_epoch', '?')} · {meta.get('image_size', '?')} px · created "
-               f"{meta.get('created_at', '?')}")
+if isinstance(meta, dict) and meta:
+    st.caption(f"{md(meta.get('images', '?'))} {md(meta.get('split', ''))} images · checkpoint epoch "
+               f"{md(meta.get('checkpoint_epoch', '?'))} · {md(meta.get('image_size', '?'))} px · created "
+               f"{md(meta.get('created_at', '?'))}")
 
 methods = sorted(index["method"].unique())
 layers = sorted(index["layer"].unique())
@@ -77,16 +78,16 @@ with left:
         with columns[i % 2], st.container(border=True):
             wrong = row["true"] != row["pred"]
             mark = "✗ misclassified as" if wrong else "✓ predicted"
-            st.markdown(f"**{row['path'].rsplit('/', 1)[-1]}** · {mark} **{row['pred']}** "
+            st.markdown(f"**{md(row['path'].rsplit('/', 1)[-1])}** · {mark} **{md(row['pred'])}** "
                         f"({float(row['confidence']):.2f})")
             if located is not None and row.get("concentration") == row.get("concentration"):
                 hit = "✓ on a leukocyte" if row["pointing"] == 1 else "✗ off the leukocytes"
                 st.caption(f"concentration {row['concentration']:.2f} · map maximum {hit}")
             shown = [("input", row["image"])]
             if (row["sha256"], "pred") in by_target:
-                shown.append((f"map for predicted {row['pred']}", by_target[(row["sha256"], "pred")]["overlay"]))
+                shown.append((f"map for predicted {md(row['pred'])}", by_target[(row["sha256"], "pred")]["overlay"]))
             if wrong and (row["sha256"], "true") in by_target:
-                shown.append((f"map for true {row['true']}", by_target[(row["sha256"], "true")]["overlay"]))
+                shown.append((f"map for true {md(row['true'])}", by_target[(row["sha256"], "true")]["overlay"]))
             cols = st.columns(len(shown))
             mask = row.get("mask") if outline and isinstance(row.get("mask"), str) else None
             for col, (name, rel) in zip(cols, shown, strict=False):
@@ -128,6 +129,6 @@ with ui.section("Faithfulness"):
                          hide_index=True, width="stretch")
             table = frame[(frame["metric"] == metric) & (frame["stage"] == stage)]
             table = table[["method", "layer", "mean", "n", "rank"]]
-            st.markdown(f"**{stage}: {metric}**")
+            st.markdown(f"**{stage}: {md(metric)}**")
             st.dataframe(table.sort_values("rank"), hide_index=True, width="stretch",
                          column_config={"mean": st.column_config.NumberColumn(format="%.4f")})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from dashboard.escape import code, md
 from engine.runs import BEST_CHECKPOINT, CHECKPOINTS, OOD
 
 st.title("Predict")
@@ -46,12 +47,12 @@ try:
     predictor = model_of(run.path, stamp(f"{run.path}/{BEST}"), stamp(f"{run.path}/{OOD}"))
     cfg = predictor.cfg
 except (OSError, RuntimeError, KeyError, ValueError) as exc:
-    st.error(f"The model of `{run.label}` cannot be loaded: {exc}", icon=":material/block:")
+    st.error(f"The model of {code(run.label)} cannot be loaded: {md(exc)}", icon=":material/block:")
     st.stop()
 try:
     image = inference.preprocess(data, cfg.image_size)
 except ValueError as exc:
-    st.error(f"`{upload.name}` cannot be used: {exc}.", icon=":material/block:")
+    st.error(f"{code(upload.name)} cannot be used: {md(exc)}.", icon=":material/block:")
     st.stop()
 
 with st.spinner("Classifying and computing Grad-CAM…"):
@@ -59,11 +60,11 @@ with st.spinner("Classifying and computing Grad-CAM…"):
                                None if target == "predicted stage" else loaders.CLASSES.index(target))
 distance, threshold = result["ood_distance"], result["ood_threshold"]
 if distance is not None and distance > threshold:
-    st.warning(f"**Unlike the training images.** `{upload.name}` is farther from every stage in the model's feature "
-               f"space ({distance:.1f}) than {result['ood_quantile']:.0%} of the validation images "
+    st.warning(f"**Unlike the training images.** {code(upload.name)} is farther from every stage in the model's "
+               f"feature space ({distance:.1f}) than {result['ood_quantile']:.0%} of the validation images "
                f"({threshold:.1f}): another stain, magnification or cell type, or not a smear. Do not trust the "
                "prediction below.", icon=":material/warning:")
-st.success(f"Predicted stage: **{result['pred']}** ({result['probabilities'][result['pred']]:.1%})",
+st.success(f"Predicted stage: **{md(result['pred'])}** ({result['probabilities'][result['pred']]:.1%})",
            icon=":material/biotech:")
 if distance is None:
     st.caption("No out-of-distribution check for this run: `python -m engine evaluate RUN` adds one "
@@ -75,6 +76,6 @@ left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")
 with mid:
-    st.image(result["overlay"], caption=f"Grad-CAM (norm5) for {result['target']}", width="stretch")
+    st.image(result["overlay"], caption=f"Grad-CAM (norm5) for {md(result['target'])}", width="stretch")
 with right:
     st.plotly_chart(figures.probabilities_bar(result["probabilities"]), key="proba")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import loaders, report, ui
+from dashboard.escape import code, md, plain
 
 st.title("Present")
 runs = sorted((r for r in ui.found()["runs"] if r.evaluated), key=lambda r: (not r.explained, r.label))
@@ -42,8 +43,9 @@ if index is not None and stages:
     with st.expander("Choose the images of each stage (default: the most confident errors, then correct ones)"):
         for stage in stages:
             cand = report.stage_candidates(index, stage, layer)
-            labels = {r.sha256: f"{'✗' if r.correct == 0 else '✓'} {r.path.rsplit('/', 1)[-1]} → {r.pred} "
-                                f"({float(r.confidence):.2f})" for r in cand.itertuples()}
+            # Multiselect options are plain text: no Markdown to escape, only unprintable characters.
+            labels = {r.sha256: plain(f"{'✗' if r.correct == 0 else '✓'} {r.path.rsplit('/', 1)[-1]} → {r.pred} "
+                                      f"({r.confidence:.2f})") for r in cand.itertuples()}
             auto = report._auto_pick(cand, int(per_stage))
             chosen[stage] = st.multiselect(stage, list(labels), default=auto, format_func=labels.get,
                                            key=f"present_img_{stage}", max_selections=8)
@@ -59,15 +61,15 @@ if st.button("Build deck", type="primary", icon=":material/slideshow:", key="pre
         st.session_state["present_result"] = {"pptx": str(paths["pptx"]), "html": str(paths["html"]),
                                               "slides": deck.slides, "warnings": deck.warnings}
     except (loaders.LoadError, OSError, ValueError) as exc:
-        st.error(f"The deck could not be built: {exc}", icon=":material/block:")
+        st.error(f"The deck could not be built: {md(exc)}", icon=":material/block:")
 
 result = st.session_state.get("present_result")
 if result:
-    st.success(f"Deck written: `{result['pptx']}` and `{result['html']}` ({len(result['slides'])} slides)",
+    st.success(f"Deck written: {code(result['pptx'])} and {code(result['html'])} ({len(result['slides'])} slides)",
                icon=":material/check_circle:")
     for warning in result["warnings"]:
-        st.caption(f"⚠ {warning}")
-    st.markdown("**Slides:** " + " · ".join(f"{i}. {t}" for i, t in enumerate(result["slides"], 1)))
+        st.caption(f"⚠ {md(warning)}")
+    st.markdown("**Slides:** " + " · ".join(f"{i}. {md(t)}" for i, t in enumerate(result["slides"], 1)))
     d = st.columns(2)
     for col, kind, mime in ((d[0], "pptx", "application/vnd.openxmlformats-officedocument.presentationml.presentation"),
                             (d[1], "html", "text/html")):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import evidence, figures, loaders, ui
+from dashboard.escape import code, html_text, md
 from engine.runs import OOD
 
 st.title("Run")
@@ -24,7 +25,7 @@ metrics = data["metrics"]
 splits = list(metrics["splits"]) if metrics else []
 with top[1]:
     split = st.radio("Split", splits or ["test"], index=splits.index("test") if "test" in splits else 0,
-                     horizontal=True, key="run_split", disabled=not splits)
+                     horizontal=True, key="run_split", disabled=not splits, format_func=md)
 with top[2]:
     mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cm_mode")
 
@@ -32,13 +33,13 @@ ui.run_problems(run)
 cfg = data["config"] or {}
 st.caption(" · ".join(f"{k}: {ui.fmt_param(cfg[k])}"
                       for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size") if k in cfg)
-           + (f" · checkpoint epoch {metrics.get('checkpoint_epoch')}" if metrics else ""))
+           + (f" · checkpoint epoch {md(metrics.get('checkpoint_epoch'))}" if metrics else ""))
 
 if metrics is None:
-    st.warning(f"`{run.label}` is not evaluated: run `python -m engine evaluate {run.path}` "
+    st.warning(f"{code(run.label)} is not evaluated: run {code(f'python -m engine evaluate {run.path}')} "
                "to get metrics.json and predictions.csv.", icon=":material/warning:")
-    for problem in data["problems"]:
-        st.caption(f"⚠ {problem}")
+for problem in data["problems"]:
+    st.caption(f"⚠ {md(problem)}")
 
 if metrics is not None and split in metrics["splits"]:
     m = metrics["splits"][split]
@@ -53,7 +54,7 @@ if metrics is not None and split in metrics["splits"]:
         ui.metric_cards(m)
         ood = metrics.get("ood") or {}
         if split in (ood.get("flagged_fraction") or {}):
-            st.caption(f"Out-of-distribution check (`{OOD}`): {ood['flagged_fraction'][split]:.1%} of the {split} "
+            st.caption(f"Out-of-distribution check (`{OOD}`): {ood['flagged_fraction'][split]:.1%} of the {md(split)} "
                        f"images score beyond its threshold ({ood['threshold']:.1f}, the {ood['quantile']:.0%} "
                        "quantile of validation images); the Predict page warns for uploads beyond it.")
     left, right = st.columns([5, 4])
@@ -101,29 +102,30 @@ if metrics is not None and split in metrics["splits"]:
             limit = 24
             with st.container(key="cell_gallery"):
                 verdict = "correct" if true == pred else "misclassified"
-                st.markdown(f"#### true **{true}** → predicted **{pred}** ({verdict}): "
+                st.markdown(f"#### true **{md(true)}** → predicted **{md(pred)}** ({verdict}): "
                             f"<span class='cell-count'>{len(cell)} images</span>", unsafe_allow_html=True)
                 if index is None:
-                    st.info(f"No Grad-CAM maps for this run: run `python -m engine explain {run.path}`.")
+                    st.info(f"No Grad-CAM maps for this run: run {code(f'python -m engine explain {run.path}')}.")
                 maps = {}
                 if index is not None:
                     sel = index[(index["method"] == method) & (index["layer"] == layer) & (index["split"] == split)]
                     for _, r in sel.iterrows():
                         maps.setdefault(r["sha256"], {})[r["target"]] = r
                     if sel.empty and len(cell):
-                        st.caption(f"Grad-CAM maps exist for the {sorted(index['split'].unique())} split(s) only.")
+                        st.caption(f"Grad-CAM maps exist for the {md(', '.join(sorted(index['split'].unique())))} "
+                                   "split(s) only.")
                 columns = st.columns(3)
                 for i, (_, row) in enumerate(cell.head(limit).iterrows()):
                     with columns[i % 3], st.container(border=True):
                         found = maps.get(row["sha256"], {})
-                        caption = f"{row['path'].rsplit('/', 1)[-1]} · conf {float(row['confidence']):.2f}"
-                        st.markdown(f"<span class='cell-image' title='{row['path']}'>{caption}</span>",
+                        caption = f"{md(row['path'].rsplit('/', 1)[-1])} · conf {float(row['confidence']):.2f}"
+                        st.markdown(f"<span class='cell-image' title='{html_text(row['path'])}'>{caption}</span>",
                                     unsafe_allow_html=True)
                         shown = [("input", found.get("pred", found.get("true", {})).get("image") if found else None)]
                         if "pred" in found:
-                            shown.append((f"map for {pred}", found["pred"]["overlay"]))
+                            shown.append((f"map for {md(pred)}", found["pred"]["overlay"]))
                         if true != pred and "true" in found:
-                            shown.append((f"map for {true}", found["true"]["overlay"]))
+                            shown.append((f"map for {md(true)}", found["true"]["overlay"]))
                         cols = st.columns(len(shown))
                         for col, (name, rel) in zip(cols, shown, strict=False):
                             with col:
@@ -144,10 +146,11 @@ if metrics is not None and split in metrics["splits"]:
     with left, ui.section("ROC curves"):
         if data["predictions"] is not None:
             part = data["predictions"][data["predictions"]["split"] == split]
-            st.plotly_chart(figures.roc_curves(part, title=f"ROC, one stage vs rest ({split})"), key="roc")
+            st.plotly_chart(figures.roc_curves(part, title=f"ROC, one stage vs rest ({html_text(split)})"), key="roc")
     with right, ui.section("Reliability diagram"):
         if m.get("calibration"):
-            st.plotly_chart(figures.reliability(m["calibration"], title=f"Reliability ({split})"), key="reliability")
+            st.plotly_chart(figures.reliability(m["calibration"], title=f"Reliability ({html_text(split)})"),
+                            key="reliability")
 
 with ui.section("Learning curves"):
     if data["history"] is not None and len(data["history"]):
