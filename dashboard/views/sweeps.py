@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
+from dashboard.escape import code, md
 from tuning import layout, liveness
 
 REFRESH_S = 5
@@ -51,7 +52,7 @@ def sweep_view() -> None:
     try:
         info = loaders.sweep_info(root, sweep.path)
     except loaders.LoadError as exc:
-        st.warning(f"{exc}; showing what the trial folders hold.", icon=":material/warning:")
+        st.warning(f"{md(exc)}; showing what the trial folders hold.", icon=":material/warning:")
         info = {}
     if running and not liveness.is_running(info):
         st.rerun(scope="app")  # it ended (or its driver died) since the page was drawn: stop refreshing
@@ -65,24 +66,25 @@ def sweep_view() -> None:
     status_counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     cols = st.columns(6)
     cols[0].metric("Status", shown_status(info, sweep.status))
-    cols[1].metric("Trials", f"{len(frame)} / {info.get('num_samples', '?')}")
+    cols[1].metric("Trials", f"{len(frame)} / {md(info.get('num_samples', '?'))}")
     for col, status in zip(cols[2:], (layout.TRIAL_COMPLETE, layout.TRIAL_RUNNING, layout.TRIAL_STOPPED,
                                       layout.TRIAL_ERROR), strict=False):
         col.metric(f"{ui.STATUS_ICONS[status]} {status}", status_counts.get(status, 0))
-    st.caption(" · ".join(f"{k}: {info[k]}" for k in ("search", "scheduler", "metric", "mode", "started_at",
+    st.caption(" · ".join(f"{k}: {md(info[k])}" for k in ("search", "scheduler", "metric", "mode", "started_at",
                                                         "finished_at") if info.get(k)))
     if running:
-        st.caption(f"▶ running ({liveness.describe_driver(info)}): this view refreshes every {REFRESH_S} s")
+        st.caption(f"▶ running ({md(liveness.describe_driver(info))}): this view refreshes every {REFRESH_S} s")
     elif info.get("status") == layout.SWEEP_RUNNING:
-        st.caption(f"■ {liveness.STOPPED}: {liveness.describe_driver(info)}. Its trials marked running were cut "
-                   f"off with it; continue the sweep with `python -m tuning sweep --space {info.get('space', 'SPACE')} "
-                   f"--name {info.get('name', sweep.name)} --resume`.")
+        st.caption(f"■ {liveness.STOPPED}: {md(liveness.describe_driver(info))}. Its trials marked running were cut "
+                   f"off with it; continue the sweep with "
+                   + code(f"python -m tuning sweep --space {info.get('space', 'SPACE')} "
+                          f"--name {info.get('name', sweep.name)} --resume") + ".")
     if frame.empty:
         st.info("No trial has started yet.")
         return
     if best_id:
         best_score = scores[frame["trial_id"] == best_id]
-        st.success(f"★ Best trial **{best_id}**" + (f": val macro-F1 {float(best_score.iloc[0]):.4f}"
+        st.success(f"★ Best trial **{md(best_id)}**" + (f": val macro-F1 {float(best_score.iloc[0]):.4f}"
                                                    if len(best_score) and pd.notna(best_score.iloc[0]) else ""),
                    icon=":material/emoji_events:")
 
@@ -97,12 +99,12 @@ def sweep_view() -> None:
             numeric = pd.to_numeric(values, errors="coerce")
             if len(values) and numeric.notna().all() and numeric.nunique() > 1:
                 lo, hi = float(numeric.min()), float(numeric.max())
-                chosen = st.slider(name, lo, hi, (lo, hi), key=f"p_{label}_{name}", format="%.4g")
+                chosen = st.slider(md(name), lo, hi, (lo, hi), key=f"p_{label}_{name}", format="%.4g")
                 as_num = pd.to_numeric(frame[column], errors="coerce")
                 mask &= as_num.isna() | as_num.between(*chosen)
             elif values.nunique() > 1:
                 options = sorted(values.astype(str).unique())
-                chosen = st.multiselect(name, options, default=options, key=f"p_{label}_{name}")
+                chosen = st.multiselect(md(name), options, default=options, key=f"p_{label}_{name}")
                 mask &= frame[column].isna() | frame[column].astype(str).isin(chosen)
     shown = frame[mask].copy()
     shown.insert(0, "best", ["★" if t == best_id else "" for t in shown["trial_id"]])
@@ -125,7 +127,7 @@ def sweep_view() -> None:
     if len(errors):
         with st.expander(f"✗ {len(errors)} errored trial(s)"):
             for _, row in errors.iterrows():
-                st.markdown(f"**{row['trial_id']}**: {row.get('error') or 'no error message'}")
+                st.markdown(f"**{md(row['trial_id'])}**: {md(row.get('error') or 'no error message')}")
 
     if params:
         st.plotly_chart(figures.parallel_coordinates(shown, params, best=best_id), key=f"parcoords_{label}")
@@ -146,14 +148,14 @@ def sweep_view() -> None:
         try:
             histories[trial] = loaders.history(root, paths[trial])
         except loaders.LoadError as exc:
-            problems.append(f"{trial}: {exc}")
+            problems.append(f"{md(trial)}: {md(exc)}")
     if histories:
         st.plotly_chart(figures.learning_curves(histories, metric, best=best_id), key=f"curves_chart_{label}")
     for problem in problems:
         st.caption(f"⚠ {problem} (not started, errored or partial)")
     if best_id and best_id in paths:
         run_label = Path(paths[best_id]).resolve().relative_to(root).as_posix()
-        st.page_link(ui.PAGES["run"], label=f"Open the best trial ({best_id}) on the Run page",
+        st.page_link(ui.PAGES["run"], label=f"Open the best trial ({md(best_id)}) on the Run page",
                      icon=":material/analytics:", query_params={"run": run_label})
 
 
