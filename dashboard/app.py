@@ -23,6 +23,7 @@ pages = [
     st.Page("views/sweeps.py", title="Sweeps", icon=":material/tune:", url_path="sweeps"),
     st.Page("views/run.py", title="Run", icon=":material/analytics:", url_path="run"),
     st.Page("views/gallery.py", title="Grad-CAM gallery", icon=":material/photo_library:", url_path="gallery"),
+    st.Page("views/features.py", title="Feature map", icon=":material/scatter_plot:", url_path="features"),
     st.Page("views/evidence.py", title="Evidence", icon=":material/fact_check:", url_path="evidence"),
     st.Page("views/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
     st.Page("views/predict.py", title="Predict", icon=":material/upload_file:", url_path="predict"),

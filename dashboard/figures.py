@@ -295,6 +295,96 @@ def probabilities_bar(probabilities: Mapping[str, float], title: str = "Stage pr
     return _layout(fig, title, height=300)
 
 
+# ----------------------------------------------------------------------------- feature space
+
+# What the feature map can be coloured by: column of the frame -> legend title. Categorical unless numeric.
+FEATURE_MAP_COLOURS = {"true": "true stage", "pred": "predicted stage", "correct": "correct",
+                       "confidence": "confidence", "out_of_distribution": "out of distribution",
+                       "concentration": "concentration on the leukocytes", "pointing": "map maximum on a leukocyte"}
+_SPLIT_SIZE = {"train": 5, "val": 7, "test": 8}
+_CATEGORY_COLOURS = {"correct": "#2a9d8f", "misclassified": "#d62728", "flagged": "#d62728", "not flagged": "#8ab17d",
+                     "on a leukocyte": "#2a9d8f", "off the leukocytes": "#d62728", "no score": "#bbbbbb"}
+
+
+def feature_map_frame(embedding: pd.DataFrame, localisation: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The map's points with derived colour columns: correct, out_of_distribution and (when the run has
+    per-image localisation scores for one method and layer) concentration and pointing, by sha256."""
+    frame = embedding.copy()
+    frame["correct"] = np.where(frame["true"] == frame["pred"], "correct", "misclassified")
+    flag = pd.to_numeric(frame.get("out_of_distribution"), errors="coerce") if "out_of_distribution" in frame else None
+    frame["out_of_distribution"] = ("no score" if flag is None else
+                                    np.where(flag == 1, "flagged", np.where(flag == 0, "not flagged", "no score")))
+    if localisation is not None and not localisation.empty:
+        scores = localisation.drop_duplicates("sha256").set_index("sha256")[["concentration", "pointing"]]
+        frame = frame.join(scores, on="sha256")
+        frame["pointing"] = np.where(frame["pointing"] == 1, "on a leukocyte",
+                                     np.where(frame["pointing"] == 0, "off the leukocytes", "no score"))
+    return frame
+
+
+def feature_map(frame: pd.DataFrame, colour: str = "true", title: str = "", height: int = 620) -> go.Figure:
+    """A scatter of the 2-D feature map (``embedding.csv`` rows, via ``feature_map_frame``), coloured by ``colour``.
+
+    One trace per category (stages in their order), or one trace on a colour scale for a number
+    (points without one in grey). Each point's customdata is its sha256, which ``selected_keys``
+    reads back from a box or lasso selection. Training points are drawn smaller.
+    """
+    fig = go.Figure()
+    legend = FEATURE_MAP_COLOURS.get(colour, colour)
+
+    def hover(part: pd.DataFrame) -> list[str]:
+        return [f"{html_text(p.rsplit('/', 1)[-1])}<br>{html_text(s)} · true {html_text(t)} · predicted "
+                f"{html_text(q)} ({float(c):.2f})"
+                for p, s, t, q, c in zip(part["path"], part["split"], part["true"], part["pred"], part["confidence"],
+                                         strict=True)]
+
+    def add(part: pd.DataFrame, name: str, **marker: Any) -> None:
+        fig.add_scatter(x=part["x"], y=part["y"], mode="markers", name=name, customdata=part["sha256"],
+                        text=hover(part), hovertemplate="%{text}<extra></extra>",
+                        marker=dict(size=part["split"].map(_SPLIT_SIZE).fillna(6).tolist(), line=dict(width=0),
+                                    opacity=0.85, **marker))
+
+    values = pd.to_numeric(frame[colour], errors="coerce") if colour in frame and colour not in (
+        "true", "pred", "correct", "out_of_distribution", "pointing") else None
+    if values is not None:
+        missing = values.isna()
+        if missing.any():
+            add(frame[missing], "no score", color=_CATEGORY_COLOURS["no score"])
+        scored = frame[~missing]
+        add(scored, html_text(legend), color=values[~missing], colorscale="Viridis", showscale=True,
+            colorbar=dict(title=html_text(legend)))
+        fig.update_layout(showlegend=bool(missing.any()))
+    elif colour in frame:
+        found = [str(v) for v in frame[colour].unique()]
+        order = [c for c in CLASSES if c in found] + sorted((v for v in found if v not in CLASSES),
+                                                            key=lambda v: (v == "no score", v))
+        for value in order:
+            part = frame[frame[colour].astype(str) == value]
+            add(part, html_text(value),
+                color=STAGE_COLOURS.get(value) or _CATEGORY_COLOURS.get(value) or None)
+        fig.update_layout(legend_title=html_text(legend))
+    fig.update_xaxes(showticklabels=False, title="t-SNE 1", zeroline=False)
+    fig.update_yaxes(showticklabels=False, title="t-SNE 2", zeroline=False)
+    fig.update_layout(dragmode="lasso", clickmode="event+select")
+    return _layout(fig, title, height=height)
+
+
+def selected_keys(event: Any) -> list[str]:
+    """The sha256 of the points a box or lasso selection on ``feature_map`` holds, in order, once each."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError, AttributeError):
+        return []
+    keys = []
+    for point in points or []:
+        value = point.get("customdata") if isinstance(point, Mapping) else None
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, str) and value:
+            keys.append(value)
+    return list(dict.fromkeys(keys))
+
+
 # ----------------------------------------------------------------------------- matplotlib (PPTX)
 
 

@@ -6,17 +6,13 @@ every page without an exception, and saves a screenshot of each under outputs/sc
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from dashboard import load
 from tests.support import chromium
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +21,6 @@ PAGES = {"data": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM 
          "compare": "Compare runs", "predict": "Predict", "present": "Present"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +32,8 @@ def server(dashboard_outputs: dict[str, Path], tmp_path_factory: pytest.TempPath
     except ImportError:
         chromium.missing("the playwright Python package is not installed (`make setup` installs it)")
     outputs = dashboard_outputs
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "dashboard", "--outputs", str(outputs["root"]),
-                                    "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=handle,
-                                   stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the dashboard did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with load.serve(outputs["root"], tmp_path_factory.mktemp("server") / "server.log") as (url, _pid):
         yield {"url": url, "chromium": executable, **outputs}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="module")
