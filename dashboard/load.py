@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # URL path of each page (the data page is the default one) and the title it shows.
 PAGES = {"": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM gallery", "evidence": "Evidence",
-         "compare": "Compare runs", "predict": "Predict", "present": "Present"}
+         "features": "Feature map", "compare": "Compare runs", "predict": "Predict", "present": "Present"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"]
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ class Session(threading.Thread):
     def __init__(self, number: int, url: str, chromium: str, image: Path, until: float, expected: str) -> None:
         super().__init__(name=f"session-{number}", daemon=True)
         self.url, self.chromium, self.image, self.until, self.expected = url, chromium, image, until, expected
-        self.views = self.predictions = 0
+        self.views = self.predictions = self.cycles = 0
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -121,9 +121,11 @@ class Session(threading.Thread):
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=self.chromium, args=CHROMIUM_FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
-                while time.time() < self.until:
+                # At least one whole round of every page, however slow the machine: a session that never
+                # reached Predict would prove nothing about concurrent answers.
+                while time.time() < self.until or not self.cycles:
                     for path, title in PAGES.items():
-                        if time.time() >= self.until:
+                        if time.time() >= self.until and self.cycles:
                             break
                         if path == "predict":
                             answer = predict(page, self.url, self.image)
@@ -137,6 +139,8 @@ class Session(threading.Thread):
                         problem = page_problem(page)
                         if problem or title not in page.locator("h1").first.inner_text():
                             self.errors.append(f"{path or 'data'}: {problem or 'title missing'}")
+                    else:
+                        self.cycles += 1
                 browser.close()
         except Exception as exc:  # a session that dies is an error of the run, reported, not a hang
             self.errors.append(f"{type(exc).__name__}: {exc}")
@@ -164,6 +168,7 @@ def run_load(url: str, pid: int, chromium: str, image: Path, sessions: int, seco
     elapsed = time.time() - start
     return {"sessions": sessions, "seconds": round(elapsed, 1), "answer_alone": alone,
             "page_views": sum(w.views for w in workers), "predictions": sum(w.predictions for w in workers),
+            "rounds": sum(w.cycles for w in workers),
             "errors": [e for w in workers for e in w.errors], "rss_mb": samples}
 
 
