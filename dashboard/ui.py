@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from engine import runs
@@ -227,3 +228,29 @@ def clicked_cell(event: Any, classes: Sequence[str]) -> tuple[str, str] | None:
         if isinstance(custom, (list, tuple)) and len(custom) >= 2:
             clicked = (str(custom[0]), str(custom[1]))
     return clicked if clicked and all(c in classes for c in clicked) else None
+
+
+def similar_cases(run_path: str, lookup: Callable[[], list[dict]]) -> None:
+    """The nearest training images ``lookup()`` finds, with their stages, distances and pictures."""
+    try:
+        found = lookup()
+    except loaders.LoadError as exc:
+        found = []
+        st.caption(f"No similar cases: {md(exc)}. {code('python -m engine evaluate RUN')} stores the features "
+                   f"({code(runs.FEATURES)}) they are found in.")
+    if not found:
+        return
+    pictures = loaders.training_images(root(), run_path, [f["sha256"] for f in found])
+    votes = pd.Series([f["stage"] for f in found]).value_counts()
+    st.caption(f"The {len(found)} training images nearest in the model's feature space (Euclidean distance "
+               "between pooled DenseNet features): " + ", ".join(f"{n} {md(s)}" for s, n in votes.items()) + ".")
+    cols = st.columns(6)
+    for i, f in enumerate(found):
+        with cols[i % 6]:
+            caption = f"{f['rank']}. {md(f['stage'])} · distance {f['distance']:.2f}"
+            if f["sha256"] in pictures:
+                st.image(pictures[f["sha256"]], caption=caption, width="stretch")
+            else:
+                st.caption(f"{caption} (not in the prepared folder's image cache)")
+    st.dataframe(pd.DataFrame(found)[["rank", "stage", "distance", "path"]], hide_index=True, width="stretch",
+                 column_config={"distance": st.column_config.NumberColumn(format="%.3f")})

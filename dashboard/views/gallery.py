@@ -3,12 +3,11 @@ its map side by side (predicted- and true-class maps for errors); the stage's me
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
-from dashboard.escape import code, md
-from engine.runs import CAMS_STAGES, FEATURES, STAGE_MEAN_MAP, STAGE_PANEL
+from dashboard.escape import md
+from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL
 
 st.title("Grad-CAM gallery")
 runs = [r for r in ui.found()["runs"] if r.explained]
@@ -120,27 +119,8 @@ with ui.section("Similar training images"):
     chosen = pick[0].selectbox("Image", list(labels) or ["(none)"], format_func=lambda k: labels.get(k, k),
                                key="g_similar", help="One of the images on this page.")
     k = pick[1].number_input("Neighbours", 1, 24, 6, key="g_similar_k")
-    try:
-        found = loaders.similar_cases(root, run.path, sha256=chosen, k=int(k)) if labels else []
-    except loaders.LoadError as exc:
-        found = []
-        st.caption(f"No similar cases: {md(exc)}. {code('python -m engine evaluate RUN')} stores the features "
-                   f"({code(FEATURES)}) they are found in.")
-    if found:
-        pictures = loaders.training_images(ui.root(), run.path, [f["sha256"] for f in found])
-        votes = pd.Series([f["stage"] for f in found]).value_counts()
-        st.caption(f"The {len(found)} training images nearest in the model's feature space (Euclidean distance "
-                   "between pooled DenseNet features): " + ", ".join(f"{n} {md(s)}" for s, n in votes.items()) + ".")
-        cols = st.columns(6)
-        for i, f in enumerate(found):
-            with cols[i % 6]:
-                caption = f"{f['rank']}. {md(f['stage'])} · distance {f['distance']:.2f}"
-                if f["sha256"] in pictures:
-                    st.image(pictures[f["sha256"]], caption=caption, width="stretch")
-                else:
-                    st.caption(f"{caption} (not in the prepared folder's image cache)")
-        st.dataframe(pd.DataFrame(found)[["rank", "stage", "distance", "path"]], hide_index=True, width="stretch",
-                     column_config={"distance": st.column_config.NumberColumn(format="%.3f")})
+    ui.similar_cases(run.path, lambda: loaders.similar_cases(root, run.path, sha256=chosen, k=int(k))
+                     if labels else [])
 
 st.subheader("Faithfulness (ROAD)")
 with ui.section("Faithfulness"):

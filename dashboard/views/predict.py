@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
 from dashboard import figures, loaders, ui
 from dashboard.escape import code, md
 from engine import similar
-from engine.runs import BEST_CHECKPOINT, CHECKPOINTS, FEATURES, OOD
+from engine.runs import BEST_CHECKPOINT, CHECKPOINTS, OOD
 
 st.title("Predict")
 BEST = f"{CHECKPOINTS}/{BEST_CHECKPOINT}"
@@ -84,24 +83,5 @@ with right:
 
 with ui.section("Similar training images"):
     st.subheader("Similar training images")
-    try:
-        found = loaders.similar_cases(ui.root(), run.path, vector=similar.image_vector(predictor, image), k=6)
-    except loaders.LoadError as exc:
-        found = []
-        st.caption(f"No similar cases: {md(exc)}. {code('python -m engine evaluate RUN')} stores the features "
-                   f"({code(FEATURES)}) they are found in.")
-    if found:
-        pictures = loaders.training_images(ui.root(), run.path, [f["sha256"] for f in found])
-        votes = pd.Series([f["stage"] for f in found]).value_counts()
-        st.caption(f"The {len(found)} training images nearest in the model's feature space (Euclidean distance "
-                   "between pooled DenseNet features): " + ", ".join(f"{n} {md(s)}" for s, n in votes.items()) + ".")
-        cols = st.columns(6)
-        for i, f in enumerate(found):
-            with cols[i % 6]:
-                caption = f"{f['rank']}. {md(f['stage'])} · distance {f['distance']:.2f}"
-                if f["sha256"] in pictures:
-                    st.image(pictures[f["sha256"]], caption=caption, width="stretch")
-                else:
-                    st.caption(f"{caption} (not in the prepared folder's image cache)")
-        st.dataframe(pd.DataFrame(found)[["rank", "stage", "distance", "path"]], hide_index=True, width="stretch",
-                     column_config={"distance": st.column_config.NumberColumn(format="%.3f")})
+    ui.similar_cases(run.path, lambda: loaders.similar_cases(ui.root(), run.path,
+                                                             vector=similar.image_vector(predictor, image), k=6))
