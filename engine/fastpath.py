@@ -4,8 +4,8 @@ Both default to ``auto``. The decision and its reason go into the run's ``env.js
 (``amp_bf16``/``amp_reason``, ``compile``/``compile_reason``) so a reader can tell what ran.
 
 - **bf16 autocast** is on for CUDA, and on CPUs that run bf16 natively (AVX512-BF16 or AMX):
-  oneDNN's bf16 convolutions trained DenseNet-121 1.65x faster than fp32 on a 2-core AMD EPYC
-  (Zen 4) at 96 px. Elsewhere oneDNN emulates bf16, slower than fp32, so it stays off.
+  oneDNN's bf16 kernels trained DenseNet-121 at 31-35 img/s against 20 in fp32 on a 2-core AMD EPYC
+  (Zen 4) at 96 px (the demo trials' history.csv). Elsewhere oneDNN emulates bf16, slower than fp32, so it stays off.
 - **torch.compile** (Inductor, default mode) made the H200 training step 1.68x faster but costs
   124 s to compile with a cold Inductor cache and 11 s with a warm one (docs/benchmarks.md). It is
   switched on where the planned training is long enough to repay that cost: with a warm cache
