@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pytorch_grad_cam.utils.image import show_cam_on_image
 
 from engine.data import load_image
+from engine.explain.figures import overlay as draw_overlay
 from engine.predict import Predictor
 from engine.runs import CLASSES
 
@@ -38,7 +38,7 @@ def predict(predictor: Predictor, image: np.ndarray, target: int | None = None) 
     proba = proba[0]
     k = int(proba.argmax()) if target is None else int(target)
     heat = predictor.explain(image, k)
-    overlay = show_cam_on_image(image.astype(np.float32) / 255, heat, use_rgb=True)
+    overlay = draw_overlay(image, heat)
     detector = predictor.ood
     return {"probabilities": {c: float(p) for c, p in zip(CLASSES, proba, strict=False)},
             "pred": CLASSES[int(proba.argmax())],

@@ -26,12 +26,29 @@ class Cell:
     caption: str = ""
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
-    """The map in jet colours blended over the RGB uint8 image (pytorch-grad-cam's style)."""
+# Colour maps a user may pick for an overlay (OpenCV's, as pytorch-grad-cam draws with them).
+COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "hot")
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, image_weight: float = 0.5, colormap: str = "jet",
+            threshold: float = 0.0) -> np.ndarray:
+    """The map in ``colormap`` colours blended over the RGB uint8 image (pytorch-grad-cam's style).
+
+    ``image_weight`` is the image's share of the blend (1 - the map's opacity). Pixels where the map
+    is below ``threshold`` show the image alone, so only the regions the map ranks highest are coloured.
+    """
+    import cv2
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    return show_cam_on_image(image.astype(np.float32) / 255, cam.astype(np.float32), use_rgb=True,
-                             image_weight=image_weight)
+    if colormap not in COLORMAPS:
+        raise ValueError(f"colour map {colormap!r}: one of {', '.join(COLORMAPS)}")
+    cam = cam.astype(np.float32)
+    blended = show_cam_on_image(image.astype(np.float32) / 255, cam, use_rgb=True, image_weight=image_weight,
+                                colormap=getattr(cv2, f"COLORMAP_{colormap.upper()}"))
+    if threshold > 0:
+        below = cam < threshold
+        blended[below] = image[below]
+    return blended
 
 
 def png_bytes(image: np.ndarray) -> bytes:
