@@ -1,7 +1,8 @@
 """Exclusive locks that die with their holder, and whether a recorded process still runs.
 
 ``try_lock(path)`` (refuse at once) and ``wait_lock(path)`` (queue up) take an ``fcntl.flock`` on
-an open file. The kernel drops it when the holding process ends, however it ends (``kill -9``
+an open file; every lock of the project goes through them (a run's training, an explain's work
+folder, the decoded cache, a sweep's driver). The kernel drops it when the holding process ends, however it ends (``kill -9``
 included), so a lock is never left stuck and there is nothing to clean up: the file stays, and
 while it is held it names its holder (pid, host, process start time, what for) for the message
 of whoever is refused.
@@ -121,9 +122,10 @@ def _holder_soon(path: Path, wait_s: float = 0.5) -> dict[str, Any]:
 class Lock:
     """A held lock; ``release()`` (or leaving a ``with`` block, or the process ending) drops it."""
 
-    def __init__(self, path: Path, handle: IO[str]) -> None:
+    def __init__(self, path: Path, handle: IO[str], remove: bool = False) -> None:
         self.path = path
         self._handle: IO[str] | None = handle
+        self._remove = remove
 
     @property
     def held(self) -> bool:
@@ -131,6 +133,8 @@ class Lock:
 
     def release(self) -> None:
         if self._handle is not None:
+            if self._remove:  # before letting go: see _take for why the order matters
+                self.path.unlink(missing_ok=True)
             self._handle.close()  # closing the file drops the flock
             self._handle = None
 
@@ -141,25 +145,37 @@ class Lock:
         self.release()
 
 
-def _take(path: Path | str, blocking: bool, fields: dict[str, Any]) -> Lock:
+def _take(path: Path | str, blocking: bool, fields: dict[str, Any], *, create: bool = True,
+          remove: bool = False) -> Lock:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # "a+": opening never truncates, so a waiting or refused process cannot erase the holder's record.
-    handle = open(path, "a+")  # noqa: SIM115 (the Lock owns the file: closing it is the release)
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        # "a+": opening never truncates, so a waiting or refused process cannot erase the holder's record.
+        handle = open(path, "a+" if create else "r+")  # noqa: SIM115 (the Lock owns the file: closing it releases)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            raise LockHeld(path, _holder_soon(path)) from None
+        except OSError as exc:
+            handle.close()
+            if exc.errno in _UNSUPPORTED:
+                if remove and create:
+                    path.unlink(missing_ok=True)  # a file that cannot be locked must not pass for a holder's
+                raise LockUnsupported(exc.errno, f"{path}: the file system does not support flock ({exc.strerror})") \
+                    from None
+            raise
+        except BaseException:
+            handle.close()
+            raise
+        if not remove or _still_named(handle, path):
+            break
+        # A holder that removes its file on release may have done so between our open and our flock: we
+        # would hold a file nobody else can find. Only the file the name leads to counts.
         handle.close()
-        raise LockHeld(path, _holder_soon(path)) from None
-    except OSError as exc:
-        handle.close()
-        if exc.errno in _UNSUPPORTED:
-            raise LockUnsupported(exc.errno, f"{path}: the file system does not support flock ({exc.strerror})") \
-                from None
-        raise
-    except BaseException:
-        handle.close()
-        raise
+        if not create:
+            raise FileNotFoundError(errno.ENOENT, "lock file removed by its holder", str(path))
     try:
         handle.seek(0)
         handle.truncate()
@@ -167,12 +183,24 @@ def _take(path: Path | str, blocking: bool, fields: dict[str, Any]) -> Lock:
         handle.flush()
     except OSError:
         pass  # the record only improves messages; the lock itself is held
-    return Lock(path, handle)
+    return Lock(path, handle, remove)
 
 
-def try_lock(path: Path | str, **fields: Any) -> Lock:
-    """Take the lock at ``path`` now, or raise ``LockHeld`` naming its holder. ``fields`` go into the record."""
-    return _take(path, False, fields)
+def _still_named(handle: IO[str], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def try_lock(path: Path | str, *, create: bool = True, remove: bool = False, **fields: Any) -> Lock:
+    """Take the lock at ``path`` now, or raise ``LockHeld`` naming its holder. ``fields`` go into the record.
+
+    ``remove``: the file is removed on release, so that while it exists someone holds it or died holding it
+    (run folders use that: a left-over lock file marks an interrupted training or explain). ``create=False``
+    takes an existing lock file only (FileNotFoundError otherwise), to claim what a dead holder left.
+    """
+    return _take(path, False, fields, create=create, remove=remove)
 
 
 def wait_lock(path: Path | str, **fields: Any) -> Lock:

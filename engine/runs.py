@@ -18,6 +18,9 @@
     COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
                          STATUS_EARLY_STOPPED, "epochs", "best_epoch", ...}
     .train.lock          TRAIN_LOCK: flock-ed by the process training the run, removed when it ends
+    reviews.json         REVIEWS: review marks set in the dashboard (dashboard/reviews.py), the one
+                         file the dashboard writes into a run folder; .reviews.lock (REVIEWS_LOCK)
+                         is flock-ed around each change
 
 Every file is written atomically (temporary file, then rename), so a reader never sees
 half a file. A folder without COMPLETE is a run still training, or one that was interrupted.
@@ -32,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -45,7 +47,9 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from . import locks
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +87,10 @@ EMBEDDING_COLUMNS = ("split", "sha256", "path", "true", "pred", "confidence", "o
 # and removed then. The kernel drops a flock when its process dies however it dies, so a killed
 # training leaves at most an unlocked file behind, which the next training simply takes.
 TRAIN_LOCK = ".train.lock"
+# Review marks (suspected label error, artefact, good example, a note) per image, keyed by sha256;
+# written by the dashboard only (dashboard/reviews.py), each change under an flock on REVIEWS_LOCK.
+REVIEWS = "reviews.json"
+REVIEWS_LOCK = ".reviews.lock"
 # config.json keys: what the run was trained on. The sha256 of the prepared manifest.csv's bytes, and
 # of its sorted (sha256, class, split) rows, which stays the same when only paths, row order or mask
 # columns change (the split the run trained on is still there).
@@ -284,58 +292,8 @@ def complete_status(run_dir: Path) -> str | None:
 # ----------------------------------------------------------------------------- locks
 
 
-_NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
-
-
 class RunBusyError(RuntimeError):
     """Another process is training this run folder."""
-
-
-def try_lock(path: Path, *, create: bool = True) -> IO[str] | None:
-    """Take an exclusive ``flock`` on ``path`` without waiting: the open file that holds it, or None when
-    another process holds it (or, with ``create=False``, when the file is gone).
-
-    Holders remove the file when they let go (``unlock``). A file removed between our open and our
-    lock would leave us locking a name nobody else can find, so the lock counts only if ``path`` still
-    is the file we locked; otherwise we try again on the new one.
-    """
-    import fcntl
-
-    while True:
-        try:
-            handle = open(path, "a+" if create else "r+")  # noqa: SIM115 - the caller keeps it open to hold the lock
-        except FileNotFoundError:
-            if create:
-                raise
-            return None
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in _NO_FLOCK and create:
-                # Some file systems (Lustre mounted without flock, a few FUSE ones) have no flock at all:
-                # refusing every training there would be worse than not refusing concurrent ones.
-                log.warning("%s: this file system cannot lock files (%s); another process using the same folder "
-                            "at the same time is not refused", path, exc.strerror)
-                return handle
-            handle.close()
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or exc.errno in _NO_FLOCK:
-                return None  # held elsewhere (or, without flock, taken for held: nothing gets removed)
-            raise
-        try:
-            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if same:
-            return handle
-        handle.close()
-        if not create:
-            return None
-
-
-def unlock(handle: IO[str]) -> None:
-    """Remove the lock file, then let go of it (in this order, see ``try_lock``)."""
-    Path(handle.name).unlink(missing_ok=True)
-    handle.close()
 
 
 @contextlib.contextmanager
@@ -346,25 +304,21 @@ def training_lock(run_dir: Path) -> Iterator[None]:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / TRAIN_LOCK
-    handle = try_lock(path)
-    if handle is None:
-        try:
-            holder = json.loads(path.read_text())
-            who = f"pid {holder['pid']} on {holder['host']}, since {holder['since']}"
-        except (OSError, ValueError, KeyError, TypeError):
-            who = "which one is not recorded"
-        raise RunBusyError(f"{run_dir} is being trained by another process ({who}): wait for it to finish, or stop "
-                           "it first (a stopped or killed training releases the run at once)")
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
-        handle.flush()
+        lock = locks.try_lock(run_dir / TRAIN_LOCK, remove=True, purpose="training")
+    except locks.LockHeld as held:
+        who = (f"pid {held.holder.get('pid')} on {held.holder.get('host')}, since {held.holder.get('since')}"
+               if held.holder else "which one is not recorded")
+        raise RunBusyError(f"{run_dir} is being trained by another process ({who}): wait for it to finish, or stop "
+                           "it first (a stopped or killed training releases the run at once)") from None
+    except locks.LockUnsupported as exc:
+        # Some file systems (Lustre mounted without flock, a few FUSE ones) have no flock at all: refusing
+        # every training there would be worse than not refusing concurrent ones.
+        log.warning("%s; another training of the same run at the same time is not refused", exc)
         yield
-    finally:
-        unlock(handle)
+        return
+    with lock:
+        yield
 
 
 # ----------------------------------------------------------------------------- the data a run trained on

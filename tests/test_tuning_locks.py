@@ -124,6 +124,53 @@ def test_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path: Path) -> 
     locks.try_lock(path).release()  # a killed holder leaves nothing stuck
 
 
+def test_a_removing_lock_marks_only_live_or_dead_holders(tmp_path: Path) -> None:
+    """remove=True (run folders' .train.lock and explain's work locks): gone after a clean release, left
+    behind by a killed holder, and claimable from it with create=False."""
+    path = tmp_path / "run.lock"
+    with locks.try_lock(path, remove=True):
+        assert path.exists()
+        with pytest.raises(locks.LockHeld):
+            locks.try_lock(path, create=False, remove=True)
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):
+        locks.try_lock(path, create=False)
+
+    hold = ("import sys, time; from engine import locks; "
+            "held = locks.try_lock(sys.argv[1], remove=True); print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    finally:
+        holder.kill()
+    assert path.exists()  # what a killed holder leaves: the sign of an interrupted job
+    with locks.try_lock(path, create=False, remove=True):
+        pass
+    assert not path.exists()
+
+
+def test_a_lock_file_removed_under_a_waiter_is_not_taken(tmp_path: Path, monkeypatch) -> None:
+    """Between a taker's open and its flock the holder may release and remove the file: the taker must
+    not hold that orphan (nobody else could see it) but the file the name leads to now."""
+    path = tmp_path / "run.lock"
+    real_flock, calls = locks.fcntl.flock, []
+
+    def flock_after_removal(fd: int, op: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:  # the holder finishes: removes the file we opened
+            path.unlink()
+            path.write_text("")  # and the next taker creates a new one
+        real_flock(fd, op)
+
+    path.write_text("")
+    monkeypatch.setattr(locks.fcntl, "flock", flock_after_removal)
+    with locks.try_lock(path, remove=True) as held:
+        assert len(calls) == 2  # the first attempt locked the orphan, noticed, and tried again
+        assert os.path.samestat(os.fstat(held._handle.fileno()), os.stat(path))
+
+
 # ----------------------------------------------------------------------------- one driver per sweep
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import runs
+from .. import locks, runs
 from ..data import has_masks, load_mask_cache
 from ..inference import Data, load_checkpoint, predict_proba, resolve_device, to_input
 from ..models import CAM_LAYERS
@@ -188,9 +188,11 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
     work = run_dir / f"{runs.CAMS_WORK_PREFIX}{os.getpid()}-{time.time_ns()}"
     # Locked before the folder exists, for as long as it exists: the sign, for the next explain's clean-up
     # below, that this one is alive; a killed explain's lock goes with its process.
-    lock = runs.try_lock(_lock_of(work))
-    if lock is None:  # a fresh name nobody else uses: only a broken file system gets here
-        raise RuntimeError(f"cannot lock {_lock_of(work)}")
+    try:
+        lock: locks.Lock | None = locks.try_lock(_lock_of(work), remove=True, purpose="explain")
+    except locks.LockUnsupported as exc:
+        log.warning("%s: if this explain is killed, its work folder is removed a day later", exc)
+        lock = None
     try:
         remove_abandoned_work(run_dir)
         images_per_s = _write_cams(run, work, options)
@@ -204,7 +206,8 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
         _swap_in(work, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        runs.unlock(lock)
+        if lock is not None:
+            lock.release()
     log.info("explanations of %d images -> %s", len(run.rows), final)
     return final
 
@@ -246,13 +249,12 @@ def remove_abandoned_work(run_dir: Path) -> list[Path]:
         if folder != entry and folder.exists():
             continue  # handled with its folder
         if lock_path.exists():
-            held = runs.try_lock(lock_path, create=False)
-            if held is None:
-                continue  # alive (or already cleaned by another explain)
             try:
+                held = locks.try_lock(lock_path, create=False, remove=True, purpose="clean-up")
+            except (locks.LockHeld, locks.LockUnsupported, FileNotFoundError):
+                continue  # alive (or already cleaned by another explain; or, without flock, cannot tell)
+            with held:
                 shutil.rmtree(folder, ignore_errors=True)
-            finally:
-                runs.unlock(held)
         else:
             try:
                 if time.time() - folder.stat().st_mtime < UNLOCKED_WORK_STALE_S:
