@@ -235,6 +235,144 @@ def parallel_coordinates(frame: pd.DataFrame, params: Sequence[str], metric: str
     return _layout(fig, title, height=440, margin=dict(l=70, r=40, t=110, b=40))
 
 
+def importance_bars(table: pd.DataFrame, metric: str, title: str = "") -> go.Figure:
+    """Horizontal bars of ``importance.importance_table`` (most important on top), shares of 1 as percents."""
+    rows = table.iloc[::-1]  # Plotly draws the first bar at the bottom
+    names = [html_text(p) for p in rows["parameter"]]
+    fig = go.Figure(go.Bar(
+        x=rows["importance"], y=names, orientation="h", marker_color="#2a9d8f",
+        text=[f"{v:.0%}" for v in rows["importance"]], textposition="auto",
+        customdata=rows["distinct"], hovertemplate="%{y}: %{x:.1%} of the explained variation<br>"
+                                                    "%{customdata} distinct value(s) in the trials<extra></extra>"))
+    fig.update_xaxes(title=f"importance for {html_text(metric)}", range=[0, 1], tickformat=".0%")
+    return _layout(fig, title, height=max(220, 70 + 45 * len(rows)))
+
+
+# Trial statuses in the parameter scatter, drawn in this order (the finished ones on top).
+_SCATTER_STATUS = {"stopped": ("#a8a8a8", "stopped by ASHA"), "running": ("#f4a261", "running"),
+                   "complete": ("#264653", "complete")}
+
+
+def spans_decades(values: pd.Series, ratio: float = 100.0) -> bool:
+    """Whether a numeric parameter is better read on a log axis: all positive and spanning ``ratio`` or more."""
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    return bool(len(numbers)) and bool((numbers > 0).all()) and float(numbers.max() / numbers.min()) >= ratio
+
+
+def param_scatter(frame: pd.DataFrame, params: Sequence[str], metric: str = "best_val_macro_f1",
+                  best: str | None = None, columns: int = 3, title: str = "") -> go.Figure:
+    """One panel per parameter: each trial with a value for ``metric`` at its parameter value, coloured by
+    status (complete, stopped by ASHA, running), the best trial starred. Numeric parameters spanning two
+    decades or more (learning rates) get a log axis; other values are categories, spread sideways a little
+    (deterministically) so that equal values do not hide each other. Hover names the trial."""
+    values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else pd.Series(dtype=float)
+    done = frame[values.notna() & np.isfinite(values.fillna(0))].assign(_metric=values)
+    params = [p for p in params if p in done and done[p].notna().any()]
+    rows = max(1, math.ceil(len(params) / columns))
+    cols = max(1, math.ceil(len(params) / rows))  # balanced: four parameters as 2 x 2, not 3 + 1
+    names = [html_text(p.removeprefix(PARAM_PREFIX)) for p in params]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names or None, shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=0.16 if rows > 1 else 0.1)
+    jitter = np.random.default_rng(0).uniform(-0.18, 0.18, len(done))
+    ids = done["trial_id"].astype(str) if "trial_id" in done else pd.Series([""] * len(done), index=done.index)
+    statuses = done["status"].astype(str) if "status" in done else pd.Series(["complete"] * len(done),
+                                                                                index=done.index)
+    for k, column in enumerate(params):
+        row, col = k // cols + 1, k % cols + 1
+        raw = done[column]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        numeric = bool(numbers.notna().all())
+        if numeric:
+            x = numbers.astype(float)
+            axis: dict[str, Any] = {"type": "log"} if spans_decades(numbers) else {}
+        else:
+            labels = raw.astype(str)
+            cats = sorted(labels.unique())
+            x = pd.Series([cats.index(v) for v in labels], index=done.index) + jitter
+            axis = dict(tickvals=list(range(len(cats))), ticktext=[html_text(c) for c in cats],
+                        range=[-0.5, len(cats) - 0.5])
+        fig.update_xaxes(row=row, col=col, **axis)
+        shown_value = [html_text(v if not numeric else f"{float(v):.4g}") for v in raw]
+        hover = [f"{html_text(t)} ({html_text(s)})<br>{names[k]} = {v}<br>{html_text(metric)} {m:.4f}"
+                 for t, s, v, m in zip(ids, statuses, shown_value, done["_metric"], strict=True)]
+        hover_of = pd.Series(hover, index=done.index)
+        groups = [*_SCATTER_STATUS.items(), ("other", ("#e76f51", "other"))]
+        for status, (colour, legend) in groups:
+            part = ~statuses.isin(list(_SCATTER_STATUS)) if status == "other" else statuses == status
+            if not part.any():
+                continue
+            fig.add_scatter(x=x[part], y=done.loc[part, "_metric"], mode="markers", name=legend,
+                            legendgroup=status, showlegend=k == 0, text=hover_of[part],
+                            hovertemplate="%{text}<extra></extra>",
+                            marker=dict(color=colour, size=7, opacity=0.8, line=dict(width=0)), row=row, col=col)
+        if best is not None and (ids == best).any():
+            mine = ids == best
+            fig.add_scatter(x=x[mine], y=done.loc[mine, "_metric"], mode="markers", name=f"★ best ({html_text(best)})",
+                            legendgroup="best", showlegend=k == 0, text=hover_of[mine],
+                            hovertemplate="★ best: %{text}<extra></extra>",
+                            marker=dict(symbol="star", size=16, color=BEST_COLOUR, line=dict(width=1, color="white")),
+                            row=row, col=col)
+    fig.update_yaxes(title=html_text(metric), col=1)
+    return _layout(fig, title, height=60 + 300 * rows, hovermode="closest",
+                   legend=dict(orientation="h", y=-0.12 if rows == 1 else -0.06, x=0),
+                   margin=dict(l=60, r=20, t=60 if title else 40, b=60))
+
+
+_GROUP_COLOURS = ("#264653", "#e76f51", "#2a9d8f", "#8338ec", "#e9c46a", "#3a86ff", "#d62828", "#6a994e",
+                  "#ff006e", "#8d99ae", "#bc6c25", "#00b4d8")
+
+
+def _ordered(values: Iterable[str]) -> list[str]:
+    """Colour values in reading order: numerically when they are all numbers, else alphabetically."""
+    found = list(dict.fromkeys(values))
+    numbers = pd.to_numeric(pd.Series(found, dtype=object), errors="coerce")
+    if len(found) and numbers.notna().all():
+        return [v for _, v in sorted(zip(numbers, found, strict=True))]
+    return sorted(found)
+
+
+def spread_curves(spread: pd.DataFrame, metric: str, colour_by: str | None = None, title: str = "") -> go.Figure:
+    """``importance.curve_spread`` drawn: one mean line per setting, coloured by ``colour_by``'s value (or one
+    colour per setting), with a shaded band from the lowest to the highest repeat where a setting has
+    repeats (n > 1). Hover gives the setting, n and the trials averaged."""
+    fig = go.Figure()
+    order = _ordered(spread["colour"].astype(str)) if len(spread) else []
+    colour_of = {c: _GROUP_COLOURS[i % len(_GROUP_COLOURS)] for i, c in enumerate(order)}
+    legend_done: set[str] = set()
+    for setting, part in spread.groupby("setting", sort=True):
+        part = part.sort_values("epoch")
+        group = str(part["colour"].iloc[0])
+        colour = colour_of[group]
+        legend_group = f"g{order.index(group)}"  # an id, not the text from the files
+        label = f"{html_text(colour_by)} = {html_text(group)}" if colour_by else html_text(setting)
+        if (part["n"] > 1).any():
+            fig.add_scatter(x=[*part["epoch"], *part["epoch"][::-1]], y=[*part["max"], *part["min"][::-1]],
+                            fill="toself", fillcolor=_rgba(colour, 0.15), line=dict(width=0), mode="lines",
+                            hoverinfo="skip", showlegend=False, legendgroup=legend_group)
+        hover = [f"{html_text(setting)}<br>epoch {e}: mean {m:.4f}"
+                 + (f" (min {lo:.4f}, max {hi:.4f})" if n > 1 else "")
+                 + f"<br>n = {n}: {html_text(', '.join(t))}"
+                 for e, m, lo, hi, n, t in zip(part["epoch"], part["mean"], part["min"], part["max"], part["n"],
+                                               part["trials"], strict=True)]
+        repeated = int(part["n"].max()) > 1
+        fig.add_scatter(x=part["epoch"], y=part["mean"], mode="lines+markers", name=label, legendgroup=legend_group,
+                        showlegend=group not in legend_done, text=hover, hovertemplate="%{text}<extra></extra>",
+                        line=dict(color=colour, width=3 if repeated else 1.5),
+                        marker=dict(size=6 if repeated else 4))
+        legend_done.add(group)
+    last = int(spread["epoch"].max()) if len(spread) else 0
+    fig.update_xaxes(title="epoch", **({"dtick": 1} if 0 < last <= 20 else {}))
+    fig.update_yaxes(title=html_text(metric))
+    legend_title = html_text(colour_by) if colour_by else "setting"
+    return _layout(fig, title or f"{html_text(metric)} per epoch, mean over repeats (band: min to max)",
+                   height=460, legend_title=legend_title, hovermode="closest")
+
+
+def _rgba(hex_colour: str, alpha: float) -> str:
+    r, g, b = (int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 # ----------------------------------------------------------------------------- Grad-CAM
 
 

@@ -137,30 +137,86 @@ def curve_spread(trials: pd.DataFrame, histories: Mapping[str, pd.DataFrame], me
     Trials without a history, or without ``metric``, are left out.
     """
     columns = ["setting", "colour", "epoch", "mean", "min", "max", "n", "trials"]
-    parts = []
-    for _, row in trials.iterrows():
-        key = str(row["key"])
+    param_columns = [c for c in trials.columns if c.startswith(layout.PARAM_PREFIX)]
+    epochs, values, settings, colours, keys = [], [], [], [], []
+    # Arrays per trial, one frame at the end: a frame per trial cost most of the page's time.
+    for record in trials[["key", *param_columns]].to_dict("records"):
+        key = str(record["key"])
         history = histories.get(key)
         if history is None or metric not in history or "epoch" not in history:
             continue
-        params = {c.removeprefix(layout.PARAM_PREFIX): row[c] for c in trials.columns
-                  if c.startswith(layout.PARAM_PREFIX)}
-        values = pd.DataFrame({"epoch": pd.to_numeric(history["epoch"], errors="coerce"),
-                               "value": pd.to_numeric(history[metric], errors="coerce")}).dropna()
-        if values.empty:
+        epoch = pd.to_numeric(history["epoch"], errors="coerce").to_numpy(dtype=float)
+        value = pd.to_numeric(history[metric], errors="coerce").to_numpy(dtype=float)
+        keep = ~(np.isnan(epoch) | np.isnan(value))
+        if not keep.any():
             continue
+        params = {c.removeprefix(layout.PARAM_PREFIX): record[c] for c in param_columns}
+        setting = setting_of(params, seed_names)
         colour = params.get(colour_by) if colour_by else None
-        values["setting"] = setting_of(params, seed_names)
-        values["colour"] = _short(colour) if colour_by and not _missing(colour) else (
-            "(none)" if colour_by else values["setting"])
-        values["key"] = key
-        parts.append(values)
-    if not parts:
+        n = int(keep.sum())
+        epochs.append(epoch[keep])
+        values.append(value[keep])
+        settings += [setting] * n
+        colours += [(_short(colour) if not _missing(colour) else "(none)") if colour_by else setting] * n
+        keys += [key] * n
+    if not keys:
         return pd.DataFrame(columns=columns)
-    long = pd.concat(parts, ignore_index=True)
+    long = pd.DataFrame({"setting": settings, "colour": colours, "epoch": np.concatenate(epochs),
+                         "value": np.concatenate(values), "key": keys})
     grouped = long.groupby(["setting", "colour", "epoch"], sort=True)
     out = grouped["value"].agg(["mean", "min", "max"]).reset_index()
     out["n"] = grouped["key"].nunique().to_numpy()
-    out["trials"] = grouped["key"].agg(lambda k: sorted(set(k))).to_numpy()
+    out["trials"] = [sorted(set(k)) for k in grouped["key"].agg(list)]
     out["epoch"] = out["epoch"].astype(int)
     return out[columns]
+
+
+# ----------------------------------------------------------------------------- what the page says and reads
+
+
+def refusal(frame: pd.DataFrame, metric: str, min_trials: int = MIN_TRIALS) -> str:
+    """Why importance is not shown for ``frame``: how many trials finished, how many are needed, and why
+    the others do not count (Markdown; ``metric`` must be one of the page's fixed names)."""
+    done = len(finished(frame, metric))
+    status = frame["status"] if "status" in frame else pd.Series(dtype=str)
+    values = pd.to_numeric(frame[metric], errors="coerce") if metric in frame else pd.Series(dtype=float)
+    cut = int(((status == layout.TRIAL_STOPPED) & values.notna()).sum())
+    running = int((status == layout.TRIAL_RUNNING).sum())
+    parts = [f"Importance needs at least **{min_trials}** trials that finished training with a value for "
+             f"`{metric}`; these trials have **{done}**."]
+    if cut:
+        parts.append(f"{cut} trial(s) stopped early by ASHA do not count: their `{metric}` comes from fewer "
+                     "epochs, so it measures how fast a setting starts, not where it ends.")
+    if running:
+        parts.append(f"{running} trial(s) still running may add to it.")
+    parts.append(f"With fewer than {min_trials} points the importance model (a random forest for fANOVA, the top "
+                 "10% of trials for PED-ANOVA) fits noise: its ranking changes with every trial added. "
+                 "The scatter below shows the trials themselves.")
+    return " ".join(parts)
+
+
+def curve_trials(frames: Mapping[str, pd.DataFrame], limit: int,
+                 rank_by: str = "best_val_macro_f1") -> tuple[pd.DataFrame, int]:
+    """The trials whose learning curves are drawn across sweeps, and how many could have been.
+
+    ``frames``: sweep label -> loaders.trials frame. Trials with a folder (``run_path``) and a status other
+    than pending qualify; beyond ``limit`` the best of each sweep by ``rank_by`` are taken in turn (first of
+    every sweep, then second, ...), so no sweep crowds out another. Adds ``sweep`` and ``key`` ("label/trial").
+    """
+    parts = []
+    for order, (label, frame) in enumerate(frames.items()):
+        if frame.empty or "run_path" not in frame:
+            continue
+        usable = frame[(frame["run_path"].astype(str) != "") & (frame["status"] != layout.TRIAL_PENDING)].copy()
+        score = pd.to_numeric(usable[rank_by], errors="coerce") if rank_by in usable else pd.Series(
+            np.nan, index=usable.index)
+        usable["_rank"] = score.rank(ascending=False, method="first", na_option="bottom").to_numpy()
+        usable["_order"] = order
+        usable["sweep"] = label
+        usable["key"] = label + "/" + usable["trial_id"].astype(str)
+        parts.append(usable)
+    if not parts:
+        return pd.DataFrame(columns=["sweep", "key", "trial_id", "run_path"]), 0
+    every = pd.concat(parts, ignore_index=True)
+    picked = every.sort_values(["_rank", "_order"], kind="stable").head(limit)
+    return picked.drop(columns=["_rank", "_order"]).reset_index(drop=True), len(every)

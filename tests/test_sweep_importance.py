@@ -80,3 +80,30 @@ def test_curve_spread_groups_seed_repeats_across_sweeps() -> None:
     assert set(importance.curve_spread(trials, histories, "val_macro_f1")["colour"]) == {"lr=0.001", "lr=0.01"}
     assert importance.curve_spread(trials, {}, "val_macro_f1").empty
     assert importance.curve_spread(trials, histories, "lr").empty
+
+
+def test_refusal_says_how_many_and_why() -> None:
+    frame = summary(12)
+    frame.loc[frame.index[:3], "status"] = layout.TRIAL_STOPPED
+    frame.loc[frame.index[3], "status"] = layout.TRIAL_RUNNING
+    text = importance.refusal(frame, "best_val_macro_f1")
+    assert f"at least **{importance.MIN_TRIALS}**" in text and "have **8**" in text
+    assert "3 trial(s) stopped early by ASHA do not count" in text and "1 trial(s) still running" in text
+    assert "ASHA" not in importance.refusal(summary(4), "best_val_macro_f1")
+
+
+def test_curve_trials_bounds_and_shares_between_sweeps() -> None:
+    def sweep(n: int) -> pd.DataFrame:
+        frame = summary(n).assign(run_path=[f"/o/t{i}" for i in range(n)])
+        frame.loc[frame.index[-1], "status"] = layout.TRIAL_PENDING  # no curve yet
+        return frame
+
+    frames = {"a": sweep(30), "b": sweep(4)}
+    picked, total = importance.curve_trials(frames, limit=6)
+    assert total == 29 + 3 and len(picked) == 6
+    assert picked["sweep"].value_counts().to_dict() == {"a": 3, "b": 3}  # b's trials are not crowded out
+    best_a = frames["a"].iloc[:-1].sort_values("best_val_macro_f1", ascending=False)["trial_id"].iloc[0]
+    assert f"a/{best_a}" in set(picked["key"])
+    everything, total = importance.curve_trials(frames, limit=100)
+    assert len(everything) == total == 32
+    assert importance.curve_trials({}, 10)[1] == 0

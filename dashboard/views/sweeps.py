@@ -1,4 +1,5 @@
-"""Sweeps: trial table, parameters vs validation macro-F1, learning curves; refreshes while running.
+"""Sweeps: trial table, parameters vs validation macro-F1, what mattered (importance and a scatter per
+parameter), learning curves, curves across sweeps; refreshes while running.
 
 "Running" is decided by tuning.liveness from the driver's heartbeat in sweep.json, not by the
 recorded status alone: a killed driver leaves "running" behind, and its sweep is shown as
@@ -8,15 +9,25 @@ stopped (driver not running), without refreshing.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import figures, loaders, ui
+from dashboard import figures, importance, loaders, ui
 from dashboard.escape import code, md
+from dashboard.paths import OutsideOutputs
+from engine.runs import HISTORY
 from tuning import layout, liveness
 
 REFRESH_S = 5
+# Learning curves across sweeps read one history.csv per trial: a bound keeps the page fast.
+MAX_CURVES = 60
+IMPORTANCE_METRICS = {"best_val_macro_f1": "best val macro-F1", "val_macro_f1": "last val macro-F1",
+                      "val_acc": "last val accuracy"}
+CURVE_METRICS = ("val_macro_f1", "val_acc", "val_loss", "train_loss", "train_acc")
+EVALUATOR_NAMES = {"fanova": "fANOVA", "ped-anova": "PED-ANOVA"}
 
 st.title("Sweeps")
 sweeps = ui.found()["sweeps"]
@@ -45,6 +56,111 @@ label = st.selectbox("Sweep", list(by_label), key="sweep",
                                            f"{shown_status(read_info(by_label[x].path), by_label[x].status)} ({x})")
 sweep = by_label[label]
 running = liveness.is_running(read_info(sweep.path))
+
+
+@st.cache_data(show_spinner="Estimating parameter importance…", max_entries=64)
+def cached_importance(done: pd.DataFrame, metric: str, mode: str, evaluator: str) -> pd.DataFrame:
+    # Keyed on the finished trials' content: a running sweep recomputes only when a trial finishes.
+    return importance.importance_table(done, metric, mode=mode, evaluator=evaluator)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def cached_figure(name: str, *args: Any, **kwargs: Any) -> go.Figure:
+    # A figure of dozens of traces costs more to build than the rest of the page; keyed on its data, and
+    # shared read-only (st.plotly_chart copies it before use), so a rerun only serialises it.
+    return getattr(figures, name)(*args, **kwargs)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def across_curves(outputs: str, picked: pd.DataFrame, stamps: tuple, metric: str,
+                  colour_by: str | None) -> tuple[go.Figure | None, dict[str, int]]:
+    """The curves-across-sweeps figure of the picked trials (None when none has ``metric`` per epoch) and its
+    counts; ``stamps`` (each history.csv's mtime and size) is in the key so that a trial training on is
+    read again. Shared read-only, like cached_figure."""
+    histories, unreadable = {}, 0
+    for key, path in zip(picked["key"], picked["run_path"], strict=True):
+        try:
+            histories[key] = loaders.history(outputs, path)
+        except loaders.LoadError:
+            unreadable += 1
+    spread = importance.curve_spread(picked, histories, metric, colour_by=colour_by)
+    counts = {"read": len(histories), "unreadable": unreadable, "settings": int(spread["setting"].nunique()),
+              "repeated": int((spread.groupby("setting")["n"].max() > 1).sum()) if len(spread) else 0}
+    return (figures.spread_curves(spread, metric, colour_by) if len(spread) else None), counts
+
+
+def what_mattered(shown: pd.DataFrame, filtered: bool, params: list[str], best_id: str | None) -> None:
+    st.subheader("What mattered")
+    metrics = [m for m in IMPORTANCE_METRICS if m in shown and pd.to_numeric(shown[m], errors="coerce").notna().any()]
+    if not params or not metrics:
+        st.caption("No searched parameter with a metric to relate it to yet.")
+        return
+    left, right = st.columns([1, 1])
+    metric = left.selectbox("Metric", metrics, format_func=IMPORTANCE_METRICS.get, key=f"imp_metric_{label}")
+    evaluator = right.radio("Importance by", list(importance.EVALUATORS), format_func=EVALUATOR_NAMES.get,
+                            horizontal=True, key=f"imp_eval_{label}")
+    scope = f"the {len(shown)} trials the filters keep" if filtered else "this sweep's trials"
+    done = importance.finished(shown, metric)
+    if len(done) < importance.MIN_TRIALS:
+        st.info(importance.refusal(shown, metric), icon=":material/block:")
+    else:
+        columns = ["status", *params, metric]
+        try:
+            table = cached_importance(done[columns].reset_index(drop=True), metric,
+                                      "min" if "loss" in metric else "max", evaluator)
+        except importance.TooFewTrials as exc:  # finished, but some lack a parameter value
+            st.info(f"{md(exc)}.", icon=":material/block:")
+        else:
+            if table.empty:
+                st.caption("Every searched parameter took one value in the finished trials: nothing to compare.")
+            else:
+                st.plotly_chart(cached_figure("importance_bars", table, metric), key=f"imp_chart_{label}")
+            st.caption(f"{importance.EVALUATORS[evaluator]}, on the {len(done)} of {scope} that finished "
+                       f"training with a value for `{metric}` (ASHA-stopped trials do not count). "
+                       f"{importance.CAVEAT}")
+    used = shown[[c for c in ("trial_id", "status", *params, metric) if c in shown]]
+    st.plotly_chart(cached_figure("param_scatter", used, params, metric, best=best_id), key=f"imp_scatter_{label}")
+    st.caption(f"Each of {scope} with a value for `{metric}`, one panel per parameter (log axis where a "
+               "parameter spans two decades or more); grey: stopped by ASHA, its value from fewer epochs.")
+
+
+def curves_across(current: pd.DataFrame) -> None:
+    st.subheader("Curves across sweeps")
+    chosen = st.multiselect("Sweeps", list(by_label), default=[label], key=f"across_{label}",
+                            format_func=lambda x: f"{by_label[x].name} ({x})")
+    if not chosen:
+        st.caption("Choose one or more sweeps.")
+        return
+    frames, problems = {}, []
+    for name in chosen:
+        try:
+            frames[name] = current if name == label else loaders.trials(root, by_label[name].path)
+        except (loaders.LoadError, OutsideOutputs) as exc:
+            problems.append(f"{md(name)}: {md(exc)}")
+    picked, total = importance.curve_trials(frames, MAX_CURVES)
+    names = sorted({c.removeprefix(layout.PARAM_PREFIX) for f in frames.values() for c in loaders.param_columns(f)})
+    left, right = st.columns([1, 1])
+    metric = left.selectbox("Metric", CURVE_METRICS, key=f"across_metric_{label}")
+    colour_by = right.selectbox("Group and colour by", [None, *names], key=f"across_colour_{label}",
+                                format_func=lambda x: "each setting" if x is None else x)
+    used = picked[["key", "run_path", *[c for c in picked if c.startswith(layout.PARAM_PREFIX)]]]
+    stamps = tuple(loaders.stamp(Path(p) / HISTORY) for p in used["run_path"])
+    figure, counts = across_curves(str(root), used, stamps, metric, colour_by)
+    if figure is None:
+        st.caption(f"No trial of these sweeps has `{metric}` per epoch yet.")
+    else:
+        st.plotly_chart(figure, key=f"across_chart_{label}")
+        st.caption(f"{counts['settings']} setting(s) from {counts['read']} trial(s); trials equal in every "
+                   f"parameter but `seed` are repeats of one setting: line = their mean, band = lowest to highest "
+                   f"({counts['repeated']} setting(s) with repeats).")
+    if total > len(picked):
+        st.caption(f"Showing {len(picked)} of {total} trials: the best of each sweep by validation macro-F1, "
+                   f"at most {MAX_CURVES}, so that the page stays fast.")
+    if counts["unreadable"]:
+        st.caption(f"⚠ {counts['unreadable']} trial(s) without a readable history.csv "
+                   "(not started, errored or partial).")
+    for problem in problems:
+        st.caption(f"⚠ {problem}")
 
 
 @st.fragment(run_every=REFRESH_S if running else None)
@@ -131,6 +247,7 @@ def sweep_view() -> None:
 
     if params:
         st.plotly_chart(figures.parallel_coordinates(shown, params, best=best_id), key=f"parcoords_{label}")
+    what_mattered(frame[mask], bool((~mask).any()), params, best_id)
 
     st.subheader("Learning curves")
     with_runs = shown[shown["run_path"] != ""]
@@ -157,6 +274,7 @@ def sweep_view() -> None:
         run_label = Path(paths[best_id]).resolve().relative_to(root).as_posix()
         st.page_link(ui.PAGES["run"], label=f"Open the best trial ({md(best_id)}) on the Run page",
                      icon=":material/analytics:", query_params={"run": run_label})
+    curves_across(frame)
 
 
 sweep_view()
