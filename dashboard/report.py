@@ -3,8 +3,8 @@ HTML report (images base64-embedded, Plotly JS inlined: it works offline).
 
 ``Findings`` names what to show; ``build(root, findings)`` gathers it from the run folder and
 returns both documents; ``save`` writes them to ``OUTPUTS/exports/``. Text from the run folder
-goes into the HTML through ``html_text``, into the PPTX through ``plain`` and into matplotlib
-figures through ``mpl`` (dashboard.escape).
+(review notes included) goes into the HTML through ``html_text``, into the PPTX through ``plain``
+and into matplotlib figures through ``mpl`` (dashboard.escape).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from engine import runs
 
-from . import evidence, figures, loaders, paths
+from . import evidence, figures, loaders, paths, reviews
 from .escape import html_text, mpl, plain
 from .paths import inside, relative
 
@@ -29,6 +29,8 @@ SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
 TITLE_PT, BODY_PT, TABLE_PT = 36, 24, 20
 NOTICE = ("Research software, not a medical device: Grad-CAM maps show where the model looked, "
           "they do not replace expert review.")
+MAX_REVIEWED = 12  # reviewed images in a deck: four slides of three
+REVIEWED_PER_SLIDE = 3
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Findings:
     normalized: bool = True
     faithfulness: bool = True
     evidence: bool = True  # localisation, sanity check and context reliance, one slide per stage
+    reviewed: bool = False  # the images marked in the gallery or the cell view (reviews.json), with notes
 
 
 @dataclass
@@ -175,11 +178,63 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
         ranking = localised["ranking"]
         top = next((r for r in ranking if r["method"] in methods), ranking[0])
         located = evidence.find_result(localised, top["method"], top["layer"])
+    reviewed = _reviewed(root, run, index, methods, layer, warnings) if findings.reviewed else []
     return {"run": run, "label": relative(root, run), "metrics": m, "classes": metrics.get("classes", loaders.CLASSES),
             "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
             "methods": methods, "layer": layer, "warnings": warnings,
             "checkpoint_epoch": metrics.get("checkpoint_epoch"), "located": located,
-            "context": found.get("context"), "sanity": found.get("sanity")}
+            "context": found.get("context"), "sanity": found.get("sanity"), "reviewed": reviewed}
+
+
+def _reviewed(root: Path, run: Path, index: pd.DataFrame | None, methods: list[str], layer: str | None,
+              warnings: list[str]) -> list[dict[str, Any]]:
+    """The run's marked images for the deck: suspected label errors first, then artefacts, then good
+    examples (most recently marked first within each), each with its input and map where explain made them."""
+    try:
+        marks = reviews.load(root, run)
+    except reviews.ReviewError as exc:
+        warnings.append(f"no reviewed images: {exc}")
+        return []
+    try:
+        known = loaders.predictions(root, run).drop_duplicates("sha256").set_index("sha256")
+    except loaders.LoadError:
+        known = None
+    order = list(reviews.LABELS)
+    ranked = sorted(marks.items(), key=lambda item: item[1].get("updated_at", ""), reverse=True)
+    ranked.sort(key=lambda item: min((order.index(x) for x in item[1]["labels"]), default=len(order)))
+    if len(ranked) > MAX_REVIEWED:
+        warnings.append(f"{len(ranked)} reviewed images: the deck shows the first {MAX_REVIEWED} (suspected label "
+                        "errors first)")
+    out = []
+    for sha, mark in ranked[:MAX_REVIEWED]:
+        entry: dict[str, Any] = {"sha256": sha, "path": mark.get("path") or sha[:16], "note": mark.get("note", ""),
+                                 "labels": [reviews.LABELS[x] for x in mark["labels"]], "image": None, "map": None,
+                                 "true": None, "pred": None, "confidence": None, "split": None}
+        if known is not None and sha in known.index:
+            row = known.loc[sha]
+            entry.update(true=row["true"], pred=row["pred"], confidence=float(row["confidence"]), split=row["split"])
+        if index is not None and layer is not None:
+            rows = index[(index["sha256"] == sha) & (index["layer"] == layer) & (index["target"] == "pred")]
+            if len(rows):
+                hit = rows[rows["method"] == methods[0]] if methods else rows
+                first = (hit if len(hit) else rows).iloc[0]
+                entry["image"] = _png_of(root, loaders.cam_path(root, run, first["image"]), warnings)
+                entry["map"] = _png_of(root, loaders.cam_path(root, run, first["overlay"]), warnings)
+                entry["method"] = first["method"]
+        out.append(entry)
+    return out
+
+
+def reviewed_lines(entry: dict[str, Any]) -> list[str]:
+    """A reviewed image's text in a deck (plain: each document escapes it for itself)."""
+    lines = [str(entry["path"]).rsplit("/", 1)[-1]]
+    if entry["true"] is not None:
+        lines.append(f"true {entry['true']} → predicted {entry['pred']} ({entry['confidence']:.2f}, "
+                     f"{entry['split']})")
+    lines.append("Marked: " + ", ".join(entry["labels"]) if entry["labels"] else "Marked: note only")
+    if entry["note"]:
+        lines.append(f"Note: {entry['note']}")
+    return lines
 
 
 def _png_of(root: Path, path: Path | None, warnings: list[str]) -> bytes | None:
@@ -364,6 +419,20 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
                 s = slide(f"Evidence: {stage}")
                 table(s, ["", "Value [95% CI]"], rows, 0.5, 1.3, 12.3, size=18)
 
+    reviewed = data.get("reviewed") or []
+    for start in range(0, len(reviewed), REVIEWED_PER_SLIDE):
+        part = reviewed[start:start + REVIEWED_PER_SLIDE]
+        pages = (len(reviewed) + REVIEWED_PER_SLIDE - 1) // REVIEWED_PER_SLIDE
+        s = slide(f"Reviewed images ({start // REVIEWED_PER_SLIDE + 1} of {pages})" if pages > 1
+                  else "Reviewed images")
+        for i, entry in enumerate(part):
+            left = 0.5 + i * 4.2
+            if entry["image"]:
+                picture(s, entry["image"], left, 1.3, 1.95)
+            if entry["map"]:
+                picture(s, entry["map"], left + 2.05, 1.3, 1.95)
+            text(s, reviewed_lines(entry), left, 3.35, 4.0, size=14)
+
     buffer = io.BytesIO()
     prs.save(buffer)
     return buffer.getvalue(), titles
@@ -444,6 +513,16 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
                      f"{html_text(located['layer'])})</h2><p>{html_text(evidence.verdict_line(located['all']['verdict']))}"
                      "</p>" + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
                      + _table(["Stage", "Evidence", "Value [95% CI]"], rows) + "</section>")
+    reviewed = data.get("reviewed") or []
+    if reviewed:
+        rows = []
+        for entry in reviewed:
+            pictures = "".join(_img(entry[k], f"{k} {entry['path']}", "160px") for k in ("image", "map") if entry[k])
+            lines = "".join(f"<div>{html_text(line)}</div>" for line in reviewed_lines(entry))
+            rows.append(f"<tr><td>{pictures or html_text('(no map)')}</td><td>{lines}</td></tr>")
+        parts.append("<section><h2>Reviewed images</h2><p class='muted'>Marked in the dashboard (the run's "
+                     f"{html_text(runs.REVIEWS)}): input and map, labels and note.</p>"
+                     f"<table><tbody>{''.join(rows)}</tbody></table></section>")
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html_text(findings.title)}</title><style>{CSS}</style></head><body><main>"
             + "".join(parts) + "</main></body></html>")

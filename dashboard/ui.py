@@ -14,7 +14,7 @@ import streamlit as st
 from engine import runs
 from tuning import layout
 
-from . import loaders
+from . import loaders, reviews
 from .escape import code, md
 from .loaders import LoadError, RunInfo
 from .paths import OutsideOutputs, inside, outputs_dir
@@ -254,3 +254,66 @@ def similar_cases(run_path: str, lookup: Callable[[], list[dict]]) -> None:
                 st.caption(f"{caption} (not in the prepared folder's image cache)")
     st.dataframe(pd.DataFrame(found)[["rank", "stage", "distance", "path"]], hide_index=True, width="stretch",
                  column_config={"distance": st.column_config.NumberColumn(format="%.3f")})
+
+
+# ----------------------------------------------------------------------------- review marks
+
+# The Marked filter's choices (reviews.matches) and the badge colour of each label.
+REVIEW_FILTERS = {"all": "all images", "any": "any mark", **reviews.LABELS, "unmarked": "unmarked"}
+REVIEW_COLOURS = {"suspected_label_error": "red", "artefact": "orange", "good_example": "green"}
+
+
+def review_marks(run: RunInfo) -> dict[str, dict[str, Any]] | None:
+    """The run's review marks, or None after a warning when its reviews.json is malformed (then nothing
+    is offered for marking, so the file is never overwritten). Also reports a change a callback refused."""
+    problem = st.session_state.pop("review_problem", None)
+    if problem:
+        st.warning(f"Review mark not saved: {md(problem)}", icon=":material/warning:")
+    try:
+        return reviews.load(root(), run.path)
+    except reviews.ReviewError as exc:
+        st.warning(f"Review marks of {code(run.label)}: {md(exc)}", icon=":material/warning:")
+        return None
+
+
+def _saved(change: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    try:
+        change(root(), *args, **kwargs)
+    except reviews.ReviewError as exc:  # shown by review_marks on the rerun that follows
+        st.session_state["review_problem"] = str(exc)
+
+
+def _labels_changed(run_path: str, sha256: str, path: str, shown: tuple[str, ...], key: str) -> None:
+    # Only the labels this tab changed are sent: what another tab did meanwhile to the others stays.
+    now = st.session_state.get(key) or []
+    for label in reviews.LABELS:
+        if (label in now) != (label in shown):
+            _saved(reviews.toggle, run_path, sha256, label, label in now, path=path)
+
+
+def _note_changed(run_path: str, sha256: str, path: str, key: str) -> None:
+    _saved(reviews.set_note, run_path, sha256, st.session_state.get(key) or "", path=path)
+
+
+def review_card(run_path: str, sha256: str, path: str, marks: dict[str, dict[str, Any]] | None, key: str) -> None:
+    """An image card's review marks: badges and the note (escaped), and a Review popover that changes them.
+
+    ``marks`` come from :func:`review_marks` (None: nothing shown). ``key`` must be unique on the page.
+    The widgets are set from the file on every run, so a change made in another tab shows on the next one.
+    """
+    if marks is None or not reviews.is_sha256(sha256):  # a damaged index row: there is nothing to key a mark by
+        return
+    mark = marks.get(sha256) or {}
+    labels = [x for x in reviews.LABELS if x in (mark.get("labels") or [])]
+    note = mark.get("note") or ""
+    if labels or note:
+        badges = " ".join(f":{REVIEW_COLOURS[x]}-badge[{reviews.LABELS[x]}]" for x in labels)
+        st.markdown(badges + (f" ✎ {md(note)}" if note else ""))
+    with st.popover("Review", icon=":material/rate_review:"):
+        st.session_state[f"{key}_labels"] = labels
+        st.pills("Marks", list(reviews.LABELS), format_func=reviews.LABELS.get, selection_mode="multi",
+                 key=f"{key}_labels", label_visibility="collapsed", on_change=_labels_changed,
+                 args=(run_path, sha256, path, tuple(labels), f"{key}_labels"))
+        st.session_state[f"{key}_note"] = note
+        st.text_input("Note", key=f"{key}_note", max_chars=reviews.MAX_NOTE, placeholder="a short note; Enter saves it",
+                      on_change=_note_changed, args=(run_path, sha256, path, f"{key}_note"))

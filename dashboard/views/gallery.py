@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import figures, loaders, ui
+from dashboard import figures, loaders, reviews, ui
 from dashboard.escape import md
 from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL
 
@@ -39,7 +39,11 @@ layer = f[1].selectbox("Layer", layers, index=layers.index(ui.first_explained(in
 which = f[2].radio("Images", ["all", "correct", "misclassified"], key="g_which")
 conf = f[3].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.05, key="g_conf")
 limit = f[4].number_input("Per page", 6, 60, 12, step=6, key="g_limit")
-stage = st.radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
+s = st.columns([4, 1])
+stage = s[0].radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
+marked = s[1].selectbox("Marked", list(ui.REVIEW_FILTERS), format_func=ui.REVIEW_FILTERS.get, key="g_marked",
+                        help="Review marks set with each image's Review button (kept in the run's reviews.json).")
+marks = ui.review_marks(run)
 located = loaders.localisation_table(root, run.path)
 if located is not None:
     located = located[(located["method"] == method) & (located["layer"] == layer)].set_index("sha256")
@@ -64,11 +68,14 @@ if located is not None:
         images = images.sort_values("concentration", ascending=order.endswith("lowest first"), na_position="last")
     elif order == "missed the cells first":
         images = images.sort_values(["pointing", "concentration"], na_position="last")
+if marked != "all":
+    images = images[images["sha256"].map(lambda sha: reviews.matches((marks or {}).get(sha), marked)).astype(bool)]
 by_target = {(r["sha256"], r["target"]): r for _, r in rows.iterrows()}
 
 left, right = st.columns([3, 1])
 with left:
-    files = rows["path"].nunique()  # byte-identical copies (same sha256) are shown once
+    # Byte-identical copies (same sha256) are shown once.
+    files = rows.loc[rows["sha256"].isin(images["sha256"]), "path"].nunique()
     st.subheader(f"{stage}: {len(images)} image(s)" + (f" ({files} files, copies shown once)"
                                                        if files != len(images) else ""))
     if images.empty:
@@ -97,6 +104,7 @@ with left:
                                           caption=name)
                     else:
                         ui.image(loaders.cam_path(root, run.path, rel), caption=name)
+            ui.review_card(run.path, row["sha256"], row["path"], marks, key=f"rv_g_{row['sha256']}")
     if len(images) > limit:
         st.caption(f"Showing {int(limit)} of {len(images)}; {order}.")
 with right:

@@ -35,6 +35,10 @@ normalized = c[3].toggle("Row-normalised matrix", True, key="present_norm")
 faith = c[3].toggle("Faithfulness slide", True, key="present_faith", disabled=index is None)
 with_evidence = c[3].toggle("Evidence slides", True, key="present_evidence",
                             help="Cells or context, localisation on the leukocytes and one evidence slide per stage")
+marks = ui.review_marks(run)
+with_reviewed = c[3].toggle("Reviewed images", False, key="present_reviewed", disabled=not marks,
+                            help=f"The {len(marks or {})} image(s) marked with Review in the gallery or the Run "
+                            f"page's cell view, with their labels and notes (at most {report.MAX_REVIEWED})")
 
 chosen: dict[str, list[str]] = {}
 if index is not None and stages:
@@ -53,7 +57,7 @@ if index is not None and stages:
 if st.button("Build deck", type="primary", icon=":material/slideshow:", key="present_build"):
     findings = report.Findings(run=run.path, split=split, stages=stages, methods=methods, images=chosen,
                                per_stage=int(per_stage), title=title, normalized=normalized, faithfulness=faith,
-                               evidence=with_evidence)
+                               evidence=with_evidence, reviewed=with_reviewed)
     try:
         with st.spinner("Rendering figures and writing the deck…"):
             deck = report.build(root, findings)

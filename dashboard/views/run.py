@@ -114,6 +114,7 @@ if metrics is not None and split in metrics["splits"]:
                     if sel.empty and len(cell):
                         st.caption(f"Grad-CAM maps exist for the {md(', '.join(sorted(index['split'].unique())))} "
                                    "split(s) only.")
+                marks = ui.review_marks(run)
                 columns = st.columns(3)
                 for i, (_, row) in enumerate(cell.head(limit).iterrows()):
                     with columns[i % 3], st.container(border=True):
@@ -130,6 +131,8 @@ if metrics is not None and split in metrics["splits"]:
                         for col, (name, rel) in zip(cols, shown, strict=False):
                             with col:
                                 ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
+                        # The position keeps keys unique where copies of one image (same sha256) share a cell.
+                        ui.review_card(run.path, row["sha256"], row["path"], marks, key=f"rv_c_{i}_{row['sha256'][:8]}")
                 if len(cell) > limit:
                     st.caption(f"Showing the {limit} most confident of {len(cell)} images.")
 
