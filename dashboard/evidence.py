@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from engine.runs import CLASSES, CONTEXT_VARIANTS, LOCALISATION_VERDICTS
 
 from .escape import html_text, mpl
+from .figures import faithfulness_frame
 
 SOURCES = {"map": "the maps", "centre": "centred Gaussian", "shuffled": "another image's map (same stage)"}
 SOURCE_COLOURS = {"map": "#264653", "centre": "#bdbdbd", "shuffled": "#8d99ae"}
@@ -251,6 +252,53 @@ def verdict_table(localised: Mapping[str, Any] | None, faith: Mapping[str, Any] 
                      "sanity check": ("passed" if checked.get("passed") else "failed")
                      if isinstance(checked, Mapping) and checked.get("layer") == layer else "not run"})
     return pd.DataFrame(rows)
+
+
+def shape_problem(kind: str, data: Any) -> str | None:
+    """Why an evidence file (``kind``: context, localisation, faithfulness or sanity) cannot be shown, or None.
+
+    The tables every page and deck draws from the file are built once here, so a file of the wrong shape
+    (valid JSON, but a list where a mapping belongs, a missing stage, text where a number belongs) is
+    reported once, by the loader, instead of failing wherever it is shown.
+    """
+    def context(c: Any) -> None:
+        context_frame(c)
+        context_sentence(c)
+        for block in c["variants"].values():
+            stats = {**block["per_stage"], "all": block["all"]}
+            missing = [s for s in (*CLASSES, "all") if s not in stats]
+            if missing:
+                raise KeyError(f"no result for {', '.join(missing)}")
+        float(c.get("chance") or 0)
+
+    def localisation(summary: Any) -> None:
+        ranking_frame(summary)
+        for result in summary.get("results", []):
+            stage_verdicts(result)
+            for block in result["per_stage"].values():
+                for source in SOURCES:
+                    for score in ("concentration", "pointing"):
+                        _error(block[source][score])
+        for entry in summary.get("ranking", []):
+            if find_result(summary, entry["method"], entry["layer"]) is None:
+                raise KeyError(f"the ranking lists {entry['method']} at {entry['layer']}, which has no result")
+
+    def faithfulness(summary: Any) -> None:
+        faithfulness_frame(summary)
+        verdict_table(None, summary, None)
+
+    def sanity(results: Any) -> None:
+        for method, result in results.items():
+            if not isinstance(result, Mapping):
+                raise TypeError(f"the result of {method} is not an object")
+        sanity_frame(results)
+
+    checks = {"context": context, "localisation": localisation, "faithfulness": faithfulness, "sanity": sanity}
+    try:
+        checks[kind](data)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def outline(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:

@@ -28,6 +28,7 @@ from engine.runs import CLASSES, SPLITS
 from tuning import layout
 
 from . import paths
+from .evidence import shape_problem as evidence_shape_problem
 from .paths import OutsideOutputs, inside, relative
 
 EXPORTS = "exports"  # the dashboard's own folder: decks written by the Present page
@@ -419,7 +420,13 @@ def cams_index(root: Path | str, run: Path | str, problems: list[str] | None = N
 
 
 def faithfulness(root: Path | str, run: Path | str) -> dict[str, Any]:
-    return read_json(root, Path(run) / runs.CAMS / runs.FAITHFULNESS_SUMMARY)
+    """``cams/faithfulness_summary.json``; LoadError when missing, unreadable or of the wrong shape."""
+    path = Path(run) / runs.CAMS / runs.FAITHFULNESS_SUMMARY
+    data = read_json(root, path)
+    problem = evidence_shape_problem("faithfulness", data) if isinstance(data, dict) else "not a JSON object"
+    if problem:
+        raise LoadError(f"{relative(root, path)} cannot be shown ({problem})")
+    return data
 
 
 def stage_file(root: Path | str, run: Path | str, stage: str, name: str) -> Path | None:
@@ -562,10 +569,11 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
         except LoadError as exc:
             out["problems"].append(str(exc))
             continue
-        if isinstance(data, dict):
-            out[key] = data
+        problem = evidence_shape_problem(key, data) if isinstance(data, dict) else "not a JSON object"
+        if problem:
+            out["problems"].append(f"{relative(root, Path(run) / rel)} cannot be shown ({problem})")
         else:
-            out["problems"].append(f"{relative(root, Path(run) / rel)} is not a JSON object")
+            out[key] = data
     return out
 
 

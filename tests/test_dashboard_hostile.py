@@ -352,3 +352,34 @@ def test_gallery_and_present_warn_for_malformed_index_fields(outputs: dict[str, 
             at.button(key="present_build").click().run()
             no_exception(at)
             assert "Deck written" in visible(at, "success")
+
+
+# ----------------------------------------------------------------------------- evidence files
+
+
+MALFORMED_EVIDENCE = {
+    runs.CONTEXT: {"split": "test", "variants": "all of them", "how": ["not", "a", "mapping"], "chance": "1/4"},
+    f"{runs.CAMS}/{runs.LOCALISATION}": {"ranking": [{"method": "gradcam"}, 7], "results": {"x": None},
+                                         "baselines": 3},
+    f"{runs.CAMS}/{runs.SANITY}": {"gradcam": "passed"},
+    f"{runs.CAMS}/{runs.FAITHFULNESS_SUMMARY}": {"methods": [1, 2], "rank_by": {}},
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_EVIDENCE))
+def test_malformed_evidence_files_are_warnings_on_every_page(name: str, outputs: dict[str, Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """context.json, localisation.json, sanity.json and faithfulness_summary.json that are JSON objects of the
+    wrong shape: each page that shows them says what could not be shown, and the rest of the page stays."""
+    (outputs["best"] / name).parent.mkdir(exist_ok=True)
+    (outputs["best"] / name).write_text(json.dumps(MALFORMED_EVIDENCE[name]))
+    for page, key in (("evidence", "evidence_run"), ("run", "run"), ("gallery", "gallery_run"),
+                      ("present", "present_run")):
+        at = app(outputs["root"], monkeypatch, page)
+        at.selectbox(key=key).set_value(label(outputs, "best")).run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        if page == "evidence":
+            assert f"{Path(name).name} cannot be shown" in visible(at, "caption"), visible(at, "caption")
+        if page == "present":
+            at.button(key="present_build").click().run()
+            assert not at.exception, (page, "deck", [e.value for e in at.exception])

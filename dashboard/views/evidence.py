@@ -25,48 +25,50 @@ for problem in found["problems"]:
 localised, context, faith, sanity = (found[k] for k in ("localisation", "context", "faithfulness", "sanity"))
 
 st.header("Verdicts")
-rows = evidence.verdict_table(localised, faith, sanity)
-if rows.empty:
-    st.info("No localisation results: explain a run whose data was prepared with leukocyte masks "
-            "(a `Segmented/` folder beside `Original/`, or `prepare --masks DIR`).")
-else:
-    st.dataframe(rows, hide_index=True, width="stretch",
-                 column_config={"concentration": st.column_config.NumberColumn(format="%.2f"),
-                                "pointing": st.column_config.NumberColumn(format="%.2f")})
-if context is not None:
-    st.markdown(f"**Cells or context.** {evidence.context_sentence(context)}")
+with ui.section("Verdicts"):
+    rows = evidence.verdict_table(localised, faith, sanity)
+    if rows.empty:
+        st.info("No localisation results: explain a run whose data was prepared with leukocyte masks "
+                "(a `Segmented/` folder beside `Original/`, or `prepare --masks DIR`).")
+    else:
+        st.dataframe(rows, hide_index=True, width="stretch",
+                     column_config={"concentration": st.column_config.NumberColumn(format="%.2f"),
+                                    "pointing": st.column_config.NumberColumn(format="%.2f")})
+    if context is not None:
+        st.markdown(f"**Cells or context.** {evidence.context_sentence(context)}")
 
 st.header("Do the maps point at the leukocytes?")
-if localised is None:
-    st.caption("`cams/localisation.json` not found.")
-else:
-    pairs = [(r["method"], r["layer"]) for r in localised.get("ranking", [])]
-    labels = [f"{m} at {layer}" for m, layer in pairs]
-    choice = st.selectbox("Method and layer (best localising first)", labels, key="evidence_pair")
-    method, layer = pairs[labels.index(choice)]
-    result = evidence.find_result(localised, method, layer)
-    baselines = localised.get("baselines") or {}
-    st.caption(f"{md(localised.get('images', '?'))} {md(localised.get('split', ''))} images with a leukocyte mask "
-               f"({md(localised.get('images_without_mask', 0))} without) · maps for the predicted stage · pointing "
-               f"tolerance {md(localised.get('pointing_tolerance_px', '?'))} px at "
-               f"{md(localised.get('image_size', '?'))} px · baselines: {md(baselines.get('centre', ''))}; "
-               f"{md(baselines.get('shuffled', ''))}")
-    st.dataframe(evidence.stage_verdicts(result), hide_index=True, width="stretch")
-    left, right = st.columns(2)
-    with left:
-        st.plotly_chart(evidence.localisation_bars(result, "concentration", "Concentration on the leukocytes"),
-                        key="ev_conc")
-    with right:
-        st.plotly_chart(evidence.localisation_bars(result, "pointing", "Pointing game"), key="ev_point")
+with ui.section("Localisation (cams/localisation.json)"):
+    if localised is None:
+        st.caption("`cams/localisation.json` not found.")
+    else:
+        pairs = [(r["method"], r["layer"]) for r in localised.get("ranking", [])]
+        labels = [f"{m} at {layer}" for m, layer in pairs]
+        choice = st.selectbox("Method and layer (best localising first)", labels, key="evidence_pair")
+        method, layer = pairs[labels.index(choice)]
+        result = evidence.find_result(localised, method, layer)
+        baselines = localised.get("baselines") or {}
+        st.caption(f"{md(localised.get('images', '?'))} {md(localised.get('split', ''))} images with a leukocyte "
+                   f"mask ({md(localised.get('images_without_mask', 0))} without) · maps for the predicted stage · "
+                   f"pointing tolerance {md(localised.get('pointing_tolerance_px', '?'))} px at "
+                   f"{md(localised.get('image_size', '?'))} px · baselines: {md(baselines.get('centre', ''))}; "
+                   f"{md(baselines.get('shuffled', ''))}")
+        st.dataframe(evidence.stage_verdicts(result), hide_index=True, width="stretch")
+        left, right = st.columns(2)
+        with left:
+            st.plotly_chart(evidence.localisation_bars(result, "concentration", "Concentration on the leukocytes"),
+                            key="ev_conc")
+        with right:
+            st.plotly_chart(evidence.localisation_bars(result, "pointing", "Pointing game"), key="ev_point")
 
 st.header("Are the maps faithful to the model?")
 left, right = st.columns([3, 2])
-with left:
+with left, ui.section("Faithfulness (cams/faithfulness_summary.json)"):
     if faith is None or figures.faithfulness_frame(faith).empty:
         st.caption("`cams/faithfulness_summary.json` not found or empty.")
     else:
         st.plotly_chart(figures.faithfulness_bars(faith, faith.get("rank_by")), key="ev_faith")
-with right:
+with right, ui.section("Sanity check (cams/sanity.json)"):
     if sanity:
         st.markdown("**Model-randomisation sanity check** (Adebayo et al. 2018)")
         st.dataframe(evidence.sanity_frame(sanity), hide_index=True, width="stretch")
@@ -74,10 +76,11 @@ with right:
         st.caption("`cams/sanity.json` not found or empty.")
 
 st.header("Does the model need the cells?")
-if context is None:
-    st.caption("`context.json` not found: evaluate a run whose data was prepared with leukocyte masks.")
-else:
-    st.plotly_chart(evidence.context_bars(context), key="ev_context")
-    with st.expander("How the images were changed"):
-        for variant, how in context.get("how", {}).items():
-            st.markdown(f"- **{md(evidence.VARIANTS.get(variant, variant))}**: {md(how)}")
+with ui.section("Cells or context (context.json)"):
+    if context is None:
+        st.caption("`context.json` not found: evaluate a run whose data was prepared with leukocyte masks.")
+    else:
+        st.plotly_chart(evidence.context_bars(context), key="ev_context")
+        with st.expander("How the images were changed"):
+            for variant, how in context.get("how", {}).items():
+                st.markdown(f"- **{md(evidence.VARIANTS.get(variant, variant))}**: {md(how)}")
