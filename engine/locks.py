@@ -2,10 +2,10 @@
 
 ``try_lock(path)`` (refuse at once) and ``wait_lock(path)`` (queue up) take an ``fcntl.flock`` on
 an open file; every lock of the project goes through them (a run's training, an explain's work
-folder, the decoded cache, a sweep's driver). The kernel drops it when the holding process ends, however it ends (``kill -9``
-included), so a lock is never left stuck and there is nothing to clean up: the file stays, and
-while it is held it names its holder (pid, host, process start time, what for) for the message
-of whoever is refused.
+folder, the decoded cache, a sweep's driver, review marks). The kernel drops it when the holding
+process ends, however it ends (``kill -9`` included), so a lock is never left stuck and there is
+nothing to clean up: the file stays (unless ``remove``), and while it is held it names its holder
+(pid, host, process start time, what for) for the message of whoever is refused.
 
 What flock does and does not promise:
 
