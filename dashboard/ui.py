@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import streamlit as st
 from engine import runs
 from tuning import layout
 
-from . import loaders, reviews
+from . import loaders, overlay, paths, reviews
 from .escape import code, md
 from .loaders import LoadError, RunInfo
 from .paths import OutsideOutputs, inside, outputs_dir
@@ -126,50 +127,92 @@ def first_explained(index: Any, column: str) -> str:
 
 
 def image(path: Path | str | None, caption: str | None = None, width: int | str = "stretch") -> None:
-    """Show an image file from inside the outputs folder, or a placeholder when it is missing."""
+    """Show an image file from inside the outputs folder, or a placeholder when it is missing or refused."""
     if path is None:
         st.caption(f"(no image) {caption or ''}")
         return
     try:
         safe = inside(root(), path)
+        paths.regular_file(root(), safe, overlay.MAX_IMAGE_BYTES)
     except OutsideOutputs:
         st.caption("(image outside the outputs folder: not shown)")
         return
-    if not safe.is_file():
+    except FileNotFoundError:
         st.caption(f"(missing image) {caption or ''}")
+        return
+    except (OSError, paths.RefusedFile) as exc:
+        st.caption(f"(image not shown: {md(paths.relative(root(), safe))} {md(exc)}) {caption or ''}")
         return
     # Streamlit re-encodes an RGB PNG as JPEG by default, which smears the maps' colours and thin outlines.
     st.image(str(safe), caption=caption, width=width,
              output_format="PNG" if safe.suffix.lower() == ".png" else "auto")
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _outlined_png(image: str, mask: str, versions: tuple[Any, Any]) -> bytes:
-    import io
+def overlay_controls(key: str) -> overlay.OverlayStyle:
+    """The page's overlay style: whether maps are drawn, their opacity, colour map and threshold."""
+    cols = st.columns([1.2, 2, 1.6, 2])
+    show = cols[0].toggle("Overlay", value=True, key=f"{key}_show", help="Off: the input images alone.")
+    opacity = cols[1].slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key=f"{key}_opacity", disabled=not show)
+    colormap = cols[2].selectbox("Colour map", overlay.COLORMAPS, key=f"{key}_cmap", disabled=not show)
+    threshold = cols[3].slider("Threshold", 0.0, 0.95, 0.0, step=0.05, key=f"{key}_threshold", disabled=not show,
+                               help="Map values below it are not coloured: only what the map ranks highest shows.")
+    return overlay.OverlayStyle(show=show, opacity=opacity, colormap=colormap, threshold=threshold)
 
-    import numpy as np
-    from PIL import Image
+
+@st.cache_data(show_spinner=False, max_entries=1024)
+def _drawn_png(root_: str, picture: str, cam: str | None, mask: str | None, style: tuple[Any, ...],
+               versions: tuple[Any, ...]) -> bytes:
+    """``picture`` (a stored overlay; with ``cam``, the input to draw that map over in ``style``), outlined by
+    ``mask``. ``versions`` (the files' stamps) makes a rewritten file a new cache entry."""
+    from engine.explain.figures import png_bytes
 
     from .evidence import outline
 
-    drawn = outline(np.asarray(Image.open(image).convert("RGB")), np.asarray(Image.open(mask).convert("L")) >= 128)
-    buffer = io.BytesIO()
-    Image.fromarray(drawn).save(buffer, format="PNG")
-    return buffer.getvalue()
+    drawn = overlay.read_image(root_, picture)
+    if cam is not None:
+        drawn = overlay.render(drawn, overlay.read_map(root_, cam), overlay.OverlayStyle(*style))
+    if mask is not None:
+        drawn = outline(drawn, overlay.read_image(root_, mask)[..., 0] >= 128)
+    return png_bytes(drawn)
 
 
-def outlined_image(path: Path | None, mask: Path | None, caption: str | None = None) -> None:
-    """An image from inside the outputs folder with a leukocyte mask's outline drawn on it."""
-    if path is None or mask is None:
-        image(path, caption)
+def map_image(run_path: str, entry: Any, style: overlay.OverlayStyle, caption: str, mask: str | None = None) -> None:
+    """One Grad-CAM map of a cams/index.csv row (``image``, ``overlay``, ``map``) in ``style``, outlined by the
+    leukocyte ``mask`` (relative to cams/) when given. The default style without an outline is the stored PNG."""
+    if style.is_stored and mask is None:
+        image(loaders.cam_path(root(), run_path, entry["overlay"]), caption=caption)
+        return
+    picture = entry["overlay"] if style.is_stored else entry["image"]
+    cam = None if style.is_stored or not style.show else entry["map"]
+    files = [loaders.cam_path(root(), run_path, rel) if rel else None for rel in (picture, cam, mask)]
+    if any(f is None for f, rel in zip(files, (picture, cam, mask), strict=True) if rel):
+        st.caption(f"(missing map files) {caption}")
         return
     try:
-        safe, safe_mask = inside(root(), path), inside(root(), mask)
-    except OutsideOutputs:
-        st.caption("(image outside the outputs folder: not shown)")
+        png = _drawn_png(str(root()), *(str(f) if f else None for f in files), astuple(style),
+                         tuple(loaders.stamp(f) for f in files if f))
+    except overlay.OverlayError as exc:
+        st.caption(f"(map not drawn: {md(exc)}) {caption}")
         return
-    st.image(_outlined_png(str(safe), str(safe_mask), (loaders.stamp(safe), loaders.stamp(safe_mask))),
-             caption=caption, width="stretch", output_format="PNG")
+    st.image(png, caption=caption, width="stretch", output_format="PNG")
+
+
+def maps_row(run_path: str, found: Any, true: str, pred: str, style: overlay.OverlayStyle,
+             mask: str | None = None) -> None:
+    """An image and its Grad-CAM maps side by side: the map for the predicted stage, and for the true one when
+    they differ. ``found``: the image's cams/index.csv rows by target ("pred", "true")."""
+    entry = found.get("pred", found.get("true"))
+    shown = [("input", None)]
+    if "pred" in found:
+        shown.append((f"map for predicted {md(pred)}", found["pred"]))
+    if true != pred and "true" in found:
+        shown.append((f"map for true {md(true)}", found["true"]))
+    for col, (caption, row) in zip(st.columns(len(shown)), shown, strict=False):
+        with col:
+            if row is None:
+                image(loaders.cam_path(root(), run_path, entry["image"]) if entry is not None else None, caption)
+            else:
+                map_image(run_path, row, style, caption, mask)
 
 
 def ci_text(ci: Any, digits: int = 3) -> str:

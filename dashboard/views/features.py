@@ -87,6 +87,7 @@ with ui.section("Selected images"):
                                                                               ascending=[True, False])
     unmapped = [s for s in order["sha256"].head(limit) if s not in maps]
     pictures = loaders.training_images(root, run.path, unmapped) if unmapped else {}
+    style = ui.overlay_controls("fm_overlay") if maps else None
     columns = st.columns(3)
     for i, (_, row) in enumerate(order.head(limit).iterrows()):
         with columns[i % 3], st.container(border=True):
@@ -95,17 +96,11 @@ with ui.section("Selected images"):
                         f"</span> · {md(row['split'])} · true **{md(row['true'])}** → **{md(row['pred'])}** "
                         f"({float(row['confidence']):.2f}){flag}", unsafe_allow_html=True)
             found = maps.get(row["sha256"], {})
-            shown_maps = [("input", found.get("pred", found.get("true", {})).get("image") if found else None)]
-            if "pred" in found:
-                shown_maps.append((f"map for {md(row['pred'])}", found["pred"]["overlay"]))
-            if row["true"] != row["pred"] and "true" in found:
-                shown_maps.append((f"map for {md(row['true'])}", found["true"]["overlay"]))
-            cols = st.columns(len(shown_maps))
-            for col, (name, rel) in zip(cols, shown_maps, strict=False):
-                with col:
-                    if rel is None and row["sha256"] in pictures:
-                        st.image(pictures[row["sha256"]], caption="input (no map)", width="stretch")
-                    else:
-                        ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
+            if found:
+                ui.maps_row(run.path, found, row["true"], row["pred"], style)
+            elif row["sha256"] in pictures:
+                st.image(pictures[row["sha256"]], caption="input (no map)", width="stretch")
+            else:
+                ui.image(None, caption="no map for this image")
     if len(chosen) > limit:
         st.caption(f"Showing {limit} of {len(chosen)}: misclassified first, then the most confident.")

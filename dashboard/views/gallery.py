@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboard import figures, loaders, reviews, ui
 from dashboard.escape import md
-from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL
+from engine.runs import CAMS_STAGES, STAGE_MEAN_MAP, STAGE_PANEL, TARGETS
 
 st.title("Grad-CAM gallery")
 runs = [r for r in ui.found()["runs"] if r.explained]
@@ -56,6 +56,7 @@ if located is not None:
                  "(1 = no better than a uniform map). Pointing: the map's maximum falls on a leukocyte.")
 else:
     outline, order = False, "misclassified first"
+style = ui.overlay_controls("g_overlay")
 
 rows = index[(index["method"] == method) & (index["layer"] == layer) & (index["true"] == stage)]
 rows = rows[rows["confidence"].astype(float).between(*conf)]
@@ -90,20 +91,9 @@ with left:
             if located is not None and row.get("concentration") == row.get("concentration"):
                 hit = "✓ on a leukocyte" if row["pointing"] == 1 else "✗ off the leukocytes"
                 st.caption(f"concentration {row['concentration']:.2f} · map maximum {hit}")
-            shown = [("input", row["image"])]
-            if (row["sha256"], "pred") in by_target:
-                shown.append((f"map for predicted {md(row['pred'])}", by_target[(row["sha256"], "pred")]["overlay"]))
-            if wrong and (row["sha256"], "true") in by_target:
-                shown.append((f"map for true {md(row['true'])}", by_target[(row["sha256"], "true")]["overlay"]))
-            cols = st.columns(len(shown))
+            found = {t: by_target[(row["sha256"], t)] for t in TARGETS if (row["sha256"], t) in by_target}
             mask = row.get("mask") if outline and isinstance(row.get("mask"), str) else None
-            for col, (name, rel) in zip(cols, shown, strict=False):
-                with col:
-                    if mask and rel != row["image"]:
-                        ui.outlined_image(loaders.cam_path(root, run.path, rel), loaders.cam_path(root, run.path, mask),
-                                          caption=name)
-                    else:
-                        ui.image(loaders.cam_path(root, run.path, rel), caption=name)
+            ui.maps_row(run.path, found, row["true"], row["pred"], style, mask)
             ui.review_card(run.path, row["sha256"], row["path"], marks, key=f"rv_g_{row['sha256']}")
     if len(images) > limit:
         st.caption(f"Showing {int(limit)} of {len(images)}; {order}.")

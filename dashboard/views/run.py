@@ -115,6 +115,7 @@ if metrics is not None and split in metrics["splits"]:
                         st.caption(f"Grad-CAM maps exist for the {md(', '.join(sorted(index['split'].unique())))} "
                                    "split(s) only.")
                 marks = ui.review_marks(run)
+                style = ui.overlay_controls("cell_overlay") if maps else None
                 columns = st.columns(3)
                 for i, (_, row) in enumerate(cell.head(limit).iterrows()):
                     with columns[i % 3], st.container(border=True):
@@ -122,15 +123,10 @@ if metrics is not None and split in metrics["splits"]:
                         caption = f"{md(row['path'].rsplit('/', 1)[-1])} · conf {float(row['confidence']):.2f}"
                         st.markdown(f"<span class='cell-image' title='{html_text(row['path'])}'>{caption}</span>",
                                     unsafe_allow_html=True)
-                        shown = [("input", found.get("pred", found.get("true", {})).get("image") if found else None)]
-                        if "pred" in found:
-                            shown.append((f"map for {md(pred)}", found["pred"]["overlay"]))
-                        if true != pred and "true" in found:
-                            shown.append((f"map for {md(true)}", found["true"]["overlay"]))
-                        cols = st.columns(len(shown))
-                        for col, (name, rel) in zip(cols, shown, strict=False):
-                            with col:
-                                ui.image(loaders.cam_path(root, run.path, rel) if rel else None, caption=name)
+                        if found:
+                            ui.maps_row(run.path, found, true, pred, style)
+                        else:
+                            ui.image(None, caption="no map for this image")
                         # The position keeps keys unique where copies of one image (same sha256) share a cell.
                         ui.review_card(run.path, row["sha256"], row["path"], marks, key=f"rv_c_{i}_{row['sha256'][:8]}")
                 if len(cell) > limit:
