@@ -75,20 +75,67 @@ def section(name: str) -> Iterator[None]:
                    f"({type(exc).__name__}: {md(exc)})", icon=":material/warning:")
 
 
+def in_url(key: str, default: Any, options: Sequence[Any] | None = None,
+           bounds: tuple[float, float] | None = None) -> None:
+    """Keep widget ``key``'s value in the URL's ``?key=``, so that a copied link reopens this view.
+
+    Call it just before the widget, which must then take no default of its own: a session's first run
+    starts the widget from the URL (when its value is one of ``options`` and within ``bounds``) or else
+    from ``default``; every run writes the value the widget holds back into the URL. Streamlit drops
+    the query parameters when the user switches pages, so each page's URL names that page's state only.
+    """
+    if key not in st.session_state or not _valid(st.session_state[key], default, options, bounds):
+        found = _from_url(key, default)
+        st.session_state[key] = found if found is not None and _valid(found, default, options, bounds) else default
+    value = st.session_state[key]
+    text: str | list[str] = ([str(v) for v in value] if isinstance(value, list)
+                             else ",".join(map(str, value)) if isinstance(value, tuple)
+                             else str(int(value)) if isinstance(value, bool) else str(value))
+    if st.query_params.get_all(key) != (text if isinstance(text, list) else [text]):
+        st.query_params[key] = text
+
+
+def _from_url(key: str, default: Any) -> Any:
+    """``?key=`` decoded as the type of ``default``, or None when absent or not of that type."""
+    values = st.query_params.get_all(key)
+    if not values:
+        return None
+    if isinstance(default, list):
+        return values
+    raw = values[-1]
+    try:
+        if isinstance(default, bool):
+            return {"1": True, "0": False}.get(raw)
+        if isinstance(default, tuple):
+            kind = type(default[0])
+            parts = tuple(kind(x) for x in raw.split(","))
+            return parts if len(parts) == len(default) else None
+        return type(default)(raw) if isinstance(default, (int, float)) else raw
+    except ValueError:
+        return None
+
+
+def _valid(value: Any, default: Any, options: Sequence[Any] | None, bounds: tuple[float, float] | None) -> bool:
+    if isinstance(default, list):
+        return isinstance(value, list) and (options is None or all(v in options for v in value))
+    if options is not None and value not in options:
+        return False
+    if bounds is not None:
+        numbers = value if isinstance(value, tuple) else (value,)
+        return all(isinstance(v, (int, float)) and bounds[0] <= v <= bounds[1] for v in numbers)
+    return True
+
+
 def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int = 0,
              help: str | None = None) -> RunInfo | None:
     """A selectbox over discovered runs (no path typed by the browser ever reaches the disk).
 
-    ``?run=<label>`` in the URL preselects a run when it is one of ``runs``.
+    The run is kept in the URL (``?<key>=<label>``), and preselected from it when it is one of ``runs``.
     """
     if not runs:
         return None
     labels = [r.label for r in runs]
-    wanted = st.query_params.get(key)
-    if key not in st.session_state and wanted in labels:
-        st.session_state[key] = wanted
-    if st.session_state.get(key) not in labels:
-        st.session_state[key] = labels[min(index, len(labels) - 1)]
+    in_url(key, labels[min(index, len(labels) - 1)], labels)
     by_label = {r.label: r for r in runs}
     chosen = st.selectbox(label, labels, key=key, format_func=lambda x: by_label[x].display, help=help)
     return by_label[chosen]
@@ -150,11 +197,16 @@ def image(path: Path | str | None, caption: str | None = None, width: int | str 
 
 def overlay_controls(key: str) -> overlay.OverlayStyle:
     """The page's overlay style: whether maps are drawn, their opacity, colour map and threshold."""
+    default = overlay.OverlayStyle()
+    in_url(f"{key}_show", default.show)
+    in_url(f"{key}_opacity", default.opacity, bounds=(0.0, 1.0))
+    in_url(f"{key}_cmap", default.colormap, overlay.COLORMAPS)
+    in_url(f"{key}_threshold", default.threshold, bounds=(0.0, 0.95))
     cols = st.columns([1.2, 2, 1.6, 2])
-    show = cols[0].toggle("Overlay", value=True, key=f"{key}_show", help="Off: the input images alone.")
-    opacity = cols[1].slider("Opacity", 0.0, 1.0, 0.5, step=0.05, key=f"{key}_opacity", disabled=not show)
+    show = cols[0].toggle("Overlay", key=f"{key}_show", help="Off: the input images alone.")
+    opacity = cols[1].slider("Opacity", 0.0, 1.0, step=0.05, key=f"{key}_opacity", disabled=not show)
     colormap = cols[2].selectbox("Colour map", overlay.COLORMAPS, key=f"{key}_cmap", disabled=not show)
-    threshold = cols[3].slider("Threshold", 0.0, 0.95, 0.0, step=0.05, key=f"{key}_threshold", disabled=not show,
+    threshold = cols[3].slider("Threshold", 0.0, 0.95, step=0.05, key=f"{key}_threshold", disabled=not show,
                                help="Map values below it are not coloured: only what the map ranks highest shows.")
     return overlay.OverlayStyle(show=show, opacity=opacity, colormap=colormap, threshold=threshold)
 

@@ -29,6 +29,7 @@ with top[0]:
     a = ui.pick_run(runs, key="cmp_a", label="Run A", index=0)
 with top[1]:
     b = ui.pick_run(runs, key="cmp_b", label="Run B", index=1)
+ui.in_url("cmp_split", "test", ["test", "val"])
 split = top[2].radio("Split", ["test", "val"], key="cmp_split")
 if a.label == b.label:
     st.info("Pick two different runs.")
@@ -69,9 +70,12 @@ with ui.section("Metric deltas"):
     st.caption("Overlapping 95% intervals mean the difference may be chance; both runs are scored on the same "
                "images only when they share a prepared data set.")
 
-# A clicked cell, ("A" or "B", true, predicted), filters the maps below to that cell of that run.
-cell = st.session_state.get("cmp_cell")
+# A clicked cell, ("A" or "B", true, predicted), filters the maps below to that cell of that run; NO_CELL: none.
+NO_CELL = ("", "", "")
+ui.in_url("cmp_cell", NO_CELL, [NO_CELL, *((n, t, p) for n in "AB" for t in loaders.CLASSES for p in loaders.CLASSES)])
+cell = st.session_state["cmp_cell"] if st.session_state["cmp_cell"] != NO_CELL else None
 with ui.section("Confusion matrices"):
+    ui.in_url("cmp_mode", "counts", ["counts", "row-normalised"])
     mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cmp_mode")
     cols = st.columns(2)
     for col, run, m, name in ((cols[0], a, ma, "A"), (cols[1], b, mb, "B")):
@@ -103,19 +107,22 @@ with ui.section("Maps"):
             st.info("The two runs share no Grad-CAM method and layer.")
         else:
             f = st.columns([2, 2, 2, 2])
+            ui.in_url("cmp_method", methods[0], methods)
+            first = ui.first_explained(ia, "layer")
+            ui.in_url("cmp_layer", first if first in layers else layers[0], layers)
             method = f[0].selectbox("Method", methods, key="cmp_method")
-            layer = f[1].selectbox("Layer", layers, key="cmp_layer",
-                                   index=layers.index(ui.first_explained(ia, "layer"))
-                                   if ui.first_explained(ia, "layer") in layers else 0)
+            layer = f[1].selectbox("Layer", layers, key="cmp_layer")
             if cell:
                 f[2].markdown(f"**Cell of run {cell[0]}**  \ntrue {cell[1]} → predicted {cell[2]}")
                 if f[2].button("Show all cells", key="cmp_clear_cell"):
-                    st.session_state.pop("cmp_cell", None)
+                    st.session_state["cmp_cell"] = NO_CELL
                     st.rerun()
                 stage, only = cell[1], False
             else:
+                ui.in_url("cmp_stage", "all", ["all", *loaders.CLASSES])
+                ui.in_url("cmp_disagree", True)
                 stage = f[2].selectbox("Stage", ["all", *loaders.CLASSES], key="cmp_stage")
-                only = f[3].checkbox("Only where the runs disagree", value=True, key="cmp_disagree")
+                only = f[3].checkbox("Only where the runs disagree", key="cmp_disagree")
 
             def pick(index: pd.DataFrame) -> pd.DataFrame:
                 return index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]

@@ -15,6 +15,7 @@ if not prepared:
     st.stop()
 
 labels = [p["label"] for p in prepared]
+ui.in_url("prepared", labels[0], labels)
 chosen = st.selectbox("Prepared data folder", labels, key="prepared") if len(labels) > 1 else labels[0]
 folder = next(p["path"] for p in prepared if p["label"] == chosen)
 root = ui.root()

@@ -33,12 +33,22 @@ if isinstance(meta, dict) and meta:
 
 methods = sorted(index["method"].unique())
 layers = sorted(index["layer"].unique())
+WHICH = ["all", "correct", "misclassified"]
+ORDERS = ["misclassified first", "concentration: lowest first", "concentration: highest first",
+          "missed the cells first"]
+ui.in_url("g_method", ui.first_explained(index, "method"), methods)
+ui.in_url("g_layer", ui.first_explained(index, "layer"), layers)
+ui.in_url("g_which", "all", WHICH)
+ui.in_url("g_conf", (0.0, 1.0), bounds=(0.0, 1.0))
+ui.in_url("g_limit", 12, bounds=(6, 60))
+ui.in_url("g_stage", loaders.CLASSES[0], loaders.CLASSES)
+ui.in_url("g_marked", "all", list(ui.REVIEW_FILTERS))
 f = st.columns([2, 2, 2, 3, 2])
-method = f[0].selectbox("Method", methods, index=methods.index(ui.first_explained(index, "method")), key="g_method")
-layer = f[1].selectbox("Layer", layers, index=layers.index(ui.first_explained(index, "layer")), key="g_layer")
-which = f[2].radio("Images", ["all", "correct", "misclassified"], key="g_which")
-conf = f[3].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.05, key="g_conf")
-limit = f[4].number_input("Per page", 6, 60, 12, step=6, key="g_limit")
+method = f[0].selectbox("Method", methods, key="g_method")
+layer = f[1].selectbox("Layer", layers, key="g_layer")
+which = f[2].radio("Images", WHICH, key="g_which")
+conf = f[3].slider("Confidence", 0.0, 1.0, step=0.05, key="g_conf")
+limit = f[4].number_input("Per page", 6, 60, step=6, key="g_limit")
 s = st.columns([4, 1])
 stage = s[0].radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
 marked = s[1].selectbox("Marked", list(ui.REVIEW_FILTERS), format_func=ui.REVIEW_FILTERS.get, key="g_marked",
@@ -47,15 +57,16 @@ marks = ui.review_marks(run)
 located = loaders.localisation_table(root, run.path)
 if located is not None:
     located = located[(located["method"] == method) & (located["layer"] == layer)].set_index("sha256")
+    ui.in_url("g_outline", True)
+    ui.in_url("g_order", ORDERS[0], ORDERS)
     o = st.columns([2, 3, 5])
-    outline = o[0].toggle("Leukocyte outline", value=True, key="g_outline",
+    outline = o[0].toggle("Leukocyte outline", key="g_outline",
                           help="The leukocyte mask's outline (from the data set's segmented copy) on each map.")
-    order = o[1].selectbox("Order", ["misclassified first", "concentration: lowest first",
-                                     "concentration: highest first", "missed the cells first"], key="g_order")
+    order = o[1].selectbox("Order", ORDERS, key="g_order")
     o[2].caption("Concentration: share of the map's mass on the leukocytes over their share of the image "
                  "(1 = no better than a uniform map). Pointing: the map's maximum falls on a leukocyte.")
 else:
-    outline, order = False, "misclassified first"
+    outline, order = False, ORDERS[0]
 style = ui.overlay_controls("g_overlay")
 
 rows = index[(index["method"] == method) & (index["layer"] == layer) & (index["true"] == stage)]

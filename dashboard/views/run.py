@@ -23,11 +23,13 @@ with top[0]:
 data = loaders.load_run(root, run.path)
 metrics = data["metrics"]
 splits = list(metrics["splits"]) if metrics else []
+MODES = ["counts", "row-normalised"]
 with top[1]:
-    split = st.radio("Split", splits or ["test"], index=splits.index("test") if "test" in splits else 0,
-                     horizontal=True, key="run_split", disabled=not splits, format_func=md)
+    ui.in_url("run_split", "test" if "test" in splits or not splits else splits[0], splits or ["test"])
+    split = st.radio("Split", splits or ["test"], horizontal=True, key="run_split", disabled=not splits, format_func=md)
 with top[2]:
-    mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cm_mode")
+    ui.in_url("cm_mode", MODES[0], MODES)
+    mode = st.radio("Matrix", MODES, horizontal=True, key="cm_mode")
 
 ui.run_problems(run)
 cfg = data["config"] or {}
@@ -44,12 +46,12 @@ for problem in data["problems"]:
 if metrics is not None and split in metrics["splits"]:
     m = metrics["splits"][split]
     classes = [str(c) for c in metrics.get("classes") or loaders.CLASSES]
-    if st.session_state.get("cell_true") not in classes or st.session_state.get("cell_pred") not in classes:
-        # Start on the largest error cell (the most interesting one), else the largest cell.
-        cm = m["confusion_matrix"]
-        cells = [(cm[i][j], i != j, i, j) for i in range(len(classes)) for j in range(len(classes))]
-        _, _, i, j = max(cells, key=lambda c: (c[1] and c[0] > 0, c[0]))
-        st.session_state["cell_true"], st.session_state["cell_pred"] = classes[i], classes[j]
+    # Start on the largest error cell (the most interesting one), else the largest cell.
+    cm = m["confusion_matrix"]
+    cells = [(cm[i][j], i != j, i, j) for i in range(len(classes)) for j in range(len(classes))]
+    _, _, i, j = max(cells, key=lambda c: (c[1] and c[0] > 0, c[0]))
+    ui.in_url("cell_true", classes[i], classes)
+    ui.in_url("cell_pred", classes[j], classes)
     with ui.section("Metrics"):
         ui.metric_cards(m)
         ood = metrics.get("ood") or {}
@@ -89,10 +91,10 @@ if metrics is not None and split in metrics["splits"]:
         index = ui.cams_index(run)
         methods = sorted(index["method"].unique()) if index is not None else []
         layers = sorted(index["layer"].unique()) if index is not None else []
-        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method",
-                                   index=methods.index(ui.first_explained(index, "method")) if methods else 0)
-        layer = pick[3].selectbox("Layer", layers or ["(none)"], key="cell_layer",
-                                  index=layers.index(ui.first_explained(index, "layer")) if layers else 0)
+        ui.in_url("cell_method", ui.first_explained(index, "method") if methods else "(none)", methods or ["(none)"])
+        ui.in_url("cell_layer", ui.first_explained(index, "layer") if layers else "(none)", layers or ["(none)"])
+        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
+        layer = pick[3].selectbox("Layer", layers or ["(none)"], key="cell_layer")
         pred_rows = data["predictions"]
         if pred_rows is None:
             st.warning("predictions.csv is missing: cannot list the cell's images.", icon=":material/warning:")

@@ -51,6 +51,7 @@ def shown_status(info: dict, recorded: str) -> str:
     return liveness.shown_status(info) if info else recorded
 
 
+ui.in_url("sweep", next(iter(by_label)), list(by_label))
 label = st.selectbox("Sweep", list(by_label), key="sweep",
                      format_func=lambda x: f"{by_label[x].name} · "
                                            f"{shown_status(read_info(by_label[x].path), by_label[x].status)} ({x})")
@@ -96,6 +97,8 @@ def what_mattered(shown: pd.DataFrame, filtered: bool, params: list[str], best_i
         st.caption("No searched parameter with a metric to relate it to yet.")
         return
     left, right = st.columns([1, 1])
+    ui.in_url(f"imp_metric_{label}", metrics[0], metrics)
+    ui.in_url(f"imp_eval_{label}", next(iter(importance.EVALUATORS)), list(importance.EVALUATORS))
     metric = left.selectbox("Metric", metrics, format_func=IMPORTANCE_METRICS.get, key=f"imp_metric_{label}")
     evaluator = right.radio("Importance by", list(importance.EVALUATORS), format_func=EVALUATOR_NAMES.get,
                             horizontal=True, key=f"imp_eval_{label}")
@@ -140,6 +143,8 @@ def curves_across(current: pd.DataFrame) -> None:
     picked, total = importance.curve_trials(frames, MAX_CURVES)
     names = sorted({c.removeprefix(layout.PARAM_PREFIX) for f in frames.values() for c in loaders.param_columns(f)})
     left, right = st.columns([1, 1])
+    ui.in_url(f"across_metric_{label}", CURVE_METRICS[0], CURVE_METRICS)
+    ui.in_url(f"across_colour_{label}", None, [None, *names])
     metric = left.selectbox("Metric", CURVE_METRICS, key=f"across_metric_{label}")
     colour_by = right.selectbox("Group and colour by", [None, *names], key=f"across_colour_{label}",
                                 format_func=lambda x: "each setting" if x is None else x)

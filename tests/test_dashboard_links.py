@@ -1,0 +1,115 @@
+"""Links that reopen a view (issue 14, item 6): each page keeps its run, split, selected cell, stage, method,
+layer, filters and overlay style in the URL's query parameters, and a new session opened on those
+parameters shows the same view. Values that name nothing on the page are ignored, never an error.
+
+On a fabricated outputs folder (tests/support/synthetic.py); the real-browser check of a copied link is
+in tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import synthetic
+from tests.test_dashboard import APP, no_exception
+
+RUN = "runs/baseline"
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return synthetic.make_outputs(tmp_path_factory.mktemp("link-pages"), n_trials=3)
+
+
+def open_page(root: Path, monkeypatch: pytest.MonkeyPatch, page: str, params: dict | None = None):
+    """A new session on ``page`` (as a pasted link opens it), with ``params`` as the URL's query."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("ALL_OUTPUTS", str(root))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.switch_page(f"views/{page}.py")
+    at.query_params = dict(params or {})
+    at.run()
+    no_exception(at)
+    return at
+
+
+def widget_values(at, keys: list[str]) -> dict:
+    found = {}
+    for kind in ("selectbox", "radio", "slider", "number_input", "toggle", "checkbox", "multiselect"):
+        for w in getattr(at, kind):
+            if w.key in keys:
+                found[w.key] = w.value
+    return found
+
+
+GALLERY = {"g_method": None, "g_layer": None, "g_which": "misclassified", "g_conf": (0.2, 0.9), "g_limit": 18,
+           "g_stage": "pre", "g_overlay_cmap": "magma", "g_overlay_opacity": 0.7, "g_overlay_show": True}
+
+
+def test_a_gallery_link_reopens_the_same_view(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(made["root"], monkeypatch, "gallery")
+    at.selectbox(key="gallery_run").set_value(RUN).run()
+    methods, layers = at.selectbox(key="g_method").options, at.selectbox(key="g_layer").options
+    assert len(methods) > 1  # the synthetic runs have one layer: the method shows a non-default choice
+    wanted = {**GALLERY, "g_method": methods[-1], "g_layer": layers[-1]}
+    for key, value in wanted.items():
+        widget = next(w for kind in ("selectbox", "radio", "slider", "number_input", "toggle")
+                      for w in getattr(at, kind) if w.key == key)
+        widget.set_value(value)
+    at.run()
+    no_exception(at)
+    assert widget_values(at, list(wanted)) == wanted
+    link = dict(at.query_params)
+    assert link["gallery_run"] == RUN and link["g_stage"] == "pre" and link["g_conf"] == "0.2,0.9"
+
+    again = open_page(made["root"], monkeypatch, "gallery", link)
+    assert widget_values(again, list(wanted)) == wanted
+    assert again.selectbox(key="gallery_run").value == RUN
+    assert [s.value for s in again.subheader if s.value.startswith("pre:")], "the stage chosen in the link"
+
+
+def test_a_run_link_reopens_the_selected_cell(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(made["root"], monkeypatch, "run")
+    at.selectbox(key="run").set_value(RUN).run()
+    at.selectbox(key="cell_true").set_value("early")
+    at.selectbox(key="cell_pred").set_value("pro")
+    at.radio(key="cm_mode").set_value("row-normalised")
+    at.selectbox(key="cell_overlay_cmap").set_value("turbo").run()
+    no_exception(at)
+    link = dict(at.query_params)
+    assert (link["run"], link["cell_true"], link["cell_pred"]) == (RUN, "early", "pro")
+
+    again = open_page(made["root"], monkeypatch, "run", link)
+    keys = ["run", "run_split", "cm_mode", "cell_true", "cell_pred", "cell_method", "cell_layer", "cell_overlay_cmap"]
+    assert widget_values(again, keys) == widget_values(at, keys)
+    assert any("true **early** → predicted **pro**" in m.value for m in again.markdown)
+
+
+def test_a_compare_link_keeps_the_clicked_cell(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    at = open_page(made["root"], monkeypatch, "compare", {"cmp_cell": "B,pre,early"})
+    assert at.session_state["cmp_cell"] == ("B", "pre", "early")
+    assert any("Cell of run B" in m.value for m in at.markdown)
+    assert at.query_params["cmp_cell"] == "B,pre,early"
+    at.button(key="cmp_clear_cell").click().run()
+    no_exception(at)
+    assert at.query_params["cmp_cell"] == ",," and not any("Cell of run B" in m.value for m in at.markdown)
+
+
+@pytest.mark.parametrize("page, params", [
+    ("gallery", {"gallery_run": "../../etc", "g_stage": "<script>", "g_conf": "5,9", "g_limit": "many",
+                 "g_overlay_opacity": "-1", "g_overlay_cmap": "rainbow", "g_overlay_show": "maybe"}),
+    ("run", {"run": "runs/none", "cell_true": "pro", "cell_pred": "nothing", "run_split": "train"}),
+    ("compare", {"cmp_cell": "C,pre,pro", "cmp_split": "x"}),
+    ("features", {"fm_splits": ["test", "secret"], "fm_colour": "x"}),
+])
+def test_links_naming_nothing_fall_back_to_the_defaults(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                        page: str, params: dict) -> None:
+    at = open_page(made["root"], monkeypatch, page, params)
+    plain = open_page(made["root"], monkeypatch, page)
+    keys = [k for k in params if k != "cell_true"]
+    assert widget_values(at, keys) == widget_values(plain, keys)
+    for key in keys:
+        assert at.query_params.get(key) != params[key] or key not in plain.query_params, key
