@@ -10,6 +10,7 @@ tuning.layout for sweep folders, engine.data for prepared data), which need neit
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -417,6 +418,38 @@ def cams_index(root: Path | str, run: Path | str, problems: list[str] | None = N
     frame = usable_rows(frame, relative(root, path), text=text, numbers={"confidence": (0.0, 1.0)},
                         allowed={"target": runs.TARGETS, "correct": ("0", "1")}, problems=problems)
     return frame.assign(correct=frame["correct"].astype(int))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _manifest_digests(root: str, path: str, version: tuple[int, int]) -> tuple[str, str]:
+    data = paths.read_bytes(root, path, MAX_CSV_BYTES)
+    return hashlib.sha256(data).hexdigest(), runs.split_digest(data)
+
+
+def split_problem(root: Path | str, run: Path | str) -> str | None:
+    """Why a run's prepared data no longer holds the split it was trained on (engine.runs' sentence), or None
+    when it still does or this cannot be told: a run from before the record, or prepared data outside the
+    outputs folder (which the dashboard does not read)."""
+    try:
+        config = read_json(root, Path(run) / runs.CONFIG)
+        recorded, prepared = config[runs.MANIFEST_SHA256], Path(str(config["data_dir"]))
+    except (LoadError, KeyError, TypeError):
+        return None
+    manifest, shown = prepared / MANIFEST, relative(root, run)
+    if not prepared.is_absolute():
+        return None  # relative to wherever training ran: not a folder this check can find
+    try:
+        full, key = _existing(root, manifest, MAX_CSV_BYTES)
+        whole, split = _read(root, full, _manifest_digests, key)
+    except MissingFile:
+        return runs.split_unreadable(shown, relative(root, manifest))
+    except RefusedFile:
+        return None
+    except (LoadError, ValueError):
+        return runs.split_unreadable(shown, relative(root, manifest))
+    if whole == recorded or split == config.get(runs.SPLIT_SHA256):
+        return None
+    return runs.split_changed(shown, relative(root, manifest))
 
 
 def faithfulness(root: Path | str, run: Path | str) -> dict[str, Any]:

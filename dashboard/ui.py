@@ -142,6 +142,9 @@ def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int =
 
 
 def run_problems(run: RunInfo) -> None:
+    split = loaders.split_problem(root(), run.path)
+    if split:
+        st.warning(f"{md(split)}.", icon=":material/call_split:")
     if run.status == loaders.RUN_CORRUPT:
         st.warning(f"{code(run.label)} is corrupt: {md(run.problem)}", icon=":material/block:")
     elif run.status == loaders.RUN_INTERRUPTED:

@@ -348,10 +348,27 @@ def _digests(manifest: Path, *, split: bool) -> tuple[str, str | None]:
     else:
         data = None
     if split and cached[1] is None:
-        text = (data if data is not None else manifest.read_bytes()).decode("utf-8")
-        rows = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in csv.DictReader(io.StringIO(text)))
-        cached[1] = hashlib.sha256("\n".join(rows).encode()).hexdigest()
+        cached[1] = split_digest(data if data is not None else manifest.read_bytes())
     return cached[0], cached[1]
+
+
+def split_digest(manifest: bytes) -> str:
+    """SPLIT_SHA256 of a manifest's bytes: the sha256 of its sorted ``sha256, class, split`` rows."""
+    rows = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in csv.DictReader(io.StringIO(manifest.decode())))
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def split_changed(run_dir: Path | str, manifest: Path | str) -> str:
+    """The sentence for a run whose prepared ``manifest`` no longer holds the split it was trained on."""
+    return (f"{run_dir} was trained on another split: {manifest} has changed since (prepared again with "
+            "another seed or other images), so its validation and test images may include images it was "
+            "trained on. Prepare the data again as it was (same images, same --seed) to use this run, or "
+            "train a new run on the new split")
+
+
+def split_unreadable(run_dir: Path | str, manifest: Path | str) -> str:
+    return (f"{run_dir} was trained on {manifest}, which is no longer there or no longer readable: "
+            "its split cannot be checked")
 
 
 def manifest_record(prepared: Path) -> dict[str, str]:
@@ -373,14 +390,10 @@ def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
             return True, None
         _, split = _digests(manifest, split=True)
     except (OSError, ValueError, KeyError):
-        return False, (f"{run_dir} was trained on {manifest}, which is no longer there or no longer readable: "
-                       "its split cannot be checked")
+        return False, split_unreadable(run_dir, manifest)
     if split is not None and split == config.get(SPLIT_SHA256):
         return True, None
-    return False, (f"{run_dir} was trained on another split: {manifest} has changed since (prepared again with "
-                   "another seed or other images), so its validation and test images may include images it was "
-                   "trained on. Prepare the data again as it was (same images, same --seed) to use this run, or "
-                   "train a new run on the new split")
+    return False, split_changed(run_dir, manifest)
 
 
 def manifest_matches(run_dir: Path) -> bool | None:

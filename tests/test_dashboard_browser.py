@@ -298,3 +298,47 @@ def test_gallery_order_by_concentration_lists_the_lowest_first(server, browser) 
     values = [v for pair in itertools.zip_longest(*columns) for v in pair if v is not None]
     assert len(values) >= 2 and values == sorted(values), values
     page.close()
+
+
+def cell_map_png(page) -> bytes:
+    """The bytes of the first map in the Run page's cell view, fetched as the browser fetched them."""
+    img = page.locator(".st-key-cell_gallery [data-testid='stImage'] img").nth(1)
+    src = img.get_attribute("src")
+    return page.request.get(src if src.startswith("http") else f"{page.url.split('/run')[0]}{src}").body()
+
+
+def test_a_copied_link_reopens_the_same_view(server, browser) -> None:
+    """Pick a cell and an overlay style on the Run page, take the address bar's URL, open it in a new browser
+    context (no shared session): the same cell, the same choices, the same map pixels."""
+    best = server["best"].relative_to(server["root"]).as_posix()
+    pred = pd.read_csv(server["best"] / "predictions.csv")
+    test = pred[pred["split"] == "test"]
+    stage = test[test["true"] == test["pred"]]["true"].value_counts().index[0]  # a cell with images
+    page = browser.new_page(viewport={"width": 1600, "height": 1100})
+    page.goto(f"{server['url']}/run?run={best}")
+    settle(page)
+    for key, value in (("cell_true", stage), ("cell_pred", stage), ("cell_overlay_cmap", "magma")):
+        choose(page, key, value)
+    page.locator(".st-key-cell_overlay_show label").click()  # off, then on again: the URL keeps it on
+    settle(page)
+    page.locator(".st-key-cell_overlay_show label").click()
+    settle(page)
+    assert_no_exception(page, "run with a chosen view")
+    link = page.url
+    assert f"cell_true={stage}" in link and f"cell_pred={stage}" in link and "cell_overlay_cmap=magma" in link
+    heading = page.locator(".st-key-cell_gallery h4").first.inner_text()
+    assert f"true {stage} → predicted {stage}" in heading
+    drawn = cell_map_png(page)
+
+    context = browser.new_context(viewport={"width": 1600, "height": 1100})
+    other = context.new_page()
+    other.goto(link)
+    settle(other)
+    assert_no_exception(other, "run reopened from a link")
+    assert other.locator(".st-key-cell_gallery h4").first.inner_text() == heading
+    for key, value in (("run", None), ("cell_true", stage), ("cell_pred", stage), ("cell_overlay_cmap", "magma")):
+        shown = other.locator(f".st-key-{key} [role='combobox']").input_value()
+        assert shown == (value or page.locator(f".st-key-{key} [role='combobox']").input_value()), key
+    assert cell_map_png(other) == drawn  # drawn in magma from the stored map, as in the first session
+    context.close()
+    page.close()

@@ -8,6 +8,7 @@ in tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,51 @@ def test_links_naming_nothing_fall_back_to_the_defaults(made: dict[str, Path], m
     assert widget_values(at, keys) == widget_values(plain, keys)
     for key in keys:
         assert at.query_params.get(key) != params[key] or key not in plain.query_params, key
+
+
+# ----------------------------------------------------------------------------- a run tied to its split
+
+
+def test_run_page_warns_when_the_prepared_split_changed(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """The engine refuses to evaluate or explain such a run; the dashboard, which shows old results, says why
+    they are no longer held out (issue 12, item 9)."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from dashboard import loaders
+    from engine import runs
+
+    root, run = made["root"], made["root"] / RUN
+    prepared = root / "prepared-split"
+    shutil.copytree(made["prepared"], prepared)
+    config_path = run / runs.CONFIG
+    saved = config_path.read_text()
+    config = json.loads(saved)
+    try:
+        record = runs.manifest_record(prepared)  # what the run trained on
+        config_path.write_text(json.dumps({**config, "data_dir": str(prepared), **record}))
+        assert loaders.split_problem(root, run) is None
+        at = open_page(root, monkeypatch, "run", {"run": RUN})
+        assert not [w for w in at.warning if "another split" in w.value]
+
+        manifest = pd.read_csv(prepared / "manifest.csv")
+        moved = manifest.index[manifest["split"] == "test"][0]
+        manifest.loc[moved, "split"] = "train"  # prepared again: a test image is now a training image
+        manifest.to_csv(prepared / "manifest.csv", index=False)
+        for page, key in (("run", "run"), ("gallery", "gallery_run")):
+            at = open_page(root, monkeypatch, page, {key: RUN})
+            shown = [re.sub(r"\\(.)", r"\1", w.value) for w in at.warning if "another split" in w.value]
+            assert shown and "prepared-split/manifest.csv has changed" in shown[0], [w.value for w in at.warning]
+
+        # Prepared data outside the outputs folder is not read: nothing can be said, and nothing is claimed.
+        outside = tmp_path / "prepared"
+        shutil.copytree(prepared, outside)
+        config_path.write_text(json.dumps({**config, "data_dir": str(outside), **record}))
+        assert runs.manifest_problem(run) is not None  # the engine, which may read it, sees the change
+        assert loaders.split_problem(root, run) is None
+    finally:
+        config_path.write_text(saved)
+        shutil.rmtree(prepared, ignore_errors=True)
