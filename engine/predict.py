@@ -32,8 +32,9 @@ class Predictor:
         self.run_dir = Path(run_dir)
         path = self.run_dir / ood.FILE
         self.ood = ood.OODDetector.load(path) if path.is_file() else None
-        # Maps attach hooks to the one shared model: callers on several threads (dashboard sessions) take turns.
-        self._map_lock = threading.Lock()
+        # Maps attach hooks to the one shared model, and a forward pass run meanwhile (another session's
+        # scores) would feed those hooks its activations: every use of the model takes turns.
+        self._lock = threading.Lock()
         if self.ood is None:
             log.warning("%s has no %s: no out-of-distribution check (run `python -m engine evaluate %s`)",
                         self.run_dir, ood.FILE, self.run_dir)
@@ -46,7 +47,7 @@ class Predictor:
         from .explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
 
         x = to_input(torch.from_numpy(np.array(image[None])), self.device, channels_last=False)
-        with self._map_lock:
+        with self._lock:
             return compute_maps(self.model, x, method or DEFAULT_METHODS[0], layer or DEFAULT_LAYERS[0], [target])[0]
 
     def preprocess(self, source: Path | bytes) -> np.ndarray:
@@ -57,11 +58,17 @@ class Predictor:
         return self.scores(images)[0]
 
     @torch.no_grad()
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        """The pooled DenseNet features of uint8 NHWC images (the classifier's input), as ``evaluate`` computes them."""
+        x = to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
+        with self._lock:
+            self.model.eval()
+            return self.model.embed(x)
+
+    @torch.no_grad()
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and (when the run has ``ood.npz``) out-of-distribution distances."""
-        self.model.eval()
-        x = to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
-        features = self.model.embed(x)
+        features = self.embed(images)
         proba = torch.softmax(self.model.classifier(features).double(), 1).cpu().numpy()
         distance = None if self.ood is None else self.ood.score(features.double().cpu().numpy())
         return proba, distance

@@ -101,14 +101,7 @@ def stored_vector(run_dir: Path, sha256: str) -> np.ndarray | None:
 
 def image_vector(predictor: Predictor, image: np.ndarray) -> np.ndarray:
     """The pooled feature vector (float32) of one uint8 HWC image, as ``evaluate`` computes it."""
-    import torch
-
-    from .inference import to_input
-
-    predictor.model.eval()
-    with torch.no_grad():
-        x = to_input(torch.from_numpy(np.array(image[None])), predictor.device, channels_last=False)
-        return predictor.model.embed(x)[0].float().cpu().numpy()
+    return predictor.embed(image[None])[0].float().cpu().numpy()
 
 
 def cached_images(prepared: Path, size: int, sha256s: list[str]) -> dict[str, np.ndarray]:
