@@ -37,12 +37,15 @@ def predict(predictor: Predictor, image: np.ndarray, target: int | None = None) 
     proba, distance = predictor.scores(image[None])
     proba = proba[0]
     k = int(proba.argmax()) if target is None else int(target)
-    heat = predictor.explain(image, k)
+    from engine.explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
+
+    method, layer = DEFAULT_METHODS[0], DEFAULT_LAYERS[0]
+    heat = predictor.explain(image, k, method, layer)
     overlay = draw_overlay(image, heat)
     detector = predictor.ood
     return {"probabilities": {c: float(p) for c, p in zip(CLASSES, proba, strict=False)},
             "pred": CLASSES[int(proba.argmax())],
-            "target": CLASSES[k], "map": heat, "overlay": overlay,
+            "target": CLASSES[k], "method": method, "layer": layer, "map": heat, "overlay": overlay,
             "ood_distance": None if distance is None else float(distance[0]),
             "ood_threshold": None if detector is None else detector.threshold,
             "ood_quantile": None if detector is None else detector.quantile}

@@ -1,18 +1,20 @@
 """A bounded load run: several real browser sessions click through every page and predict, at once,
 against one dashboard server on 127.0.0.1.
 
-    python -m dashboard.load --outputs outputs --image smear.jpg --sessions 4 --seconds 120
+    python -m dashboard.load --outputs outputs --image a.jpg --image b.jpg --sessions 4 --seconds 120
 
-Each session opens every page in turn, uploads the image on Predict and reads the answer. The run
-reports page views, predictions, errors (an exception on a page, an answer that differs from the one
-a single session got alone) and the server's resident memory over time, and writes them as JSON.
-Needs Chromium and the ``playwright`` package (``make setup`` installs the package).
+Each session opens every page in turn, uploads its image on Predict (with several ``--image``, the
+sessions take them in turn) and reads the answer: the predicted stage and a digest of the map's
+pixels. The run reports page views, predictions, errors (an exception on a page, an answer that
+differs from the one a single session got alone for that image) and the server's resident memory
+over time, and writes them as JSON. Needs Chromium and the ``playwright`` package (``make setup`` installs the package).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -95,20 +97,24 @@ def page_problem(page: Any) -> str | None:
 
 
 def predict(page: Any, url: str, image: Path, timeout_ms: int = 180_000) -> str:
-    """Open Predict, upload ``image`` and return the answer line ("Predicted stage: ...")."""
+    """Open Predict, upload ``image`` and return the answer: the line "Predicted stage: ..." and a digest of
+    the Grad-CAM map's pixels as served (a map mixed with another session's would differ)."""
     page.goto(f"{url}/predict")
     settle(page)
     page.locator("input[type='file']").first.set_input_files(str(image))
     answer = page.get_by_text("Predicted stage:").first
     answer.wait_for(timeout=timeout_ms)
     settle(page)
-    return answer.inner_text().strip()
+    src = page.locator("[data-testid='stImage'] img").nth(1).get_attribute("src") or ""
+    served = page.request.get(src if src.startswith("http") else f"{url}{src}").body()
+    return f"{answer.inner_text().strip()} · map {hashlib.sha256(served).hexdigest()[:12]}"
 
 
 class Session(threading.Thread):
     """One browser (its own Playwright instance: its API is not shared between threads)."""
 
     def __init__(self, number: int, url: str, chromium: str, image: Path, until: float, expected: str) -> None:
+        # Sessions predict different images where several are given: mixed-up answers then show.
         super().__init__(name=f"session-{number}", daemon=True)
         self.url, self.chromium, self.image, self.until, self.expected = url, chromium, image, until, expected
         self.views = self.predictions = self.cycles = 0
@@ -146,18 +152,22 @@ class Session(threading.Thread):
             self.errors.append(f"{type(exc).__name__}: {exc}")
 
 
-def run_load(url: str, pid: int, chromium: str, image: Path, sessions: int, seconds: float) -> dict[str, Any]:
-    """Drive ``sessions`` browsers for ``seconds`` against the server at ``url`` (process ``pid``)."""
+def run_load(url: str, pid: int, chromium: str, images: Path | list[Path], sessions: int,
+             seconds: float) -> dict[str, Any]:
+    """Drive ``sessions`` browsers for ``seconds`` against the server at ``url`` (process ``pid``); session i
+    predicts ``images[i % len(images)]``."""
     from playwright.sync_api import sync_playwright
 
+    images = [images] if isinstance(images, Path) else list(images)
     with sync_playwright() as p:  # the answer one session gets alone, which every session must get too
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        alone = predict(browser.new_page(), url, image)
+        alone = [predict(browser.new_page(), url, image) for image in images]
         browser.close()
     log.info("alone: %s", alone)
     samples: list[tuple[float, float]] = []
     start = time.time()
-    workers = [Session(i, url, chromium, image, start + seconds, alone) for i in range(sessions)]
+    workers = [Session(i, url, chromium, images[i % len(images)], start + seconds, alone[i % len(images)])
+               for i in range(sessions)]
     for worker in workers:
         worker.start()
     while any(w.is_alive() for w in workers):
@@ -186,7 +196,8 @@ def memory_growth(samples: list[tuple[float, float]]) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dashboard.load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
-    parser.add_argument("--image", type=Path, required=True, help="the image every session predicts")
+    parser.add_argument("--image", type=Path, required=True, action="append",
+                        help="an image to predict; give several and the sessions take them in turn")
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--chromium", default=os.environ.get("CHROMIUM", "/usr/bin/chromium"))

@@ -27,12 +27,14 @@ def test_concurrent_sessions_get_the_same_answers_without_errors(dashboard_outpu
                                                                  tmp_path: Path) -> None:
     executable = chromium.require_chromium()
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (make setup)")
-    image = tmp_path / "smear.png"
-    Image.fromarray(synthetic.cell_image("pre", np.random.default_rng(3), 128)).save(image)
+    images = [tmp_path / f"{stage}.png" for stage in ("pre", "benign")]  # sessions on different images
+    for k, image in enumerate(images):
+        Image.fromarray(synthetic.cell_image(image.stem, np.random.default_rng(3 + k), 128)).save(image)
     with load.serve(dashboard_outputs["root"], tmp_path / "server.log") as (url, pid):
-        result = load.run_load(url, pid, str(executable), image, sessions=3, seconds=60)
+        result = load.run_load(url, pid, str(executable), images, sessions=3, seconds=60)
     assert result["errors"] == []
     assert result["predictions"] >= 3  # every session predicted at least once, all alike
     assert result["page_views"] >= 3 * len(load.PAGES)  # every session went through every page
-    assert result["answer_alone"].startswith("Predicted stage:")
+    assert all(a.startswith("Predicted stage:") and " · map " in a for a in result["answer_alone"])
+    assert len(set(result["answer_alone"])) == 2  # two images, two maps: a mix-up would show
     assert load.memory_growth(result["rss_mb"]) < 150, result["rss_mb"]

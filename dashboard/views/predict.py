@@ -78,7 +78,8 @@ left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")
 with mid:
-    st.image(result["overlay"], caption=f"Grad-CAM (norm5) for {md(result['target'])}", width="stretch")
+    st.image(result["overlay"], caption=f"{md(result['method'])} at {md(result['layer'])} for {md(result['target'])}",
+             width="stretch")
 with right:
     st.plotly_chart(figures.probabilities_bar(result["probabilities"]), key="proba")
 
