@@ -99,6 +99,13 @@ def test_liveness_rule() -> None:
     legacy = {"status": layout.SWEEP_RUNNING, "started_at": "2026-01-01T00:00:00"}
     assert not liveness.is_running(legacy, now=now)
     assert not liveness.is_running({**alive, "heartbeat_at": "yesterday"}, now=now)
+    # A damaged sweep.json cannot keep a dead sweep running: a heartbeat from the future (beyond clock skew)
+    # or a period of days count for nothing more than the readers' cap.
+    assert liveness.is_running({**elsewhere, "heartbeat_at": iso(-30)}, now=now)  # clocks seconds apart
+    assert not liveness.is_running({**elsewhere, "heartbeat_at": iso(-86400)}, now=now)
+    lazy = {**elsewhere, "heartbeat_every_s": 86400}
+    assert liveness.is_running({**lazy, "heartbeat_at": iso(300)}, now=now)  # within six capped periods
+    assert not liveness.is_running({**lazy, "heartbeat_at": iso(3600)}, now=now)
 
 
 def test_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
@@ -289,4 +296,4 @@ def test_sweeps_page_tells_a_dead_driver_from_a_live_one(tmp_path: Path, monkeyp
                                                         "pid_started": locks.process_start_time(os.getpid())}))
     at = sweeps_page(tmp_path, monkeypatch)
     shown = " ".join(str(m.value) for m in at.metric) + " ".join(c.value for c in at.caption)
-    assert "refreshes every" in shown and "stopped" not in shown
+    assert "refreshes every" in shown and liveness.STOPPED not in shown

@@ -29,6 +29,9 @@ from .layout import SWEEP_RUNNING
 
 HEARTBEAT_EVERY_S = 10.0  # the driver's heartbeat period (recorded in sweep.json; readers use the recorded one)
 STALE_BEATS = 6  # heartbeats missed before a driver counts as gone
+# A recorded period above this is not a driver's (tuning/driver.py writes HEARTBEAT_EVERY_S): readers cap it,
+# so that a damaged or hand-edited sweep.json cannot keep a dead sweep "running" for days.
+MAX_HEARTBEAT_EVERY_S = 60.0
 STOPPED = "stopped (driver not running)"  # what readers show for a "running" sweep whose driver is gone
 
 
@@ -61,13 +64,14 @@ def stale_after(info: Mapping[str, Any]) -> float:
         every = float(info.get("heartbeat_every_s") or HEARTBEAT_EVERY_S)
     except (TypeError, ValueError):
         every = HEARTBEAT_EVERY_S
-    return STALE_BEATS * max(every, 0.1)
+    return STALE_BEATS * min(max(every, 0.1), MAX_HEARTBEAT_EVERY_S)
 
 
 def driver_alive(info: Mapping[str, Any], now: float | None = None) -> bool:
     """Whether the driver recorded in ``info`` (sweep.json) still runs, by the rule above."""
-    age = heartbeat_age(info, now)
-    if age is None or age > stale_after(info):
+    age, stale = heartbeat_age(info, now), stale_after(info)
+    # A heartbeat from further in the future than clocks disagree is no evidence of life either.
+    if age is None or not -stale <= age <= stale:
         return False
     if info.get("host") == locks.this_host():
         return locks.process_alive(info.get("pid"), info.get("pid_started"))
