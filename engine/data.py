@@ -296,7 +296,8 @@ def decode(source: str | os.PathLike[str] | bytes) -> Decoded:
             tiff_orientation = image.tag_v2.get(ExifTags.Base.Orientation, 1) if image.format == "TIFF" else 1
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(f"decompression bomb: {exc}") from None
+        # Pillow's own message quotes its hard limit (twice ours) above that: name the one this project applies.
+        raise ValueError(f"decompression bomb: more than the {MAX_PIXELS:,}-pixel limit") from None
     except MemoryError:
         raise ValueError("out of memory while decoding") from None
     except ValueError:

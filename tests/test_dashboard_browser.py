@@ -24,14 +24,15 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def server(dashboard_outputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    # Found before the server starts, so that a machine without Chromium skips (CI: fails) at once.
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    # Found before the outputs are built (minutes of training), so that a machine without Chromium skips
+    # (CI: fails) at once.
     executable = chromium.require_chromium()
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         chromium.missing("the playwright Python package is not installed (`make setup` installs it)")
-    outputs = dashboard_outputs
+    outputs = request.getfixturevalue("dashboard_outputs")
     with load.serve(outputs["root"], tmp_path_factory.mktemp("server") / "server.log") as (url, _pid):
         yield {"url": url, "chromium": executable, **outputs}
 

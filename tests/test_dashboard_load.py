@@ -23,10 +23,11 @@ def test_memory_growth_ignores_the_warm_up_and_sees_a_leak() -> None:
     assert load.memory_growth(leaking) >= 90
 
 
-def test_concurrent_sessions_get_the_same_answers_without_errors(dashboard_outputs: dict[str, Path],
+def test_concurrent_sessions_get_the_same_answers_without_errors(request: pytest.FixtureRequest,
                                                                  tmp_path: Path) -> None:
-    executable = chromium.require_chromium()
+    executable = chromium.require_chromium()  # before the outputs are built: a skip costs nothing
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (make setup)")
+    dashboard_outputs = request.getfixturevalue("dashboard_outputs")
     images = [tmp_path / f"{stage}.png" for stage in ("pre", "benign")]  # sessions on different images
     for k, image in enumerate(images):
         Image.fromarray(synthetic.cell_image(image.stem, np.random.default_rng(3 + k), 128)).save(image)
