@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PAGES = ("data", "sweeps", "run", "gallery", "compare", "predict", "present")
+PAGES = ("data", "sweeps", "run", "gallery", "features", "evidence", "compare", "predict", "present")
 TARGET_S = 1.5
 APP = Path(__file__).resolve().parent / "app.py"
 
