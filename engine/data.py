@@ -295,7 +295,7 @@ def decode(source: str | os.PathLike[str] | bytes) -> Decoded:
             # Pillow turns a TIFF upright itself while loading it (and drops the tag): read it first.
             tiff_orientation = image.tag_v2.get(ExifTags.Base.Orientation, 1) if image.format == "TIFF" else 1
             image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         # Pillow's own message quotes its hard limit (twice ours) above that: name the one this project applies.
         raise ValueError(f"decompression bomb: more than the {MAX_PIXELS:,}-pixel limit") from None
     except MemoryError:
