@@ -175,6 +175,7 @@ def test_curves_across_two_sweeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert "n = 2: sweeps/a/trial_0000, sweeps/b/trial_0000" in hover
     assert "setting(s) with repeats" in texts(at)
     colour = next(s for s in at.selectbox if s.key and s.key.startswith("across_colour"))
+    assert colour.index == 0 and colour.value == ""  # "each setting" chosen, not an empty box
     colour.set_value("model").run()
     assert not at.exception
     names = {t.get("name") for t in chart(at, "across_chart")["data"] if t.get("name")}

@@ -144,10 +144,10 @@ def curves_across(current: pd.DataFrame) -> None:
     names = sorted({c.removeprefix(layout.PARAM_PREFIX) for f in frames.values() for c in loaders.param_columns(f)})
     left, right = st.columns([1, 1])
     ui.in_url(f"across_metric_{label}", CURVE_METRICS[0], CURVE_METRICS)
-    ui.in_url(f"across_colour_{label}", None, [None, *names])
+    ui.in_url(f"across_colour_{label}", "", ["", *names])  # "": each setting its own colour
     metric = left.selectbox("Metric", CURVE_METRICS, key=f"across_metric_{label}")
-    colour_by = right.selectbox("Group and colour by", [None, *names], key=f"across_colour_{label}",
-                                format_func=lambda x: "each setting" if x is None else x)
+    colour_by = right.selectbox("Group and colour by", ["", *names], key=f"across_colour_{label}",
+                                format_func=lambda x: x or "each setting") or None
     used = picked[["key", "run_path", *[c for c in picked if c.startswith(layout.PARAM_PREFIX)]]]
     stamps = tuple(loaders.stamp(Path(p) / HISTORY) for p in used["run_path"])
     figure, counts = across_curves(str(root), used, stamps, metric, colour_by)
