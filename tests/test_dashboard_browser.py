@@ -207,8 +207,18 @@ def test_no_deploy_button_or_developer_menu(server, browser) -> None:
 
 def choose(page, key: str, option: str) -> None:
     """Pick ``option`` in the selectbox with widget key ``key`` and wait for the rerun to finish."""
-    page.locator(f".st-key-{key} [role='combobox']").click()
-    page.get_by_role("option", name=option, exact=True).click()
+    wanted = page.get_by_role("option", name=option, exact=True)
+    for attempt in range(3):  # a rerun that redraws the page meanwhile closes the list: open it again
+        page.locator(f".st-key-{key} [role='combobox']").click()
+        try:
+            wanted.wait_for(timeout=10_000)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+            settle(page)
+    wanted.click()
     page.wait_for_function("([key, option]) => document.querySelector(`.st-key-${key} [role='combobox']`)"
                            "?.value === option", arg=[key, option], timeout=30_000)
     settle(page)
