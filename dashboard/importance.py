@@ -33,6 +33,8 @@ CAVEAT = (f"Importances are estimated from the finished trials alone: with fewer
 SEED_NAMES = ("seed",)
 # A log scale for a positive numeric parameter spanning this ratio or more (lr, weight decay).
 LOG_RATIO = 100.0
+# Curves coloured by a numeric parameter with more distinct values than this are coloured by ranges of it.
+COLOUR_GROUPS = 4
 
 
 class TooFewTrials(ValueError):
@@ -138,6 +140,8 @@ def curve_spread(trials: pd.DataFrame, histories: Mapping[str, pd.DataFrame], me
     """
     columns = ["setting", "colour", "epoch", "mean", "min", "max", "n", "trials"]
     param_columns = [c for c in trials.columns if c.startswith(layout.PARAM_PREFIX)]
+    binned = colour_bins(trials[f"{layout.PARAM_PREFIX}{colour_by}"]) if (
+        colour_by and f"{layout.PARAM_PREFIX}{colour_by}" in trials) else None
     epochs, values, settings, colours, keys = [], [], [], [], []
     # Arrays per trial, one frame at the end: a frame per trial cost most of the page's time.
     for record in trials[["key", *param_columns]].to_dict("records"):
@@ -153,6 +157,8 @@ def curve_spread(trials: pd.DataFrame, histories: Mapping[str, pd.DataFrame], me
         params = {c.removeprefix(layout.PARAM_PREFIX): record[c] for c in param_columns}
         setting = setting_of(params, seed_names)
         colour = params.get(colour_by) if colour_by else None
+        if binned is not None and not _missing(colour):
+            colour = binned(colour)
         n = int(keep.sum())
         epochs.append(epoch[keep])
         values.append(value[keep])
@@ -169,6 +175,27 @@ def curve_spread(trials: pd.DataFrame, histories: Mapping[str, pd.DataFrame], me
     out["trials"] = [sorted(set(k)) for k in grouped["key"].agg(list)]
     out["epoch"] = out["epoch"].astype(int)
     return out[columns]
+
+
+def colour_bins(values: pd.Series, groups: int = COLOUR_GROUPS):
+    """For a numeric parameter with more than ``groups`` distinct values (lr drawn from a distribution: every
+    trial its own), a function from a value to its group's label, "0.0011–0.0026", over ``groups`` groups of
+    about equal counts (on a log scale where the values span LOG_RATIO or more); None otherwise (few values,
+    or text), where each value is its own colour."""
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    if numbers.nunique() <= groups or len(numbers) != values.notna().sum():
+        return None
+    log = numbers.min() > 0 and numbers.max() / numbers.min() >= LOG_RATIO
+    scale = np.log10(numbers) if log else numbers
+    edges = np.unique(np.quantile(scale, np.linspace(0, 1, groups + 1)))
+    bounds = 10 ** edges if log else edges
+
+    def label(value: Any) -> str:
+        x = float(value)
+        k = int(np.clip(np.searchsorted(bounds, x, side="right") - 1, 0, len(bounds) - 2))
+        return f"{_short(float(bounds[k]))}–{_short(float(bounds[k + 1]))}"
+
+    return label
 
 
 # ----------------------------------------------------------------------------- what the page says and reads

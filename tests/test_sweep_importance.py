@@ -82,6 +82,20 @@ def test_curve_spread_groups_seed_repeats_across_sweeps() -> None:
     assert importance.curve_spread(trials, histories, "lr").empty
 
 
+def test_a_continuous_colour_parameter_is_coloured_by_ranges() -> None:
+    """16 trials with 16 learning rates: coloured by lr, they fall into four ranges (log-spaced quartiles),
+    not 16 single-curve groups; few distinct values keep one colour each."""
+    lrs = np.geomspace(1e-4, 1e-2, 16)
+    trials = pd.DataFrame({"key": [f"s/t{i}" for i in range(16)], "param_lr": lrs, "param_batch_size": 32})
+    histories = {f"s/t{i}": history([0.5, 0.6 + i / 100]) for i in range(16)}
+    spread = importance.curve_spread(trials, histories, "val_macro_f1", colour_by="lr")
+    groups = spread.drop_duplicates("setting").groupby("colour").size()
+    assert len(groups) == 4 and (groups == 4).all(), groups
+    assert groups.index[0].startswith("0.0001–") and groups.index[-1].endswith("–0.01")
+    assert importance.colour_bins(pd.Series([0.001, 0.01, 0.001, 0.01])) is None  # two values: two colours
+    assert importance.colour_bins(pd.Series(["densenet121"] * 6 + ["densenet169"] * 6)) is None
+
+
 def test_refusal_says_how_many_and_why() -> None:
     frame = summary(12)
     frame.loc[frame.index[:3], "status"] = layout.TRIAL_STOPPED

@@ -112,7 +112,10 @@ with right:
     st.subheader("Stage mean map")
     mean_map = loaders.stage_file(root, run.path, stage, STAGE_MEAN_MAP)
     if mean_map:
-        ui.image(mean_map, caption=f"mean map, {stage}")
+        # explain averages the maps of the first method and layer it was given (the ones it scores).
+        ui.image(mean_map, caption=f"mean {md(ui.first_explained(index, 'method'))} map at "
+                                   f"{md(ui.first_explained(index, 'layer'))} over the correct {stage} images "
+                                   "(as stored: the method, layer and overlay controls do not apply)")
     else:
         st.caption(f"No {CAMS_STAGES}/<stage>/{STAGE_MEAN_MAP}.")
     panel = loaders.stage_file(root, run.path, stage, STAGE_PANEL)

@@ -72,8 +72,8 @@ if distance is None:
     st.caption("No out-of-distribution check for this run: `python -m engine evaluate RUN` adds one "
                f"({OOD}).")
 elif distance <= threshold:
-    st.caption(f"Like the training images: feature distance {distance:.1f}, within the {result['ood_quantile']:.0%} "
-               f"of validation images ({threshold:.1f}).")
+    st.caption(f"Like the training images: feature distance {distance:.1f}, below the threshold of "
+               f"{threshold:.1f} that {result['ood_quantile']:.0%} of the validation images stay under.")
 left, mid, right = st.columns([2, 2, 3])
 with left:
     st.image(image, caption=f"input as the model sees it ({cfg.image_size} px)", width="stretch")
