@@ -407,7 +407,8 @@ def review_card(run_path: str, sha256: str, path: str, marks: dict[str, dict[str
     if labels or note:
         badges = " ".join(f":{REVIEW_COLOURS[x]}-badge[{reviews.LABELS[x]}]" for x in labels)
         st.markdown(badges + (f" ✎ {md(note)}" if note else ""))
-    with st.popover("Review", icon=":material/rate_review:"):
+    # A key keeps the popover the same element when a mark adds a badge above it: it stays open.
+    with st.popover("Review", icon=":material/rate_review:", key=f"{key}_popover"):
         st.session_state[f"{key}_labels"] = labels
         st.pills("Marks", list(reviews.LABELS), format_func=reviews.LABELS.get, selection_mode="multi",
                  key=f"{key}_labels", label_visibility="collapsed", on_change=_labels_changed,

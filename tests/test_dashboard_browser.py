@@ -353,3 +353,26 @@ def test_a_copied_link_reopens_the_same_view(server, browser) -> None:
     assert cell_map_png(other) == drawn  # drawn in magma from the stored map, as in the first session
     context.close()
     page.close()
+
+
+def test_a_review_mark_keeps_its_popover_open_and_shows_a_badge(server, browser) -> None:
+    """Marking an image adds a badge above its Review button; the popover must stay open for the note."""
+    from engine import runs
+
+    page = open_gallery(server, browser)
+    try:
+        page.get_by_role("button", name="Review").first.click()
+        page.get_by_text("suspected label error", exact=True).first.click()
+        settle(page)
+        note = page.get_by_placeholder("a short note; Enter saves it").first
+        assert note.is_visible()  # still open after the rerun that drew the badge
+        note.fill("nucleus <b>looks</b> pre")
+        note.press("Enter")
+        settle(page)
+        assert_no_exception(page, "gallery after a review mark")
+        body = page.inner_text("body")
+        assert "suspected label error" in body and "nucleus <b>looks</b> pre" in body  # shown as text
+    finally:
+        for path in server["root"].rglob(runs.REVIEWS):
+            path.unlink()
+        page.close()
