@@ -1,7 +1,9 @@
 """``python -m engine evaluate RUN``: predictions and metrics of a trained run.
 
 Writes ``predictions.csv`` (one row per val/test image) and ``metrics.json`` (the metrics of
-each split, computed by scikit-learn from exactly those predictions).
+each split, computed by scikit-learn from exactly those predictions); with leukocyte masks also
+``baselines.json`` (colour-only models beside the network) and ``context.json`` (the network on
+changed test images).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import context, ood, runs
+from . import baselines, context, ood, runs
 from . import features as feature_space
 from .data import has_masks, load_mask_cache
 from .inference import (
@@ -50,8 +52,10 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
              n_bootstrap: int = 1000, device: str = "auto", context_split: str = "test") -> dict[str, Any]:
     """Predict ``splits`` with a run's checkpoint; write predictions.csv and metrics.json.
 
-    With leukocyte masks, ``context_split`` is also classified without cells and without
-    background (``context.json``; "" to skip).
+    With leukocyte masks, colour-only baselines are fitted on the training split and scored on
+    ``splits`` beside the network (``baselines.json``), and ``context_split`` is also classified
+    without cells, without background, with another stage's stain and in greyscale
+    (``context.json``; "" to skip).
     """
     run_dir = Path(run_dir)
     saved = runs.read_json(run_dir / runs.CONFIG)
@@ -76,6 +80,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     result: dict[str, Any] = {"classes": list(CLASSES), "checkpoint": checkpoint,
                               "checkpoint_epoch": checkpoint_epoch, "splits": {}}
     probabilities = {s: classify(model, f, dev) for s, f in features.items()}
+    network_pred: dict[str, np.ndarray] = {}
     for split in splits:
         indices = data.split[split]
         if len(indices) == 0:
@@ -88,6 +93,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         # anyone recomputing them from that file gets exactly these numbers.
         stored = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
         y_true = [CLASSES.index(r["true"]) for r in rows]
+        network_pred[split] = stored.argmax(1)
         metrics = classification_metrics(y_true, stored, CLASSES, n_bootstrap=n_bootstrap, seed=cfg.seed)
         metrics["misclassified"] = misclassified(rows)
         result["splits"][split] = metrics
@@ -98,10 +104,13 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     keep_features(run_dir, data, features, probabilities, seed=cfg.seed)
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
     runs.write_json(run_dir / runs.METRICS, result)
+    checkpoint_info = {"checkpoint": checkpoint, "checkpoint_epoch": result["checkpoint_epoch"]}
+    measure_baselines(run_dir, data, Path(saved["data_dir"]), cfg.image_size, seed=cfg.seed, network=network_pred,
+                      checkpoint=checkpoint_info)
     if context_split in splits:
         measure_context(run_dir, model, data, Path(saved["data_dir"]), cfg.image_size, dev, split=context_split,
-                        batch_size=cfg.eval_batch_size, channels_last=channels_last,
-                        checkpoint={"checkpoint": checkpoint, "checkpoint_epoch": result["checkpoint_epoch"]})
+                        batch_size=cfg.eval_batch_size, channels_last=channels_last, checkpoint=checkpoint_info,
+                        seed=cfg.seed)
     return result
 
 
@@ -129,10 +138,40 @@ def keep_features(run_dir: Path, data: Data, features: dict[str, np.ndarray], pr
     runs.write_csv(run_dir / runs.EMBEDDING, runs.EMBEDDING_COLUMNS, rows)
 
 
+def measure_baselines(run_dir: Path, data: Data, prepared: Path, size: int, *, seed: int,
+                      network: dict[str, np.ndarray], checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """Colour-only models fitted on the training split, scored on the evaluated splits: ``baselines.json``.
+
+    On the same decoded images (the run's image size) the network saw; only images with a leukocyte
+    mask take part, and the network is scored again on exactly those. Without masks nothing is written.
+    """
+    if not has_masks(data.rows).any():
+        log.info("no leukocyte masks in %s: colour baselines not fitted", prepared)
+        return None
+    labels = data.labels.cpu().numpy()
+    masks = load_mask_cache(prepared, size)  # all False for an image without a mask: baselines.usable leaves it out
+    scored = [s for s in network if len(data.split[s])]
+    splits = {s: data.split[s] for s in ("train", *scored)}
+    summary = baselines.measure(data.images.cpu().numpy(), masks, labels, splits, CLASSES, seed=seed,
+                                network={s: network[s] for s in scored})
+    if summary is None:
+        return None
+    summary = {**checkpoint, "image_size": size, "seed": seed, **summary}
+    runs.write_json(run_dir / runs.BASELINES, summary)
+    for split in scored:
+        net = summary.get("network", {}).get("splits", {}).get(split)
+        words = "; ".join(f"{b['words']} {b['splits'][split]['accuracy']:.3f}" for b in summary["baselines"].values()
+                          if b["headline"] and split in b["splits"])
+        if net:
+            log.info("%s, %d images with masks: the network %.3f; %s", split, net["n"], net["accuracy"], words)
+    return summary
+
+
 def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared: Path, size: int,
                     device: torch.device, *, split: str, batch_size: int, channels_last: bool,
-                    checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """Accuracy on ``split`` as it is, without leukocytes, without background: ``context.json`` and ``.csv``.
+                    checkpoint: dict[str, Any], seed: int = 0) -> dict[str, Any] | None:
+    """Accuracy on ``split`` as it is, without leukocytes, without background, with another stage's stain and in
+    greyscale: ``context.json`` and ``.csv``.
 
     Only images with a leukocyte mask take part; without masks nothing is written.
     """
@@ -149,7 +188,7 @@ def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared:
         return predict_proba(model, torch.from_numpy(batch), np.arange(len(batch)), device, batch_size=batch_size,
                              use_amp=False, channels_last=channels_last, desc="context")
 
-    summary, proba = context.measure(predict, images, masks, true, CLASSES)
+    summary, proba, donors = context.measure(predict, images, masks, true, CLASSES, seed=seed)
     summary = {"split": split, **checkpoint, "image_size": size, "images": len(index),
                "images_without_mask": int(len(data.split[split]) - len(index)), **summary}
     rows = []
@@ -158,13 +197,18 @@ def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared:
         for variant, p in proba.items():
             k = int(p[j].argmax())
             row[f"pred_{variant}"], row[f"p_true_{variant}"] = CLASSES[k], f"{p[j, true[j]]:.6f}"
+        donor = int(donors[j])
+        row["donor_stage"] = CLASSES[true[donor]] if donor >= 0 else ""
+        row["donor_sha256"] = data.rows[index[donor]]["sha256"] if donor >= 0 else ""
         rows.append(row)
     runs.write_json(run_dir / runs.CONTEXT, summary)
     runs.write_csv(run_dir / runs.CONTEXT_TABLE, context.TABLE_COLUMNS, rows)
     v = summary["variants"]
     log.info("context reliance (%s, %d images): accuracy %.3f as they are, %.3f without leukocytes, %.3f without "
-             "background", split, len(index), v["original"]["all"]["accuracy"], v["cells_removed"]["all"]["accuracy"],
-             v["background_removed"]["all"]["accuracy"])
+             "background, %.3f with another stage's stain (%.3f follow the donor's stage), %.3f in greyscale", split,
+             len(index), v["original"]["all"]["accuracy"], v["cells_removed"]["all"]["accuracy"],
+             v["background_removed"]["all"]["accuracy"], v["stain_swapped"]["all"]["accuracy"],
+             summary["stain_swapped"]["follows_donor"]["all"]["share"] or 0, v["greyscale"]["all"]["accuracy"])
     return summary
 
 

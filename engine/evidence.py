@@ -1,7 +1,9 @@
-"""The evidence of one or more runs as Markdown tables: context reliance and leukocyte localisation.
+"""The evidence of one or more runs as Markdown tables: colour-only baselines, context reliance and
+leukocyte localisation.
 
-Reads ``context.json`` (``evaluate``) and ``cams/localisation.json`` (``explain``) and prints
-them as the docs show them, so every figure there comes from ``python -m engine evidence RUN``.
+Reads ``baselines.json`` and ``context.json`` (``evaluate``) and ``cams/localisation.json``
+(``explain``) and prints them as the docs show them, so every figure there comes from
+``python -m engine evidence RUN``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,38 @@ def context_table(contexts: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def donor_table(contexts: dict[str, dict[str, Any]]) -> str:
+    """Per run and stage: how often the answer on a stain-swapped image is the donor's stage."""
+    lines = ["| run | stage | n | answer = the donor's stage |", "|---|---|---|---|"]
+    for name, context in contexts.items():
+        follows = (context.get("stain_swapped") or {}).get("follows_donor")
+        if not follows:
+            continue
+        for stage, block in {**follows["per_stage"], "all": follows["all"]}.items():
+            share = "n/a" if block["share"] is None else \
+                f"{block['share']:.1%} ({block['ci95'][0]:.1%}-{block['ci95'][1]:.1%})"
+            lines.append(f"| {name} | {stage} | {block['n']} | {share} |")
+    return "\n".join(lines)
+
+
+def baselines_table(summaries: dict[str, dict[str, Any]]) -> str:
+    """Per run and split: the network and each colour-only model on the same images, overall and per stage."""
+    lines = ["| run | split | model | n | accuracy | balanced | " + " | ".join(CLASSES) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(CLASSES)]
+    for name, summary in summaries.items():
+        models = [("the network", summary.get("network", {}).get("splits", {}))]
+        models += [(entry["words"], entry["splits"]) for entry in summary["baselines"].values()]
+        for split in summary.get("chance", {}):
+            for words, splits in models:
+                block = splits.get(split)
+                if block is None:
+                    continue
+                balanced = "n/a" if block.get("balanced_accuracy") is None else f"{block['balanced_accuracy']:.1%}"
+                lines.append(f"| {name} | {split} | {words} | {block['n']} | {_pct(block)} | {balanced} | "
+                             + " | ".join(_pct(block["per_stage"][s]) for s in CLASSES) + " |")
+    return "\n".join(lines)
+
+
 def ranking_table(localised: dict[str, dict[str, Any]]) -> str:
     """Every method x layer of each run, best localising first."""
     lines = ["| run | method | layer | concentration | pointing | verdict |", "|---|---|---|---|---|---|"]
@@ -72,18 +106,26 @@ def stage_table(localised: dict[str, dict[str, Any]], pairs: Sequence[tuple[str,
 
 def report(run_dirs: Sequence[Path], pairs: Sequence[tuple[str, str]] = ()) -> str:
     """All three tables for the runs that have the files; each run named by its folder."""
-    contexts, localised = {}, {}
+    contexts, localised, shortcuts = {}, {}, {}
     for run in map(Path, run_dirs):
+        if (run / runs.BASELINES).is_file():
+            shortcuts[run.name] = runs.read_json(run / runs.BASELINES)
         if (run / runs.CONTEXT).is_file():
             contexts[run.name] = runs.read_json(run / runs.CONTEXT)
         if (run / runs.CAMS / runs.LOCALISATION).is_file():
             localised[run.name] = runs.read_json(run / runs.CAMS / runs.LOCALISATION)
     parts = []
+    if shortcuts:
+        parts += ["Colour-only models beside the network, on the same images (Wilson 95% intervals):", "",
+                  baselines_table(shortcuts), ""]
     if contexts:
         parts += ["Accuracy on the test images (Wilson 95% intervals):", "", context_table(contexts)]
+        if any("stain_swapped" in c for c in contexts.values()):
+            parts += ["", "With another stage's stain, answers that name the donor's stage (Wilson 95% intervals):",
+                      "", donor_table(contexts)]
     if localised:
         chosen = list(pairs) or sorted({(r["method"], r["layer"]) for s in localised.values()
                                         for r in s["ranking"][:1]})
         parts += ["", "Method x layer, best localising first (mean over stages):", "", ranking_table(localised),
                   "", "Per stage (bootstrap 95% intervals):", "", stage_table(localised, chosen)]
-    return "\n".join(parts) if parts else "no context.json or cams/localisation.json in these runs"
+    return "\n".join(parts) if parts else "no baselines.json, context.json or cams/localisation.json in these runs"

@@ -12,6 +12,7 @@
     predictions.csv      written by `evaluate` (PREDICTION_COLUMNS)
     ood.npz              written by `evaluate`: the out-of-distribution check's class means
     context.json/.csv    written by `evaluate` when the data has leukocyte masks
+    baselines.json       written by `evaluate` when the data has leukocyte masks: colour-only models
     features.npz         written by `evaluate`: pooled features per split, keyed by sha256 (FEATURES_KEYS)
     embedding.csv        written by `evaluate`: PCA + t-SNE map of those features (EMBEDDING_COLUMNS)
     cams/                written by `explain` (the CAMS_* names below)
@@ -73,7 +74,20 @@ CONTEXT = "context.json"
 CONTEXT_TABLE = "context.csv"
 # context.json's variants (engine.context.VARIANTS), each with the words readers show for it.
 CONTEXT_VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
-                    "background_removed": "background removed"}
+                    "background_removed": "background removed",
+                    "stain_swapped": "stain of another stage", "greyscale": "in greyscale"}
+# Written by `evaluate` when the data has leukocyte masks (engine.baselines): models that see only a few
+# colour statistics of each image, fitted on the training split and scored like the network. The keys of
+# its "baselines", each with the words readers show for it; HEADLINE_BASELINES are the ones shown beside
+# every accuracy of the network.
+BASELINES = "baselines.json"
+BASELINE_WORDS = {
+    "background_colour": "a model that sees only the background colour",
+    "cell_colour": "a model that sees only the cells' colour",
+    "background_colour_linear": "a linear model that sees only the background colour",
+    "cell_colour_linear": "a linear model that sees only the cells' colour",
+}
+HEADLINE_BASELINES = ("background_colour", "cell_colour")
 # Written by `evaluate` (engine.features): the pooled DenseNet features of every image (FEATURES_* keys
 # per split, NumPy arrays only: load with allow_pickle=False) and their 2-D map (EMBEDDING_COLUMNS).
 FEATURES = "features.npz"
