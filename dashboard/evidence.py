@@ -5,6 +5,7 @@ Three questions, each answered from one file:
 - Do the maps point at the leukocytes?   ``cams/localisation.json`` (engine.explain.localisation)
 - Are the maps faithful to the model?    ``cams/faithfulness_summary.json`` and ``cams/sanity.json``
 - Does the model need the cells at all?  ``context.json`` (engine.context)
+- Could colour alone do it?              ``baselines.json`` (engine.baselines)
 
 Plotly figures for the pages and the HTML report, matplotlib PNGs for the PPTX deck; stage
 labels read from the files are escaped for both (dashboard.escape). No Streamlit here, so every
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from engine.runs import CLASSES, CONTEXT_VARIANTS, LOCALISATION_VERDICTS
+from engine.runs import BASELINE_WORDS, CLASSES, CONTEXT_VARIANTS, HEADLINE_BASELINES, LOCALISATION_VERDICTS
 
 from .escape import html_text, mpl
 from .figures import faithfulness_frame
@@ -29,7 +30,13 @@ from .figures import faithfulness_frame
 SOURCES = {"map": "the maps", "centre": "centred Gaussian", "shuffled": "another image's map (same stage)"}
 SOURCE_COLOURS = {"map": "#264653", "centre": "#bdbdbd", "shuffled": "#8d99ae"}
 VARIANTS = CONTEXT_VARIANTS
-VARIANT_COLOURS = {"original": "#264653", "cells_removed": "#e76f51", "background_removed": "#2a9d8f"}
+VARIANT_COLOURS = {"original": "#264653", "cells_removed": "#e76f51", "background_removed": "#2a9d8f",
+                   "stain_swapped": "#9b5de5", "greyscale": "#8d8d8d"}
+NETWORK = "network"
+BASELINE_COLOURS = {NETWORK: "#264653", "background_colour": "#e9c46a", "cell_colour": "#f4a261",
+                    "background_colour_linear": "#f6dfa0", "cell_colour_linear": "#f9c9a0"}
+# A colour-only model whose accuracy's lower 95% bound lies this far above chance names the stage from the colour.
+SHORTCUT_MARGIN = 0.25
 SCORE_TITLES = {"concentration": "concentration (1 = uniform map)", "pointing": "pointing game (share of hits)",
                 "mass_in": "share of map mass on the leukocytes"}
 VERDICT_ICONS = {"points": "✅", "baseline": "⚠️", "away": "❌", "unknown": "❔"}
@@ -151,8 +158,170 @@ def context_sentence(context: Mapping[str, Any]) -> str:
     verdict = ("the model decides largely from the slide's context, not the cells" if without > chance + 0.25
                else "the model needs the cells" if without <= chance + 0.1
                else "the model leans partly on the slide's context")
-    return (f"With the leukocytes removed the model still classifies {without:.0%} of the test images correctly "
-            f"(as they are: {original:.0%}; always answering the most common stage: {chance:.0%}): {verdict}.")
+    sentence = (f"With the leukocytes removed the model still classifies {without:.0%} of the test images correctly "
+                f"(as they are: {original:.0%}; always answering the most common stage: {chance:.0%}): {verdict}.")
+    stain = stain_sentence(context)
+    return f"{sentence} {stain}" if stain else sentence
+
+
+def stain_sentence(context: Mapping[str, Any]) -> str | None:
+    """What the stain probes say, in one sentence; None for a context.json from before them.
+
+    The stain is named as the reason when the accuracy with another stage's stain falls by a quarter
+    or more, or when the predictions follow the donor's stage more often than a random answer would
+    (a quarter of the time; judged by the interval's lower bound).
+    """
+    variants = context["variants"]
+    original = variants["original"]["all"]["accuracy"]
+    swapped = variants.get("stain_swapped", {}).get("all", {}).get("accuracy")
+    if original is None or swapped is None:
+        return None
+    grey = variants.get("greyscale", {}).get("all", {}).get("accuracy")
+    follows = ((context.get("stain_swapped") or {}).get("follows_donor") or {}).get("all") or {}
+    share, low = follows.get("share"), (follows.get("ci95") or [None, None])[0]
+    in_grey = f"; in greyscale: {grey:.0%}" if grey is not None else ""
+    donor = (f", and {share:.0%} of the predictions name the donor's stage [95% CI {low:.0%}-"
+             f"{follows['ci95'][1]:.0%}]" if share is not None and low is not None else "")
+    collapses = original - swapped >= 0.25
+    follows_donor = low is not None and low > 0.25
+    if collapses or follows_donor:
+        verdict = ("the model reads the stain: its answers follow the colours, not the cells" if follows_donor
+                   else "the model needs this data set's stain colours to name the stage")
+    else:
+        verdict = "the stain alone does not decide the model's answers"
+    return (f"Recoloured with the stain of an image of another stage, {swapped:.0%} are still classified correctly "
+            f"(as they are: {original:.0%}{in_grey}){donor}: {verdict}.")
+
+
+def donor_bars(context: Mapping[str, Any], title: str = "") -> go.Figure | None:
+    """Per stage: the share of stain-swapped images whose prediction is the donor's stage, with 95% intervals."""
+    follows = (context.get("stain_swapped") or {}).get("follows_donor")
+    if not follows:
+        return None
+    blocks = {**follows["per_stage"], "all": follows["all"]}
+    stages = list(blocks)
+    shares = [blocks[s]["share"] for s in stages]
+    lows = [(blocks[s]["ci95"] or [None, None])[0] for s in stages]
+    highs = [(blocks[s]["ci95"] or [None, None])[1] for s in stages]
+    fig = go.Figure()
+    fig.add_bar(x=[html_text(s) for s in stages], y=shares, name="prediction = the donor's stage",
+                marker_color=VARIANT_COLOURS["stain_swapped"],
+                error_y=dict(type="data", symmetric=False,
+                             array=[(h - v) if h is not None and v is not None else 0 for v, h in zip(shares, highs,
+                                                                                                      strict=True)],
+                             arrayminus=[(v - lo) if lo is not None and v is not None else 0
+                                         for v, lo in zip(shares, lows, strict=True)]),
+                text=[f"{v:.0%}" if v is not None else "" for v in shares], textposition="inside",
+                insidetextanchor="start", textfont=dict(color="white"))
+    fig.add_hline(y=0.25, line_dash="dot", annotation_text="a random<br>answer", annotation_position="right")
+    fig.update_layout(xaxis_title="true stage", yaxis_title="share that follows the donor", yaxis_range=[0, 1.05],
+                      title=dict(text=title, x=0) if title else None, height=340, template="plotly_white",
+                      showlegend=False, margin=dict(l=60, r=20, t=50 if title else 30, b=50))
+    return fig
+
+
+# ----------------------------------------------------------------------------- shortcut baselines
+
+
+def pct_ci(block: Mapping[str, Any]) -> str:
+    """An accuracy as a meeting reads it: "97.9% [95% CI 96.5-99.0%]"."""
+    value, (low, high) = block.get("accuracy"), block.get("ci95") or (None, None)
+    if value is None:
+        return "n/a"
+    return f"{value:.1%}" + (f" [95% CI {low:.1%}-{high:.1%}]" if low is not None and high is not None else "")
+
+
+def baseline_entries(baselines: Mapping[str, Any], split: str,
+                     headline_only: bool = False) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(key, words, the split's score block): the network on the same images first, then the baselines
+    (headline ones first). Words come from engine.runs where the key is known, else from the file."""
+    out = []
+    network = (baselines.get("network") or {}).get("splits", {}).get(split)
+    if network is not None:
+        out.append((NETWORK, "the network", network))
+    entries = baselines["baselines"]
+    for key in sorted(entries, key=lambda k: (not entries[k].get("headline", k in HEADLINE_BASELINES), k)):
+        entry = entries[key]
+        if headline_only and not entry.get("headline", key in HEADLINE_BASELINES):
+            continue
+        block = entry["splits"].get(split)
+        if block is not None:
+            out.append((key, BASELINE_WORDS.get(key) or str(entry.get("words", key)), block))
+    return out
+
+
+def baseline_lines(baselines: Mapping[str, Any], split: str, headline_only: bool = True) -> list[str]:
+    """ "a model that sees only the background colour: 97.9% [95% CI 96.5-99.0%]", one line each, network first."""
+    return [f"{words[:1].upper()}{words[1:]}: {pct_ci(block)}"
+            for _, words, block in baseline_entries(baselines, split, headline_only)]
+
+
+def baseline_sentence(baselines: Mapping[str, Any], split: str) -> str:
+    """What the colour-only models say about the network's accuracy on ``split``, in one or two sentences."""
+    entries = {key: (words, block) for key, words, block in baseline_entries(baselines, split, headline_only=True)}
+    chance = (baselines.get("chance") or {}).get(split)
+    n = next((block["n"] for _, block in entries.values()), None)
+    strong = [(words, block) for key, (words, block) in entries.items() if key != NETWORK
+              and block.get("ci95") and block["ci95"][0] is not None and chance is not None
+              and block["ci95"][0] >= chance + SHORTCUT_MARGIN]
+    scope = f"on the {n} {split} images with a leukocyte mask" if n is not None else f"on the {split} images"
+    chance_text = f" (always answering the most common stage: {chance:.0%})" if chance is not None else ""
+    if strong:
+        best_words, best = max(strong, key=lambda wb: wb[1]["accuracy"])
+        return (f"{best_words[:1].upper()}{best_words[1:]} names the stage of {best['accuracy']:.1%} of the images "
+                f"{scope}{chance_text}. The stages can be told apart by colour alone, so the network's accuracy is "
+                "no evidence by itself that it learned leukocyte morphology; the stain probes (cells or context) "
+                "say whether it uses the colour.")
+    return (f"No colour-only model names the stage well {scope}{chance_text}: here the colour alone does not "
+            "give the stage away.")
+
+
+def baseline_frame(baselines: Mapping[str, Any], split: str) -> pd.DataFrame:
+    """One row per model (the network first): accuracy, its 95% interval, balanced accuracy, images, how made."""
+    how = {k: v.get("how", "") for k, v in baselines["baselines"].items()}
+    rows = []
+    for key, words, block in baseline_entries(baselines, split):
+        low, high = block.get("ci95") or (None, None)
+        rows.append({"model": words, "accuracy": block["accuracy"], "95% CI": (f"{low:.1%}-{high:.1%}"
+                                                                            if low is not None else ""),
+                     "balanced accuracy": block.get("balanced_accuracy"), "images": block["n"],
+                     "how it was made": "the trained network, on the same images" if key == NETWORK
+                     else str(how.get(key, ""))})
+    return pd.DataFrame(rows, columns=["model", "accuracy", "95% CI", "balanced accuracy", "images",
+                                       "how it was made"])
+
+
+def _baseline_series(baselines: Mapping[str, Any], split: str) -> dict[str, tuple[str, list]]:
+    stages = [*CLASSES, "all"]
+    series = {}
+    for key, words, block in baseline_entries(baselines, split, headline_only=True):
+        stats = {**block["per_stage"], "all": block}
+        series[key] = (words, [(stats[s]["accuracy"], *(stats[s]["ci95"] or (None, None))) for s in stages])
+    return series
+
+
+def baseline_bars(baselines: Mapping[str, Any], split: str, title: str = "") -> go.Figure:
+    """Accuracy per stage (and all) of the network beside the headline colour-only models, with 95% intervals."""
+    stages = [*CLASSES, "all"]
+    fig = go.Figure()
+    for key, (words, values) in _baseline_series(baselines, split).items():
+        means = [v[0] for v in values]
+        fig.add_bar(x=[html_text(s) for s in stages], y=means, name=html_text(words),
+                    marker_color=BASELINE_COLOURS.get(key),
+                    error_y=dict(type="data", symmetric=False,
+                                 array=[(hi - m) if hi is not None and m is not None else 0 for m, _, hi in values],
+                                 arrayminus=[(m - lo) if lo is not None and m is not None else 0
+                                             for m, lo, _ in values]),
+                    text=[f"{m:.0%}" if m is not None else "" for m in means], textposition="inside",
+                    insidetextanchor="start", textfont=dict(color="white"))
+    chance = (baselines.get("chance") or {}).get(split)
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", annotation_text="always the most<br>common stage",
+                      annotation_position="right")
+    fig.update_layout(barmode="group", xaxis_title="stage", yaxis_title=f"accuracy ({html_text(split)})",
+                      yaxis_range=[0, 1.12], legend_title="model", title=dict(text=title, x=0) if title else None,
+                      height=400, template="plotly_white", margin=dict(l=60, r=20, t=50 if title else 30, b=50))
+    return fig
 
 
 # ----------------------------------------------------------------------------- PNGs for the deck
@@ -220,6 +389,25 @@ def png_context(context: Mapping[str, Any], title: str = "") -> bytes:
                         line_label="always the most common stage")
 
 
+def png_baselines(baselines: Mapping[str, Any], split: str, title: str = "") -> bytes:
+    series = {words: values for words, values in _baseline_series(baselines, split).values()}
+    colours = {words: BASELINE_COLOURS.get(key, "#999999")
+               for key, (words, _) in _baseline_series(baselines, split).items()}
+    return _grouped_png([*CLASSES, "all"], series, colours, f"accuracy ({split})", title,
+                        line=(baselines.get("chance") or {}).get(split), line_label="always the most common stage")
+
+
+def png_donor(context: Mapping[str, Any], title: str = "") -> bytes | None:
+    follows = (context.get("stain_swapped") or {}).get("follows_donor")
+    if not follows:
+        return None
+    blocks = {**follows["per_stage"], "all": follows["all"]}
+    values = [(b["share"], *(b["ci95"] or (None, None))) for b in blocks.values()]
+    return _grouped_png(list(blocks), {"prediction = the donor's stage": values},
+                        {"prediction = the donor's stage": VARIANT_COLOURS["stain_swapped"]},
+                        "share that follows the donor", title, line=0.25, line_label="a random answer")
+
+
 # ----------------------------------------------------------------------------- verdicts
 
 
@@ -254,8 +442,16 @@ def verdict_table(localised: Mapping[str, Any] | None, faith: Mapping[str, Any] 
     return pd.DataFrame(rows)
 
 
+def _numbers(*values: Any) -> None:
+    """Raise TypeError unless every value is a number or null (what a figure can draw)."""
+    for value in values:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TypeError(f"{value!r} is not a number")
+
+
 def shape_problem(kind: str, data: Any) -> str | None:
-    """Why an evidence file (``kind``: context, localisation, faithfulness or sanity) cannot be shown, or None.
+    """Why an evidence file (``kind``: context, localisation, faithfulness, sanity or baselines) cannot be shown,
+    or None.
 
     The tables every page and deck draws from the file are built once here, so a file of the wrong shape
     (valid JSON, but a list where a mapping belongs, a missing stage, text where a number belongs) is
@@ -270,6 +466,34 @@ def shape_problem(kind: str, data: Any) -> str | None:
             if missing:
                 raise KeyError(f"no result for {', '.join(missing)}")
         float(c.get("chance") or 0)
+        if c.get("stain_swapped") is not None:
+            follows = c["stain_swapped"]["follows_donor"]
+            missing = [s for s in CLASSES if s not in follows["per_stage"]]
+            if missing:
+                raise KeyError(f"no donor result for {', '.join(missing)}")
+            for block in (*follows["per_stage"].values(), follows["all"]):
+                _numbers(block["share"], *block["ci95"])
+            donor_bars(c)
+
+    def baselines(b: Any) -> None:
+        if not isinstance(b.get("baselines"), Mapping) or not b["baselines"]:
+            raise TypeError("'baselines' is not a non-empty object")
+        for key, entry in b["baselines"].items():
+            if not isinstance(entry.get("splits"), Mapping):
+                raise TypeError(f"the splits of {key} are not an object")
+        splits = {s for entry in b["baselines"].values() for s in entry["splits"]}
+        for split in splits:
+            for _, _, block in baseline_entries(b, split):
+                missing = [s for s in CLASSES if s not in block["per_stage"]]
+                if missing:
+                    raise KeyError(f"no result for {', '.join(missing)} in {split}")
+                pct_ci(block)
+                float(block["n"])
+            baseline_frame(b, split)
+            baseline_sentence(b, split)
+            for _, values in _baseline_series(b, split).values():
+                for mean, low, high in values:
+                    _numbers(mean, low, high)
 
     def localisation(summary: Any) -> None:
         ranking_frame(summary)
@@ -293,7 +517,8 @@ def shape_problem(kind: str, data: Any) -> str | None:
                 raise TypeError(f"the result of {method} is not an object")
         sanity_frame(results)
 
-    checks = {"context": context, "localisation": localisation, "faithfulness": faithfulness, "sanity": sanity}
+    checks = {"context": context, "localisation": localisation, "faithfulness": faithfulness, "sanity": sanity,
+              "baselines": baselines}
     try:
         checks[kind](data)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:

@@ -585,14 +585,16 @@ def outputs_summary(found: dict[str, list]) -> dict[str, int]:
 
 
 def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
-    """The evidence files of a run (localisation, faithfulness, sanity, context), each dict or None.
+    """The evidence files of a run (localisation, faithfulness, sanity, context, baselines), each dict or None.
 
-    A missing file is simply None; an unreadable one is None with its reason in ``problems``.
+    A missing file is simply None; an unreadable one is None with its reason in ``problems`` (and in
+    ``problem_of``, by key, for a page that shows one file's problem where the file would be shown).
     """
     files = {"localisation": Path(runs.CAMS) / runs.LOCALISATION,
              "faithfulness": Path(runs.CAMS) / runs.FAITHFULNESS_SUMMARY,
-             "sanity": Path(runs.CAMS) / runs.SANITY, "context": Path(runs.CONTEXT)}
-    out: dict[str, Any] = {"problems": []}
+             "sanity": Path(runs.CAMS) / runs.SANITY, "context": Path(runs.CONTEXT),
+             "baselines": Path(runs.BASELINES)}
+    out: dict[str, Any] = {"problems": [], "problem_of": {}}
     for key, rel in files.items():
         out[key] = None
         try:
@@ -601,10 +603,12 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
             continue
         except LoadError as exc:
             out["problems"].append(str(exc))
+            out["problem_of"][key] = str(exc)
             continue
         problem = evidence_shape_problem(key, data) if isinstance(data, dict) else "not a JSON object"
         if problem:
             out["problems"].append(f"{relative(root, Path(run) / rel)} cannot be shown ({problem})")
+            out["problem_of"][key] = out["problems"][-1]
         else:
             out[key] = data
     return out

@@ -169,8 +169,15 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             faith_summary = None
     else:
         layer, methods, faith_summary = None, [], None
-    found = loaders.evidence(root, run) if findings.evidence else {"problems": []}
-    warnings += found["problems"]
+    found = loaders.evidence(root, run)
+    # The colour-only baselines go beside the network's accuracy in every deck; the rest only with the evidence.
+    warnings += found["problems"] if findings.evidence else (
+        [found["problem_of"]["baselines"]] if "baselines" in found["problem_of"] else [])
+    if found["baselines"] is None and "baselines" not in found["problem_of"]:
+        warnings.append(f"{relative(root, run / runs.BASELINES)} not found: the deck shows the network's accuracy "
+                        "without what a colour-only model scores (evaluate the run again, with leukocyte masks)")
+    if not findings.evidence:
+        found = {"baselines": found["baselines"]}
     localised = found.get("localisation")
     # The best-localising pair among the deck's methods (localisation.json's ranking), else the best of all.
     located = None
@@ -179,11 +186,13 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
         top = next((r for r in ranking if r["method"] in methods), ranking[0])
         located = evidence.find_result(localised, top["method"], top["layer"])
     reviewed = _reviewed(root, run, index, methods, layer, warnings) if findings.reviewed else []
-    return {"run": run, "label": relative(root, run), "metrics": m, "classes": metrics.get("classes", loaders.CLASSES),
+    return {"run": run, "label": relative(root, run), "metrics": m, "split": findings.split,
+            "classes": metrics.get("classes", loaders.CLASSES),
             "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
             "methods": methods, "layer": layer, "warnings": warnings,
             "checkpoint_epoch": metrics.get("checkpoint_epoch"), "located": located,
-            "context": found.get("context"), "sanity": found.get("sanity"), "reviewed": reviewed}
+            "context": found.get("context"), "sanity": found.get("sanity"), "reviewed": reviewed,
+            "baselines": found.get("baselines")}
 
 
 def _reviewed(root: Path, run: Path, index: pd.DataFrame | None, methods: list[str], layer: str | None,
@@ -276,6 +285,30 @@ def evidence_rows(data: dict[str, Any], stage: str) -> list[list[str]]:
         acc = {v: b["per_stage"].get(stage, {}) for v, b in context["variants"].items()}
         rows += [[f"Accuracy {evidence.VARIANTS[v]}", f"{a['accuracy']:.0%} (n = {a['n']})"]
                  for v, a in acc.items() if a.get("accuracy") is not None]
+        follows = ((context.get("stain_swapped") or {}).get("follows_donor") or {}).get("per_stage", {}).get(stage)
+        if follows and follows.get("share") is not None:
+            low, high = follows["ci95"]
+            rows.append(["Answer = the stain donor's stage", f"{follows['share']:.0%} [{low:.0%}, {high:.0%}] "
+                                                             f"(n = {follows['n']})"])
+    baselines = data.get("baselines")
+    if baselines:
+        for key, words, block in evidence.baseline_entries(baselines, data.get("split", "test"), headline_only=True):
+            if key != evidence.NETWORK and block["per_stage"].get(stage, {}).get("accuracy") is not None:
+                rows.append([f"Accuracy, {words}", evidence.pct_ci(block["per_stage"][stage]).replace("95% CI ", "")])
+    return rows
+
+
+def baseline_metric_rows(baselines: dict[str, Any] | None, split: str) -> list[tuple[str, str, str]]:
+    """The headline colour-only models as rows of the metrics table (accuracy and its Wilson 95% interval)."""
+    if not baselines:
+        return []
+    rows = []
+    for key, words, block in evidence.baseline_entries(baselines, split, headline_only=True):
+        if key == evidence.NETWORK or block.get("accuracy") is None:
+            continue
+        low, high = block.get("ci95") or (None, None)
+        rows.append((f"Accuracy of {words} (n = {block['n']})", f"{block['accuracy']:.3f}",
+                     f"{low:.3f} – {high:.3f}" if low is not None and high is not None else ""))
     return rows
 
 
@@ -368,8 +401,16 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
              f"Split: {findings.split} (n = {m.get('n', '?')}) · checkpoint epoch {data.get('checkpoint_epoch', '?')}",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}"], 0.7, 1.6, 12)
 
-    s = slide(f"Metrics ({findings.split}, 95% bootstrap intervals)")
-    table(s, ["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m)], 0.7, 1.4, 11.5, size=24)
+    shortcut = baseline_metric_rows(data.get("baselines"), findings.split)
+    s = slide(f"Metrics ({findings.split}, 95% intervals)")
+    table(s, ["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m) + shortcut], 0.7, 1.4, 11.5,
+          size=20 if shortcut else 24)
+    if shortcut:
+        baselines = data["baselines"]
+        s = slide(f"Could colour alone name the stage? ({findings.split})")
+        picture(s, evidence.png_baselines(baselines, findings.split), 0.5, 1.2, 5.2)
+        text(s, [*evidence.baseline_lines(baselines, findings.split), "",
+                 evidence.baseline_sentence(baselines, findings.split)], 9.6, 1.3, 3.4, size=13)
 
     s = slide("Per stage")
     table(s, PER_STAGE_HEADER, per_stage_rows(m), 0.5, 1.4, 12.3, size=22)
@@ -403,7 +444,13 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
     if findings.evidence and data.get("context"):
         s = slide("Cells or context: accuracy without the leukocytes")
         picture(s, evidence.png_context(data["context"]), 0.5, 1.2, 5.2)
-        text(s, [evidence.context_sentence(data["context"])], 9.6, 1.4, 3.3, size=18)
+        stain = evidence.stain_sentence(data["context"])
+        text(s, [evidence.context_sentence(data["context"])], 9.6, 1.4, 3.3, size=14 if stain else 18)
+        donor = evidence.png_donor(data["context"])
+        if donor is not None:
+            s = slide("Stain probes: does the answer follow the stain?")
+            picture(s, donor, 0.5, 1.2, 5.2)
+            text(s, [stain or ""], 9.6, 1.4, 3.3, size=16)
     located = data.get("located")
     if findings.evidence and located:
         s = slide(f"Do the maps point at the leukocytes? ({located['method']} at {located['layer']})")
@@ -475,12 +522,27 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
              f"<p class='muted'>Run {html_text(data['label'])} · model {html_text(cfg.get('model', '?'))} · "
              f"{html_text(cfg.get('image_size', '?'))} px · split {html_text(findings.split)} "
              f"(n = {html_text(m.get('n', '?'))}) · generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
-             "<section><h2>Metrics with 95% bootstrap intervals</h2>"
-             + _table(["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m)])
+             "<section><h2>Metrics with 95% intervals</h2>"
+             + _table(["Metric", "Value", "95% CI"],
+                      [list(r) for r in metric_rows(m) + baseline_metric_rows(data.get("baselines"), findings.split)])
+             + "<p class='muted'>The network's intervals are percentile bootstraps over images; the colour-only "
+               "models' are Wilson intervals.</p>"
              + _table(PER_STAGE_HEADER, per_stage_rows(m)) + "</section>",
              "<section><h2>Confusion matrix</h2>"
              + cm.to_html(full_html=False, include_plotlyjs=True, config=plot_config, default_width="720px")
              + "</section>"]
+    baselines = data.get("baselines")
+    if baselines and evidence.baseline_entries(baselines, findings.split):
+        fig = evidence.baseline_bars(baselines, findings.split)
+        parts.append("<section><h2>Could colour alone name the stage?</h2><ul>"
+                     + "".join(f"<li>{html_text(line)}</li>" for line in evidence.baseline_lines(baselines,
+                                                                                                 findings.split))
+                     + f"</ul><p>{html_text(evidence.baseline_sentence(baselines, findings.split))}</p>"
+                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
+                     + _table(["Model", "How it was made"],
+                              [[r["model"], r["how it was made"]] for r in
+                               evidence.baseline_frame(baselines, findings.split).to_dict("records")])
+                     + "</section>")
     for stage, info in data["stages"].items():
         body = f"<section><h2>Grad-CAM: {html_text(stage)}</h2><p class='muted'>{html_text(info['errors'])} of " \
                f"{html_text(info['n'])} images misclassified · layer {html_text(data['layer'])}</p><div class='row'>"
@@ -502,9 +564,13 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
                      + _table(["Stage", "Methods, best first"], rows) + "</section>")
     if findings.evidence and data.get("context"):
         fig = evidence.context_bars(data["context"])
+        donor = evidence.donor_bars(data["context"], "With another stage's stain: how often the answer is the "
+                                                     "donor's stage")
         parts.append("<section><h2>Cells or context</h2>"
                      f"<p>{html_text(evidence.context_sentence(data['context']))}</p>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config) + "</section>")
+                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
+                     + (donor.to_html(full_html=False, include_plotlyjs=False, config=plot_config) if donor else "")
+                     + "</section>")
     located = data.get("located")
     if findings.evidence and located:
         fig = evidence.localisation_bars(located, "concentration")

@@ -1,5 +1,6 @@
-"""Run: metrics with 95% intervals, per-class table, clickable confusion matrix with the cell's
-images and Grad-CAM maps, ROC curves, reliability diagram and learning curves."""
+"""Run: metrics with 95% intervals beside what colour-only models score, per-class table, clickable
+confusion matrix with the cell's images and Grad-CAM maps, cells-or-context and stain probes, ROC
+curves, reliability diagram and learning curves."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import streamlit as st
 
 from dashboard import evidence, figures, loaders, ui
 from dashboard.escape import code, html_text, md
-from engine.runs import OOD
+from engine.runs import BASELINES, OOD
 
 st.title("Run")
 runs = ui.found()["runs"]
@@ -52,8 +53,25 @@ if metrics is not None and split in metrics["splits"]:
     _, _, i, j = max(cells, key=lambda c: (c[1] and c[0] > 0, c[0]))
     ui.in_url("cell_true", classes[i], classes)
     ui.in_url("cell_pred", classes[j], classes)
+    run_evidence = loaders.evidence(root, run.path)
     with ui.section("Metrics"):
         ui.metric_cards(m)
+        # What a model that sees only a few colour numbers scores: in this data set the stain names the
+        # stage, so the network's accuracy is read beside it, never alone.
+        shortcut = run_evidence["baselines"]
+        if shortcut is not None and evidence.baseline_entries(shortcut, split):
+            with st.container(key="run_baselines"):
+                st.markdown("**Beside colour-only models** (same images, Wilson 95% intervals):\n\n"
+                            + "\n".join(f"- {md(line)}" for line in evidence.baseline_lines(shortcut, split)))
+                st.caption(md(evidence.baseline_sentence(shortcut, split)))
+        elif "baselines" in run_evidence["problem_of"]:
+            st.warning(f"{md(run_evidence['problem_of']['baselines'])}: the colour-only baselines cannot be shown "
+                       "beside this accuracy.", icon=":material/warning:")
+        elif shortcut is None:
+            st.warning(f"No {code(BASELINES)} for this run: what a model that sees only the colour would score "
+                       f"is unknown, and in this data set the stain can name the stage. Evaluate it again "
+                       f"({code(f'python -m engine evaluate {run.path}')}) with leukocyte masks to get it.",
+                       icon=":material/warning:")
         ood = metrics.get("ood") or {}
         if split in (ood.get("flagged_fraction") or {}):
             st.caption(f"Out-of-distribution check (`{OOD}`): {ood['flagged_fraction'][split]:.1%} of the {md(split)} "
@@ -135,11 +153,15 @@ if metrics is not None and split in metrics["splits"]:
                     st.caption(f"Showing the {limit} most confident of {len(cell)} images.")
 
     with ui.section("Context reliance"):
-        context = loaders.evidence(root, run.path)["context"]
+        context = run_evidence["context"]
         if context is not None and context.get("split") == split:
             st.subheader("Cells or context")
             st.markdown(evidence.context_sentence(context))
             st.plotly_chart(evidence.context_bars(context), key="run_context")
+            donor = evidence.donor_bars(context, "With another stage's stain: how often the answer is the "
+                                                 "donor's stage")
+            if donor is not None:
+                st.plotly_chart(donor, key="run_donor")
             st.caption("The Evidence page puts this beside where the maps point.")
 
     st.subheader("Curves")
