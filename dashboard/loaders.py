@@ -24,7 +24,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import runs
-from engine.data import CACHE, MANIFEST, REPORT
+from engine.data import CACHE, MANIFEST, REPORT, DataError
 from engine.runs import CLASSES, SPLITS
 from tuning import layout
 
@@ -421,9 +421,16 @@ def cams_index(root: Path | str, run: Path | str, problems: list[str] | None = N
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _manifest_digests(root: str, path: str, version: tuple[int, int]) -> tuple[str, str]:
+def _manifest_digests(root: str, path: str, version: tuple[int, int], split: str = "image",
+                      fold: int = 0) -> tuple[str, str | None]:
+    """The manifest's sha256 and the split digest of a run's ``split`` and ``fold`` (None: the manifest does
+    not hold that split, e.g. no smear folds)."""
     data = paths.read_bytes(root, path, MAX_CSV_BYTES)
-    return hashlib.sha256(data).hexdigest(), runs.split_digest(data)
+    try:
+        digest: str | None = runs.split_digest(data, split, fold, source=path)
+    except DataError:
+        digest = None
+    return hashlib.sha256(data).hexdigest(), digest
 
 
 def split_problem(root: Path | str, run: Path | str) -> str | None:
@@ -440,14 +447,14 @@ def split_problem(root: Path | str, run: Path | str) -> str | None:
         return None  # relative to wherever training ran: not a folder this check can find
     try:
         full, key = _existing(root, manifest, MAX_CSV_BYTES)
-        whole, split = _read(root, full, _manifest_digests, key)
+        whole, split = _read(root, full, _manifest_digests, key, *runs.run_split(config))
     except MissingFile:
         return runs.split_unreadable(shown, relative(root, manifest))
     except RefusedFile:
         return None
     except (LoadError, ValueError):
         return runs.split_unreadable(shown, relative(root, manifest))
-    if whole == recorded or split == config.get(runs.SPLIT_SHA256):
+    if whole == recorded or (split is not None and split == config.get(runs.SPLIT_SHA256)):
         return None
     return runs.split_changed(shown, relative(root, manifest))
 

@@ -124,7 +124,7 @@ def plain_accuracy(data_dir: Path, prepared: Path, cfg, device: torch.device, wo
 
     The engine's speed only counts if it learns as well: this is the accuracy to compare with.
     """
-    rows = read_manifest(prepared)
+    rows = read_manifest(prepared, cfg.split, cfg.fold)
     root = class_root(find_class_dirs(data_dir))
     files = {s: {(root / r["path"]).resolve() for r in rows if r["split"] == s} for s in ("train", "val")}
     train = plain_loader(plain_dataset(data_dir, cfg.image_size, True, files["train"]), cfg, device, workers, True)
@@ -161,7 +161,8 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
                 profiler: Any = None) -> dict[str, Any]:
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
     seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
-    data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
+    data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device), split=cfg.split,
+                     fold=cfg.fold)
     fast = fastpath.resolve(cfg, device, (steps + warmup) * cfg.batch_size)
     cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
     use_amp, channels_last = fast.amp, use_channels_last(cfg, device)

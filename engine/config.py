@@ -19,6 +19,9 @@ SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 BACKGROUNDS = ("keep", "random", "black")  # engine.background.MODES, kept here so configs load without torch
+# Which images a run trains, validates and tests on (engine.data.effective_split): "image", the prepared
+# manifest's split; "smear", whole smear groups held out: test = smear fold `fold`, val = the next fold.
+SPLIT_MODES = ("image", "smear")
 COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 # These compile modes capture CUDA graphs of their own, so the engine's hand-captured step stays off.
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
@@ -37,6 +40,8 @@ class Config:
     # data
     image_size: int = 224
     max_train_images: int = 0  # 0 = all; a stratified subset for quick experiments
+    split: str = "image"  # SPLIT_MODES: the manifest's image split, or whole smear folds held out
+    fold: int = 0  # split=smear: the smear fold tested on (the next one validates); 0..K-1 of the manifest's K
     # optimisation
     epochs: int = 30
     batch_size: int = 32
@@ -86,6 +91,10 @@ class Config:
             (self.precise_bn_images >= 0, "precise_bn_images must be 0 (off) or a number of images"),
             (self.background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}"),
             (0 <= self.background_p <= 1, "background_p must be in [0, 1]"),
+            (self.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}"),
+            (self.fold >= 0, "fold must be 0 or more (a smear fold of the prepared manifest)"),
+            # A fold that does nothing would make trials of a fold sweep silent copies of one another.
+            (self.fold == 0 or self.split == "smear", "fold applies only with split=smear"),
         ]
         checks.append((not (self.cuda_graphs == "on" and self.compile in GRAPHING_COMPILE_MODES),
                        f"cuda_graphs=on and compile={self.compile} are exclusive (that mode captures its own graphs)"))

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from . import locks
+from . import locks, smears
+from .config import SPLIT_MODES
 from .progress import progress
 from .runs import CLASSES, SPLITS, atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -35,6 +36,12 @@ MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "heigh
 # Leukocyte mask of each image (engine.masks): a PNG in the prepared folder, its source and area.
 # Empty for an image without a usable mask, and absent from manifests prepared without masks.
 MASK_COLUMNS = ("mask", "mask_source", "mask_fraction")
+# Acquisition ("smear") groups (engine.smears): images that probably share one smear, and the fold (0..K-1)
+# each whole group is held out in by a run with split=smear (``effective_split``). Absent from manifests
+# prepared before them, or where the data cannot fill the folds (data_report.json's "smear" says why).
+SMEAR_GROUP = "smear_group"
+SMEAR_FOLD = "smear_fold"
+SMEAR_COLUMNS = (SMEAR_GROUP, SMEAR_FOLD)
 MASKS = "masks"
 CACHE = "cache"  # decoded images: cache/<size>px.<key>.npy, cache/<size>px-masks.<key>.npy (see _cached)
 CACHE_KEY_CHARS = 16  # of the manifest's SHA-256 in a cache file's name
@@ -371,6 +378,8 @@ class Checked:
     derived_problem: str = ""
     mask_agreement: float | None = None
     oriented: bool = False  # turned upright by its EXIF orientation
+    colour: tuple[float, ...] = ()  # engine.smears.FEATURES: background colour and brightness statistics
+    colour_from_background: bool = False  # False: taken over the whole image (no mask, or too little background)
 
 
 @dataclass(frozen=True)
@@ -382,7 +391,8 @@ class FileJob:
     derive_masks: bool = True  # derive a mask from the image where the segmented one cannot serve
 
 
-def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
+def _check_mask(job: FileJob, image: Image.Image) -> tuple[dict[str, Any], np.ndarray | None]:
+    """The Checked fields of the image's leukocyte mask, and the mask itself (None without one)."""
     from . import masks
 
     segmented, problem = None, ""
@@ -402,7 +412,7 @@ def _check_mask(job: FileJob, image: Image.Image) -> dict[str, Any]:
         buffer = io.BytesIO()
         Image.fromarray(chosen.mask.astype(np.uint8) * 255).save(buffer, format="PNG")
         fields["mask_png"] = buffer.getvalue()
-    return fields
+    return fields, chosen.mask
 
 
 def _check_file(job: FileJob) -> Checked:
@@ -426,14 +436,16 @@ def _check_file_unguarded(job: FileJob) -> Checked:
     except ValueError as exc:
         return Checked(rel, cls, sha, reason=str(exc))
     image = decoded.image
-    mask = _check_mask(job, image) if job.mask_file is not None else {}
+    mask, mask_array = _check_mask(job, image) if job.mask_file is not None else ({}, None)
+    # The smear statistics come from the pixels decoded here: prepare decodes each file once.
+    colour, from_background = smears.colour_statistics(np.asarray(image), mask_array)
+    extra = {**mask, "oriented": decoded.oriented, "colour": colour, "colour_from_background": from_background}
     try:
         import imagehash
     except ImportError:  # a bare GPU machine: prepare still runs, without the near-duplicate check
-        return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash=-1,
-                       oriented=decoded.oriented, **mask)
+        return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash=-1, **extra)
     phash = int(str(imagehash.phash(image)), 16)
-    return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash, oriented=decoded.oriented, **mask)
+    return Checked(rel, cls, sha, image.width, image.height, decoded.mode, phash, **extra)
 
 
 def _workers() -> int:
@@ -513,14 +525,19 @@ def _mask_files(mask_dir: Path, class_dirs: dict[str, Path]) -> dict[str, Path]:
 
 def prepare(data_dir: Path, out: Path, seed: int = 0,
             fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), *,
-            masks: Path | str | None = "auto", derive_masks: bool = True) -> dict[str, Any]:
+            masks: Path | str | None = "auto", derive_masks: bool = True,
+            folds: int = smears.DEFAULT_FOLDS) -> dict[str, Any]:
     """Validate, deduplicate and split ``data_dir``; write the manifest and the report.
 
     ``masks``: a folder of segmented copies (same class folders and file names) whose
     leukocytes become the images' masks; "auto" uses ``Segmented/`` beside ``Original/``;
     None or "none": no masks. ``derive_masks``: where a segmented copy cannot serve, derive
-    the mask from the image itself (``engine.masks``).
+    the mask from the image itself (``engine.masks``). ``folds``: how many smear folds
+    (``SMEAR_COLUMNS``, engine.smears) to hold whole smear groups out in.
     """
+    if folds < smears.MIN_FOLDS:
+        raise DataError(f"--folds {folds}: at least {smears.MIN_FOLDS} smear folds are needed (test, validation "
+                        "and training folds)")
     out = Path(out)
     class_dirs = find_class_dirs(Path(data_dir).resolve())
     # Paths are relative to the folder holding the class folders, so ALL/ and ALL/Original/
@@ -580,32 +597,32 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
                               "classes": sorted(counts)})
     split_of = split_groups(group_class, seed, fractions)
 
-    rows = sorted(
-        ({"path": c.path, "class": c.cls, "sha256": c.sha256, "group": c.sha256[:16],
-          "split": split_of[c.sha256[:16]], "width": c.width, "height": c.height, **_mask_fields(c)}
-         for c in good),
-        key=lambda r: (CLASSES.index(r["class"]), r["path"]),
-    )
+    ordered = sorted(good, key=lambda c: (CLASSES.index(c.cls), c.path))
+    rows = [{"path": c.path, "class": c.cls, "sha256": c.sha256, "group": c.sha256[:16],
+             "split": split_of[c.sha256[:16]], "width": c.width, "height": c.height, **_mask_fields(c)}
+            for c in ordered]
+
+    unique = sorted(by_hash)
+    near_checked = all(c.phash >= 0 for c in good)
+    if not near_checked:
+        log.warning("prepare: ImageHash is not installed; near-duplicates were not looked for")
+    near_pairs = near_duplicate_pairs([by_hash[s][0].phash for s in unique]) if near_checked else []
+    near = [{"a": by_hash[unique[i]][0].path, "b": by_hash[unique[j]][0].path, "distance": d}
+            for i, j, d in near_pairs]
+    smear_report = _smear_groups(ordered, rows, [(unique[i], unique[j]) for i, j, _ in near_pairs],
+                                 folds=folds, seed=seed)
+
     out.mkdir(parents=True, exist_ok=True)
     if mask_dir:
         for c in good:
             if c.mask_png:
                 atomic_write_bytes(out / _mask_fields(c)["mask"], c.mask_png)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS + (MASK_COLUMNS if mask_dir else ()),
-                            lineterminator="\n", extrasaction="ignore")
+    columns = MANIFEST_COLUMNS + (MASK_COLUMNS if mask_dir else ()) + (SMEAR_COLUMNS if smear_report["made"] else ())
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / MANIFEST, buffer.getvalue())
-
-    unique = sorted(by_hash)
-    near_checked = all(c.phash >= 0 for c in good)
-    if not near_checked:
-        log.warning("prepare: ImageHash is not installed; near-duplicates were not looked for")
-    near = [
-        {"a": by_hash[unique[i]][0].path, "b": by_hash[unique[j]][0].path, "distance": d}
-        for i, j, d in near_duplicate_pairs([by_hash[s][0].phash for s in unique])
-    ] if near_checked else []
     counts = {cls: {s: 0 for s in SPLITS} for cls in CLASSES}
     for r in rows:
         counts[r["class"]][r["split"]] += 1
@@ -631,12 +648,41 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
         "near_duplicates_checked": near_checked,
         "rejected": rejected,
         "masks": mask_report(good, mask_dir, derive_masks),
+        "smear": smear_report,
     }
     write_json(out / REPORT, report)
     _write_samples(data_dir, rows, out / "samples")
     log.info("prepare: %d images, %d rejected, %d duplicate groups, %d near-duplicate pairs -> %s",
              len(rows), len(rejected), len(report["duplicate_groups"]), len(near), out)
     return report
+
+
+def _smear_groups(ordered: list[Checked], rows: list[dict[str, Any]], near: list[tuple[str, str]], *,
+                  folds: int, seed: int) -> dict[str, Any]:
+    """Fill ``rows``' SMEAR_COLUMNS (engine.smears) and return the report's "smear" section.
+
+    ``ordered`` are the images in the rows' order; ``near`` the near-duplicate pairs by sha256. Where the
+    data cannot fill ``folds`` folds, the columns are left out and the section says why.
+    """
+    first: dict[str, int] = {}
+    links = [(first.setdefault(c.sha256, i), i) for i, c in enumerate(ordered)]  # exact duplicates
+    links += [(first[a], first[b]) for a, b in near]
+    features = np.array([c.colour for c in ordered], dtype=np.float64)
+    stages = [c.cls for c in ordered]
+    try:
+        grouping = smears.make_groups(features, stages, links, classes=CLASSES, folds=folds, seed=seed)
+    except ValueError as exc:
+        log.warning("prepare: no smear folds (%s); split=smear will not be available", exc)
+        return {"made": False, "problem": str(exc), "folds": folds, "seed": seed}
+    for row, group, fold in zip(rows, grouping.group, grouping.fold, strict=True):
+        row[SMEAR_GROUP], row[SMEAR_FOLD] = group, fold
+    background = sum(c.colour_from_background for c in ordered)
+    check = smears.shortcut_check(features, stages, grouping.fold, classes=CLASSES, seed=seed)
+    log.info("prepare: %d smear groups in %d folds; background-colour forest %.1f%% by image, %.1f%% by smear fold",
+             grouping.report["groups"], folds, 100 * check["image_split"]["mean"], 100 * check["smear_split"]["mean"])
+    return {"made": True, "problem": None, "seed": seed, **grouping.report,
+            "statistics_from": {"background": background, "whole_image": len(ordered) - background},
+            "shortcut_check": check}
 
 
 def _mask_fields(c: Checked) -> dict[str, Any]:
@@ -687,9 +733,57 @@ def _write_samples(data_dir: Path, rows: list[dict], folder: Path) -> None:
             atomic_write_bytes(folder / cls / f"{i:02d}.png", buffer.getvalue())
 
 
-def read_manifest(prepared: Path) -> list[dict[str, Any]]:
-    """The manifest's rows; the mask columns are '' where the data was prepared without masks."""
-    return _read_manifest(prepared)[1]
+def read_manifest(prepared: Path, split: str = "image", fold: int = 0) -> list[dict[str, Any]]:
+    """The manifest's rows; the mask columns are '' where the data was prepared without masks.
+
+    Each row's ``split`` is the one a run with ``split`` and ``fold`` (``Config.split``, ``Config.fold``)
+    trains and is scored on (``effective_split``): every reader of a run's split reads it through here.
+    """
+    path = Path(prepared) / MANIFEST
+    rows = _read_manifest(prepared)[1]
+    if split != "image":
+        for row, effective in zip(rows, effective_split(rows, split, fold, source=str(path)), strict=True):
+            row["split"] = effective
+    return rows
+
+
+def smear_folds(rows: list[dict[str, Any]], source: str = MANIFEST) -> int:
+    """How many smear folds the manifest's rows hold (SMEAR_FOLD is 0..K-1); DataError where it has none."""
+    if not rows or SMEAR_FOLD not in rows[0]:
+        raise DataError(f"{source} has no smear folds (no {SMEAR_FOLD} column), which split=smear needs: run "
+                        "`python -m engine prepare` again to add them (data_report.json's \"smear\" says why a "
+                        "prepared folder has none)")
+    try:
+        found = {int(r[SMEAR_FOLD]) for r in rows}
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: {SMEAR_FOLD} holds a value that is not a fold number: run "
+                        "`python -m engine prepare` again") from None
+    count = max(found) + 1
+    if found != set(range(count)) or count < smears.MIN_FOLDS:
+        raise DataError(f"{source}: smear folds {sorted(found)} are not 0..K-1 with K >= {smears.MIN_FOLDS}: run "
+                        "`python -m engine prepare` again")
+    return count
+
+
+def effective_split(rows: list[dict[str, Any]], split: str = "image", fold: int = 0, *,
+                    source: str = MANIFEST) -> list[str]:
+    """The split of each manifest row for a run's ``split`` and ``fold``: the one rule, used by every reader.
+
+    ``split="image"``: the manifest's own ``split`` column (the 70/15/15 split by exact-duplicate group).
+    ``split="smear"``: whole smear groups held out: test is smear fold ``fold``, validation fold
+    ``(fold + 1) % K``, training the other K - 2 folds. DataError (naming ``source``) for a manifest
+    without smear folds or a fold out of range.
+    """
+    if split == "image":
+        return [r["split"] for r in rows]
+    if split not in SPLIT_MODES:
+        raise DataError(f"split={split!r}: one of {', '.join(SPLIT_MODES)}")
+    count = smear_folds(rows, source)
+    if not 0 <= fold < count:
+        raise DataError(f"fold={fold} is out of range: {source} has {count} smear folds, 0 to {count - 1} (prepare "
+                        "with --folds to change how many)")
+    val = (fold + 1) % count
+    return ["test" if f == fold else "val" if f == val else "train" for f in (int(r[SMEAR_FOLD]) for r in rows)]
 
 
 def _read_manifest(prepared: Path) -> tuple[str, list[dict[str, Any]]]:

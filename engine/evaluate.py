@@ -69,7 +69,8 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     channels_last = use_channels_last(cfg, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev))
+    data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev), split=cfg.split,
+                     fold=cfg.fold)
 
     # One pass per split gives the pooled features; the classifier and the out-of-distribution
     # check both read them, so no image goes through the network twice.

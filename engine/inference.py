@@ -71,8 +71,11 @@ class Data:
     split: dict[str, np.ndarray]  # split name -> indices into images
 
     @classmethod
-    def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool) -> Data:
-        rows = read_manifest(prepared)
+    def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool, *, split: str = "image",
+             fold: int = 0) -> Data:
+        """The prepared images at ``size`` px, split as a run with ``split`` and ``fold`` (its Config's) is:
+        ``engine.data.read_manifest`` applies the one split rule."""
+        rows = read_manifest(prepared, split, fold)
         array = np.array(load_cache(prepared, size))  # one copy out of the memory map
         images = torch.from_numpy(array)
         labels = torch.tensor([CLASSES.index(r["class"]) for r in rows])

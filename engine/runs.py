@@ -107,7 +107,8 @@ REVIEWS = "reviews.json"
 REVIEWS_LOCK = ".reviews.lock"
 # config.json keys: what the run was trained on. The sha256 of the prepared manifest.csv's bytes, and
 # of its sorted (sha256, class, split) rows, which stays the same when only paths, row order or mask
-# columns change (the split the run trained on is still there).
+# columns change (the split the run trained on is still there). The split is the run's effective one
+# (config keys "split" and "fold", engine.data.effective_split): with split=smear, its smear folds.
 MANIFEST_SHA256 = "manifest_sha256"
 SPLIT_SHA256 = "split_sha256"
 
@@ -337,9 +338,9 @@ def training_lock(run_dir: Path) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- the data a run trained on
 
-# (path, device, inode, size, mtime_ns) -> (manifest sha256, split sha256 or None until needed): the
+# (path, device, inode, size, mtime_ns) -> (manifest sha256, {(split, fold): split sha256} as needed): the
 # dashboard asks for every trial of a sweep, and they share one manifest.
-_DIGESTS: dict[tuple[str, int, int, int, int], list[str | None]] = {}
+_DIGESTS: dict[tuple[str, int, int, int, int], tuple[str, dict[tuple[str, int], str]]] = {}
 
 
 def _manifest_path(prepared: Path) -> Path:
@@ -348,28 +349,46 @@ def _manifest_path(prepared: Path) -> Path:
     return Path(prepared) / MANIFEST
 
 
-def _digests(manifest: Path, *, split: bool) -> tuple[str, str | None]:
-    """The manifest's byte sha256 and, when ``split``, its split sha256 (see SPLIT_SHA256); OSError if unreadable."""
+def _digests(manifest: Path, *, split: tuple[str, int] | None) -> tuple[str, str | None]:
+    """The manifest's byte sha256 and, for ``split`` = (split, fold), the split sha256 of that effective split
+    (see SPLIT_SHA256); OSError if unreadable, engine.data.DataError if the manifest cannot hold that split."""
     info = manifest.stat()
     key = (str(manifest), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
     cached = _DIGESTS.get(key)
     if cached is None:
         data = manifest.read_bytes()
-        cached = [hashlib.sha256(data).hexdigest(), None]
+        cached = (hashlib.sha256(data).hexdigest(), {})
         if len(_DIGESTS) > 64:
             _DIGESTS.clear()
         _DIGESTS[key] = cached
     else:
         data = None
-    if split and cached[1] is None:
-        cached[1] = split_digest(data if data is not None else manifest.read_bytes())
-    return cached[0], cached[1]
+    if split is None:
+        return cached[0], None
+    if split not in cached[1]:
+        cached[1][split] = split_digest(data if data is not None else manifest.read_bytes(), *split,
+                                        source=str(manifest))
+    return cached[0], cached[1][split]
 
 
-def split_digest(manifest: bytes) -> str:
-    """SPLIT_SHA256 of a manifest's bytes: the sha256 of its sorted ``sha256, class, split`` rows."""
-    rows = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in csv.DictReader(io.StringIO(manifest.decode())))
-    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+def split_digest(manifest: bytes, split: str = "image", fold: int = 0, *, source: str = "manifest.csv") -> str:
+    """SPLIT_SHA256 of a manifest's bytes: the sha256 of its sorted ``sha256, class, split`` rows, with each
+    row's split the effective one of a run's ``split`` and ``fold`` (engine.data.effective_split; "image":
+    the manifest's own column). engine.data.DataError, naming ``source``, where the manifest lacks that split."""
+    rows = list(csv.DictReader(io.StringIO(manifest.decode())))
+    if split != "image":
+        from .data import effective_split  # imported late: engine.data imports this module
+
+        for row, effective in zip(rows, effective_split(rows, split, fold, source=source), strict=True):
+            row["split"] = effective
+    lines = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in rows)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def run_split(config: dict[str, Any]) -> tuple[str, int]:
+    """(split, fold) of a run's config.json (a run from before these keys: the image split)."""
+    split, fold = config.get("split", "image"), config.get("fold", 0)
+    return (split if isinstance(split, str) else "image"), (fold if isinstance(fold, int) else 0)
 
 
 def split_changed(run_dir: Path | str, manifest: Path | str) -> str:
@@ -385,10 +404,11 @@ def split_unreadable(run_dir: Path | str, manifest: Path | str) -> str:
             "its split cannot be checked")
 
 
-def manifest_record(prepared: Path) -> dict[str, str]:
-    """What ``config.json`` records of the prepared data a run trains on: {MANIFEST_SHA256, SPLIT_SHA256}."""
-    manifest, split = _digests(_manifest_path(prepared), split=True)
-    return {MANIFEST_SHA256: manifest, SPLIT_SHA256: str(split)}
+def manifest_record(prepared: Path, split: str = "image", fold: int = 0) -> dict[str, str]:
+    """What ``config.json`` records of the prepared data a run trains on: {MANIFEST_SHA256, SPLIT_SHA256},
+    the split digest of the run's effective split (its config's ``split`` and ``fold``)."""
+    manifest, digest = _digests(_manifest_path(prepared), split=(split, fold))
+    return {MANIFEST_SHA256: manifest, SPLIT_SHA256: str(digest)}
 
 
 def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
@@ -398,11 +418,15 @@ def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
     except (OSError, ValueError, KeyError, TypeError):
         return None, None  # no run, or one trained before the record existed: nothing to compare
     manifest = _manifest_path(prepared)
+    from .data import DataError  # imported late: engine.data imports this module
+
     try:
-        current, _ = _digests(manifest, split=False)
+        current, _ = _digests(manifest, split=None)
         if current == recorded:
             return True, None
-        _, split = _digests(manifest, split=True)
+        _, split = _digests(manifest, split=run_split(config))
+    except DataError:  # the manifest no longer holds the run's smear folds at all
+        return False, split_changed(run_dir, manifest)
     except (OSError, ValueError, KeyError):
         return False, split_unreadable(run_dir, manifest)
     if split is not None and split == config.get(SPLIT_SHA256):

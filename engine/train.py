@@ -280,11 +280,15 @@ class CellMasks:
     present: torch.Tensor  # bool (N,): the image has a usable mask
 
     @classmethod
-    def load(cls, prepared: Path, size: int, device: torch.device) -> CellMasks:
-        present = has_masks(read_manifest(prepared))
-        if not present.any():
-            raise ConfigError(f"background augmentation needs leukocyte masks, and {prepared} has none: prepare "
-                              "the data with its Segmented/ folder beside Original/ (or --masks DIR)")
+    def load(cls, prepared: Path, size: int, device: torch.device, rows: list[dict] | None = None,
+             train: np.ndarray | None = None) -> CellMasks:
+        """The masks of ``prepared`` (``rows``: its manifest as read for the run); ConfigError when none of the
+        ``train`` images (indices into the rows; all when None) has one."""
+        present = has_masks(rows if rows is not None else read_manifest(prepared))
+        if not present[train if train is not None else slice(None)].any():
+            raise ConfigError(f"background augmentation needs leukocyte masks on the training images, and {prepared} "
+                              "has none: prepare the data with its Segmented/ folder beside Original/ "
+                              "(or --masks DIR)")
         masks = torch.from_numpy(np.array(load_mask_cache(prepared, size)))
         masks = background.grow(masks, max(1, round(background.GROW_AT_224 * size / 224)))
         return cls(masks.to(device), torch.from_numpy(present).to(device))
@@ -451,7 +455,7 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     else:
         # Taken before the images are read: a manifest replaced meanwhile makes the run refuse later, not pass.
         try:
-            data_record = runs.manifest_record(prepared)
+            data_record = runs.manifest_record(prepared, cfg.split, cfg.fold)
         except FileNotFoundError:
             read_manifest(prepared)  # raises the DataError that says to run `prepare` first
             raise
@@ -461,7 +465,8 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     seed_everything(cfg.seed, device)
     channels_last = use_channels_last(cfg, device)
 
-    data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device))
+    data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device), split=cfg.split,
+                     fold=cfg.fold)
     labels_np = data.labels.cpu().numpy()
     train_idx = subsample(data.split["train"], labels_np, cfg.max_train_images, cfg.seed)
     # A resumed run keeps its first decision: compiling changes the steps per epoch (fixed batches).
@@ -472,7 +477,8 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
              fast.compile, fast.compile_reason)
     use_amp = fast.amp
     step_cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
-    cells = CellMasks.load(prepared, cfg.image_size, data.labels.device) if cfg.background != "keep" else None
+    cells = CellMasks.load(prepared, cfg.image_size, data.labels.device, data.rows, data.split["train"]) \
+        if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
     if channels_last:

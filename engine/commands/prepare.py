@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..data import load_cache, prepare
+from ..smears import DEFAULT_FOLDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--derived-masks", action=argparse.BooleanOptionalAction, default=True,
                         help="where a segmented copy cannot serve (missing, empty, most of the image), derive the "
                         "mask from the image's stain (default on)")
+    parser.add_argument("--folds", type=int, default=DEFAULT_FOLDS,
+                        help="smear folds: whole smear groups held out per fold, for runs with split=smear "
+                        f"(default {DEFAULT_FOLDS}, at least 3)")
     parser.add_argument("--cache-size", type=int, action="append", default=[],
                         help="also build the decoded cache at this resolution (repeatable)")
     return parser
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(fractions) != 3:
         raise ConfigError(f"--split expects three fractions, got {args.split!r}")
     report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
-                     derive_masks=args.derived_masks)
+                     derive_masks=args.derived_masks, folds=args.folds)
     if args.cache_size:
         for size in args.cache_size:
             load_cache(args.out, size)
@@ -47,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     if report["masks"]["dir"]:
         print("leukocyte masks (segmented / derived / none): " + ", ".join(
             f"{cls} {m['segmented']}/{m['derived']}/{m['none']}" for cls, m in report["masks"]["per_class"].items()))
+    smear = report["smear"]
+    if smear["made"]:
+        check = smear["shortcut_check"]
+        print(f"smear groups in {smear['folds']} folds: " + ", ".join(
+            f"{cls} {s['groups']}" for cls, s in smear["per_stage"].items())
+            + f"; background-colour forest {check['image_split']['mean']:.1%} by image, "
+            f"{check['smear_split']['mean']:.1%} by smear fold")
+    else:
+        print(f"no smear folds: {smear['problem']}")
     for item in report["rejected"]:
         print(f"rejected {item['path']}: {item['reason']}")
     print(args.out)
