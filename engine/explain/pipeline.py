@@ -92,7 +92,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
     model.eval()
     prepared = Path(runs.read_json(run_dir / runs.CONFIG)["data_dir"])
-    data = Data.load(prepared, cfg.image_size, dev, on_device=False)
+    data = Data.load(prepared, cfg.image_size, dev, on_device=False, split=cfg.split, fold=cfg.fold)
     if split not in data.split:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.split)}")
     labels = data.labels.cpu().numpy()
