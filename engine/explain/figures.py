@@ -59,10 +59,22 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+STORED_DTYPE = np.float16  # half the size of float32; 1e-3 precision is plenty for [0, 1]
+
+
+def as_stored(cams: np.ndarray) -> np.ndarray:
+    """Maps rounded to what a ``.npy`` in ``cams/`` holds, as float32.
+
+    Every score is computed from these, so that anyone reloading the stored maps recomputes the
+    published numbers exactly (a float32 maximum can tie with a neighbour once rounded).
+    """
+    return np.clip(cams, 0, 1).astype(STORED_DTYPE).astype(np.float32)
+
+
 def npy_bytes(cam: np.ndarray) -> bytes:
-    """A map as float16 ``.npy`` bytes (half the size; 1e-3 precision is plenty for [0, 1])."""
+    """A map as ``.npy`` bytes at the stored precision (``STORED_DTYPE``)."""
     buffer = io.BytesIO()
-    np.save(buffer, np.clip(cam, 0, 1).astype(np.float16))
+    np.save(buffer, np.clip(cam, 0, 1).astype(STORED_DTYPE))
     return buffer.getvalue()
 
 

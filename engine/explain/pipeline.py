@@ -307,15 +307,17 @@ def _write_cams(run: LoadedRun, out: Path, options: ExplainOptions) -> dict[str,
         seconds = 0.0
         for layer in layers:
             start = time.perf_counter()
-            maps = {"pred": compute_maps(run.model, x, method, layer, pred, batch_size=batch_size,
-                                         desc=f"{method} {layer}")}
+            # Rounded to the stored precision first: localisation, faithfulness and the panels score
+            # exactly the maps a reader finds in cams/.
+            maps = {"pred": figures.as_stored(compute_maps(run.model, x, method, layer, pred, batch_size=batch_size,
+                                                           desc=f"{method} {layer}"))}
             seconds += time.perf_counter() - start
             # A correct image's true-class map is its predicted-class map: only the
             # misclassified ones need a second pass.
             maps["true"] = maps["pred"].copy()
             if "true" in targets and len(wrong):
-                maps["true"][wrong] = compute_maps(run.model, x[wrong], method, layer, true[wrong],
-                                                   batch_size=batch_size)
+                maps["true"][wrong] = figures.as_stored(compute_maps(run.model, x[wrong], method, layer, true[wrong],
+                                                                     batch_size=batch_size))
             index_rows += _write_maps(out, base, pictures, maps, method, layer, targets, pred, true)
             if localise:
                 result, rows = _localise(run, base, maps["pred"], method, layer, seed)
