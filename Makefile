@@ -33,7 +33,7 @@ TB_PORT ?= 6006
 
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench tensorboard test test-fast bench bench-gpu lint clean
+.PHONY: help setup browser prepare train evaluate explain predict pipeline tune demo dashboard dashboard-bench tensorboard test test-fast test-isa bench bench-gpu lint clean
 
 help:
 	@echo "make demo DATA_DIR=...   prepare, a cpu-quick sweep, evaluate and explain the best trial, serve the dashboard"
@@ -117,6 +117,17 @@ test: setup browser
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The tests that assert what a trained model learned (marker numerics), again under other CPUs' kernels, each
+# setting ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY: AVX2 (a CPU without AVX-512 or bf16) and AVX512_CORE (AVX-512
+# without bf16). Under both, amp=auto trains in fp32 (engine/fastpath.py), as it does on such a CPU.
+ISA_SETTINGS ?= AVX2:avx2 AVX512_CORE:avx512
+test-isa: setup
+	@for setting in $(ISA_SETTINGS); do \
+		echo "make test-isa: ONEDNN_MAX_CPU_ISA=$${setting%%:*} ATEN_CPU_CAPABILITY=$${setting##*:}"; \
+		env ONEDNN_MAX_CPU_ISA=$${setting%%:*} ATEN_CPU_CAPABILITY=$${setting##*:} \
+			$(PY) -m pytest -m numerics $(PYTEST_ARGS) || exit 1; \
+	done
 
 bench: setup
 	$(PY) -m engine bench $(if $(DATA_DIR),--data-dir $(DATA_DIR))

@@ -5,7 +5,8 @@ Both default to ``auto``. The decision and its reason go into the run's ``env.js
 
 - **bf16 autocast** is on for CUDA, and on CPUs that run bf16 natively (AVX512-BF16 or AMX):
   oneDNN's bf16 kernels trained DenseNet-121 at 31-35 img/s against 20 in fp32 on a 2-core AMD EPYC
-  (Zen 4) at 96 px (the demo trials' history.csv). Elsewhere oneDNN emulates bf16, slower than fp32, so it stays off.
+  (Zen 4) at 96 px (the demo trials' history.csv). Elsewhere oneDNN emulates bf16, slower than fp32, so it stays off;
+  so it does where ``ONEDNN_MAX_CPU_ISA`` caps oneDNN below bf16 (how ``make test-isa`` tries other CPUs' paths).
 - **torch.compile** (Inductor, default mode) made the H200 training step 1.68x faster but costs
   124 s to compile with a cold Inductor cache and 11 s with a warm one (docs/benchmarks.md). It is
   switched on where the planned training is long enough to repay that cost: with a warm cache
@@ -59,8 +60,19 @@ class FastPath:
                    f"{env.get('compile_reason', 'recorded')} (kept on resume)")
 
 
+# oneDNN instruction-set caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: under them oneDNN emulates bf16.
+ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str:
+    """The instruction set oneDNN is capped at by the environment ("" when it is not)."""
+    return (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+
+
 def cpu_runs_bf16_natively() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where oneDNN's bf16 kernels beat fp32."""
+    """True on CPUs with AVX512-BF16 or AMX, where oneDNN's bf16 kernels beat fp32, unless oneDNN is capped below."""
+    if onednn_isa_cap() in ISA_CAPS_WITHOUT_BF16:
+        return False
     cpu = torch.cpu
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
@@ -73,6 +85,8 @@ def resolve_amp(cfg: Config, device: torch.device) -> tuple[bool, str]:
         return True, "auto: on for CUDA"
     if cpu_runs_bf16_natively():
         return True, "auto: this CPU runs bf16 natively (AVX512-BF16 or AMX)"
+    if onednn_isa_cap() in ISA_CAPS_WITHOUT_BF16:
+        return False, f"auto: oneDNN is capped at {onednn_isa_cap()} (ONEDNN_MAX_CPU_ISA), where bf16 is emulated"
     return False, "auto: this CPU has no native bf16 (AVX512-BF16 or AMX), where bf16 is slower than fp32"
 
 

@@ -8,6 +8,8 @@ from sklearn import metrics as skm
 from engine.metrics import calibration, classification_metrics
 from engine.runs import CLASSES
 
+pytestmark = pytest.mark.numerics
+
 
 def test_metrics_json_is_exactly_what_sklearn_computes_from_predictions(trained_tiny_run):
     metrics = json.loads((trained_tiny_run / "metrics.json").read_text())

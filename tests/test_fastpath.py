@@ -21,11 +21,26 @@ def inductor_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_follows_native_bf16_on_the_cpu(monkeypatch, native):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(fastpath, "cpu_runs_bf16_natively", lambda: native)
     on, reason = fastpath.resolve_amp(build_config("tiny", {"amp": "auto"}), CPU)
     assert on is native and ("natively" in reason if native else "no native bf16" in reason)
     assert fastpath.resolve_amp(build_config("tiny", {"amp": "auto"}), CUDA)[0]
     assert fastpath.resolve_amp(build_config("tiny", {"amp": "off"}), CUDA) == (False, "amp=off was asked for")
+    assert fastpath.resolve_amp(build_config("tiny", {"amp": "on"}), CPU)[0]
+
+
+@pytest.mark.parametrize(("cap", "native"), [("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                                             ("AVX512_CORE_AMX", True), ("", True)])
+def test_a_onednn_cap_below_bf16_turns_amp_auto_off(monkeypatch, cap, native):
+    # On a CPU that has bf16, capping oneDNN below it makes oneDNN emulate bf16: auto must not choose it.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    on, reason = fastpath.resolve_amp(build_config("tiny", {"amp": "auto"}), CPU)
+    assert on is native, reason
+    assert native or cap.upper() in reason
     assert fastpath.resolve_amp(build_config("tiny", {"amp": "on"}), CPU)[0]
 
 

@@ -9,7 +9,7 @@ import pytest
 from engine.cli import main
 from tests.conftest import REAL_DATA
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 
 
 def test_full_data_set_prepare_accounts_for_every_file_and_is_reproducible(tmp_path):

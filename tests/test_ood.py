@@ -12,6 +12,8 @@ from PIL import Image
 from engine import ood
 from engine.predict import Predictor
 
+pytestmark = pytest.mark.numerics
+
 
 def _clusters(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     means = np.eye(4, 16) * 6

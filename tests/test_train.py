@@ -12,6 +12,8 @@ from engine.config import build_config
 from engine.models import WeightsError, create_model
 from engine.train import augment, fit
 
+pytestmark = pytest.mark.numerics
+
 
 def _weights(run_dir, which="last"):
     return torch.load(run_dir / "checkpoints" / f"{which}.pt", map_location="cpu", weights_only=True)["model"]
