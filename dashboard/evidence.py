@@ -216,7 +216,7 @@ def donor_bars(context: Mapping[str, Any], title: str = "") -> go.Figure | None:
     fig.add_hline(y=0.25, line_dash="dot", annotation_text="a random<br>answer", annotation_position="right")
     fig.update_layout(xaxis_title="true stage", yaxis_title="share that follows the donor", yaxis_range=[0, 1.05],
                       title=dict(text=title, x=0) if title else None, height=340, template="plotly_white",
-                      showlegend=False, margin=dict(l=60, r=20, t=50 if title else 30, b=50))
+                      showlegend=False, margin=dict(l=60, r=110, t=50 if title else 30, b=50))
     return fig
 
 
@@ -264,16 +264,16 @@ def baseline_sentence(baselines: Mapping[str, Any], split: str) -> str:
     strong = [(words, block) for key, (words, block) in entries.items() if key != NETWORK
               and block.get("ci95") and block["ci95"][0] is not None and chance is not None
               and block["ci95"][0] >= chance + SHORTCUT_MARGIN]
-    scope = f"on the {n} {split} images with a leukocyte mask" if n is not None else f"on the {split} images"
+    scope = f"the {n} {split} images with a leukocyte mask" if n is not None else f"the {split} images"
     chance_text = f" (always answering the most common stage: {chance:.0%})" if chance is not None else ""
     if strong:
         best_words, best = max(strong, key=lambda wb: wb[1]["accuracy"])
-        return (f"{best_words[:1].upper()}{best_words[1:]} names the stage of {best['accuracy']:.1%} of the images "
-                f"{scope}{chance_text}. The stages can be told apart by colour alone, so the network's accuracy is "
+        return (f"{best_words[:1].upper()}{best_words[1:]} names the stage of {best['accuracy']:.1%} of {scope}"
+                f"{chance_text}. The stages can be told apart by colour alone, so the network's accuracy is "
                 "no evidence by itself that it learned leukocyte morphology; the stain probes (cells or context) "
                 "say whether it uses the colour.")
-    return (f"No colour-only model names the stage well {scope}{chance_text}: here the colour alone does not "
-            "give the stage away.")
+    return (f"No colour-only model names the stage well on {scope}{chance_text}: here the colour alone does "
+            "not give the stage away.")
 
 
 def baseline_frame(baselines: Mapping[str, Any], split: str) -> pd.DataFrame:

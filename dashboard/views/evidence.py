@@ -58,14 +58,11 @@ with ui.section(f"Shortcut baselines ({BASELINES})"):
     else:
         st.markdown("\n".join(f"- {md(line)}" for line in evidence.baseline_lines(shortcut, SPLIT)))
         st.caption(md(evidence.baseline_sentence(shortcut, SPLIT)))
-        left, right = st.columns([3, 2])
-        with left:
-            st.plotly_chart(evidence.baseline_bars(shortcut, SPLIT), key="ev_baselines")
-        with right:
-            st.dataframe(evidence.baseline_frame(shortcut, SPLIT).drop(columns=["how it was made"]), hide_index=True,
-                         width="stretch", column_config={
-                             "accuracy": st.column_config.NumberColumn(format="%.3f"),
-                             "balanced accuracy": st.column_config.NumberColumn(format="%.3f")})
+        st.plotly_chart(evidence.baseline_bars(shortcut, SPLIT), key="ev_baselines")
+        st.dataframe(evidence.baseline_frame(shortcut, SPLIT).drop(columns=["how it was made"]), hide_index=True,
+                     width="stretch", column_config={
+                         "accuracy": st.column_config.NumberColumn(format="%.3f"),
+                         "balanced accuracy": st.column_config.NumberColumn(format="%.3f")})
         with st.expander("How the baselines were made"):
             for _, row in evidence.baseline_frame(shortcut, SPLIT).iterrows():
                 st.markdown(f"- **{md(row['model'])}**: {md(row['how it was made'])}")
