@@ -35,6 +35,8 @@ STATISTICS = ("median", "std", "p10", "p90")
 CHANNELS = ("R", "G", "B")
 FEATURE_NAMES = tuple(f"{stat}_{channel}" for stat in STATISTICS for channel in CHANNELS)
 FOREST_TREES = 300
+# Images per step when measuring a split: bounds the copies (images, grown masks) at 224 px to ~40 MB.
+CHUNK = 256
 # baselines.json key -> (the region whose pixels it sees, the model)
 KINDS = {"background_colour": ("background", "random_forest"), "cell_colour": ("cells", "random_forest"),
          "background_colour_linear": ("background", "logistic_regression"),
@@ -83,6 +85,20 @@ def usable(masks: np.ndarray, grow: int) -> np.ndarray:
     grown = regions(masks, grow)
     flat = masks.reshape(len(masks), -1)
     return flat.any(axis=1) & ~grown.reshape(len(masks), -1).all(axis=1)
+
+
+def _split_features(images: np.ndarray, masks: np.ndarray, index: np.ndarray,
+                    grow: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Which of ``index`` are ``usable``, and the colour features of those, a chunk of images at a time."""
+    ok, parts = [], []
+    for chunk in (index[i:i + CHUNK] for i in range(0, len(index), CHUNK)):
+        chunk_masks = np.asarray(masks[chunk])
+        keep = usable(chunk_masks, grow)
+        ok.append(keep)
+        parts.append(colour_features(np.asarray(images[chunk[keep]]), chunk_masks[keep], grow))
+    empty = np.empty((0, len(FEATURE_NAMES)))
+    return (np.concatenate(ok) if ok else np.zeros(0, bool),
+            {r: np.concatenate([p[r] for p in parts]) if parts else empty for r in ("background", "cells")})
 
 
 def make_model(model: str, seed: int) -> Any:
@@ -143,10 +159,8 @@ def measure(images: np.ndarray, masks: np.ndarray, labels: np.ndarray, splits: M
     features: dict[str, dict[str, np.ndarray]] = {}
     for split, index in splits.items():
         index = np.asarray(index, dtype=np.int64)
-        ok = usable(np.asarray(masks[index]), grow) if len(index) else np.zeros(0, bool)
+        ok, features[split] = _split_features(images, masks, index, grow)
         kept[split], left_out[split] = np.flatnonzero(ok), int(len(index) - ok.sum())
-        chosen = index[ok]
-        features[split] = colour_features(np.asarray(images[chosen]), np.asarray(masks[chosen]), grow)
     train_true = labels[np.asarray(splits[fit_split], dtype=np.int64)[kept[fit_split]]]
     if len(np.unique(train_true)) < 2:
         log.info("fewer than two stages among the %s images with masks: no baselines fitted", fit_split)

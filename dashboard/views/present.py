@@ -35,7 +35,8 @@ per_stage = c[2].number_input("Images per stage", 1, 8, 4, key="present_n")
 normalized = c[3].toggle("Row-normalised matrix", True, key="present_norm")
 faith = c[3].toggle("Faithfulness slide", True, key="present_faith", disabled=index is None)
 with_evidence = c[3].toggle("Evidence slides", True, key="present_evidence",
-                            help="Cells or context, localisation on the leukocytes and one evidence slide per stage")
+                            help="Cells or context with the stain probes, localisation on the leukocytes and one "
+                            "evidence slide per stage (the colour-only baselines are beside the metrics either way)")
 marks = ui.review_marks(run)
 with_reviewed = c[3].toggle("Reviewed images", False, key="present_reviewed", disabled=not marks,
                             help=f"The {len(marks or {})} image(s) marked with Review in the gallery or the Run "
