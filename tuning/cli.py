@@ -47,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_outcome(sweep_dir: Path, best: dict | None) -> None:
-    from .finish import format_table, read_summary
+    from engine import runs
+
+    from .finish import format_repeats, format_table, read_summary
+    from .layout import REPEATS
 
     rows = read_summary(sweep_dir)
     if rows:
@@ -58,6 +61,8 @@ def print_outcome(sweep_dir: Path, best: dict | None) -> None:
         ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None and hi is not None else ""
         print(f"best trial {best['trial_id']}: val macro-F1 {best['best_val_macro_f1']:.4f}, "
               f"test accuracy {test['accuracy']:.4f}{ci}, test macro-F1 {test['macro_f1']:.4f}")
+    if best and (sweep_dir / REPEATS).is_file():
+        print(format_repeats(runs.read_json(sweep_dir / REPEATS)))
 
 
 def main(argv: list[str] | None = None) -> int:

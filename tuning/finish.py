@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from engine import runs
 from .layout import (
     BEST,
     PARAM_PREFIX,
+    REPEAT_PARAMS,
+    REPEAT_SCORES,
+    REPEATS,
     SUMMARY,
     TRIAL_COMPLETE,
     TRIAL_JSON,
@@ -104,7 +108,103 @@ def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
         "explained": explained,
     }
     runs.write_json(sweep_dir / BEST, result)
+    spread = repeats(sweep_dir, read_summary(sweep_dir))
+    if spread is not None:
+        runs.write_json(sweep_dir / REPEATS, spread)
     return result
+
+
+# ----------------------------------------------------------------------------- repeats: folds and seeds
+
+
+def _params(sweep_dir: Path, row: dict[str, str]) -> dict[str, Any]:
+    """A trial's sampled parameters, typed as trial.json holds them (summary.csv's are text)."""
+    trial_json = Path(sweep_dir) / row["run_dir"] / TRIAL_JSON
+    if trial_json.is_file():
+        params = runs.read_json(trial_json).get("params")
+        if isinstance(params, dict):
+            return params
+    return {k.removeprefix(PARAM_PREFIX): v for k, v in row.items() if k.startswith(PARAM_PREFIX)}
+
+
+def _scores(run_dir: Path) -> dict[str, float | None]:
+    """REPEAT_SCORES of an evaluated run, from its metrics.json; the run is evaluated first where metrics.json is
+    missing or older than its best checkpoint."""
+    metrics_file, best = run_dir / runs.METRICS, run_dir / runs.CHECKPOINTS / runs.BEST_CHECKPOINT
+    if not metrics_file.is_file() or metrics_file.stat().st_mtime_ns < best.stat().st_mtime_ns:
+        from engine.evaluate import evaluate
+
+        evaluate(run_dir)
+    splits = runs.read_json(metrics_file).get("splits", {})
+    return {f"{split}_{key}": splits.get(split, {}).get(key)
+            for split, key in (("test", "accuracy"), ("test", "macro_f1"), ("val", "accuracy"), ("val", "macro_f1"))}
+
+
+def spread(values: list[float]) -> dict[str, float | int | None]:
+    """n, mean, sample standard deviation (n - 1; None below two values), min and max."""
+    if not values:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"n": len(values), "mean": mean, "std": std, "min": min(values), "max": max(values)}
+
+
+def repeats(sweep_dir: Path, rows: list[dict[str, str]]) -> dict[str, Any] | None:
+    """Mean and spread of every setting's repeats (trials equal but for REPEAT_PARAMS), or None when the sweep
+    searches none of those parameters.
+
+    Each trial that trained to the end (status complete) and has a best checkpoint counts, evaluated on its own
+    test split (for split=smear: its fold) where it has not been yet; trials stopped early by the scheduler,
+    unfinished or failing to evaluate are listed in ``left_out`` with the reason, since the spread of a
+    cross-validation over the folds that happened to finish would mislead.
+    """
+    sweep_dir = Path(sweep_dir)
+    searched = [k.removeprefix(PARAM_PREFIX) for k in (rows[0] if rows else {}) if k.startswith(PARAM_PREFIX)]
+    repeat_params = [k for k in searched if k in REPEAT_PARAMS]
+    if not repeat_params:
+        return None
+    settings: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        params = _params(sweep_dir, row)
+        fixed = {k: v for k, v in params.items() if k not in REPEAT_PARAMS}
+        label = ", ".join(f"{k}={_short(str(v))}" for k, v in sorted(fixed.items())) or "(every trial)"
+        entry = settings.setdefault(label, {"setting": label, "params": fixed, "trials": [], "left_out": []})
+        trial = {"trial_id": row["trial_id"], "run_dir": row["run_dir"], **{k: params.get(k) for k in repeat_params}}
+        run_dir = sweep_dir / row["run_dir"]
+        if row["status"] != TRIAL_COMPLETE or not (run_dir / runs.CHECKPOINTS / runs.BEST_CHECKPOINT).is_file():
+            entry["left_out"].append({**trial, "status": row["status"], "reason": "did not train to the end"})
+            continue
+        try:
+            trial.update(_scores(run_dir))
+        except Exception as exc:  # one trial that cannot be evaluated must not lose the others' spread
+            log.warning("%s could not be evaluated; left out of the spread", run_dir, exc_info=True)
+            entry["left_out"].append({**trial, "status": row["status"], "reason": f"evaluation failed: {exc}"})
+            continue
+        entry["trials"].append(trial)
+    for entry in settings.values():
+        entry["trials"].sort(key=lambda t: tuple(str(t.get(k)) for k in repeat_params))
+        for score in REPEAT_SCORES:
+            entry[score] = spread([t[score] for t in entry["trials"] if isinstance(t.get(score), (int, float))])
+    return {"repeat_params": repeat_params, "settings": list(settings.values())}
+
+
+def format_repeats(data: dict[str, Any]) -> str:
+    """One line per setting: its repeats' test and validation accuracy, mean ± std (min-max)."""
+    def block(name: str, s: dict[str, Any]) -> str:
+        if not s["n"]:
+            return f"{name} -"
+        std = f" ± {s['std']:.4f}" if s["std"] is not None else ""
+        return f"{name} {s['mean']:.4f}{std} (min {s['min']:.4f}, max {s['max']:.4f})"
+
+    lines = []
+    for entry in data["settings"]:
+        over = " and ".join(data["repeat_params"])
+        left = f"; {len(entry['left_out'])} left out (did not finish)" if entry["left_out"] else ""
+        lines.append(f"{entry['setting']}: {entry['test_accuracy']['n']} repeats over {over}: "
+                     f"{block('test accuracy', entry['test_accuracy'])}, "
+                     f"{block('val accuracy', entry['val_accuracy'])}, "
+                     f"{block('test macro-F1', entry['test_macro_f1'])}{left}")
+    return "\n".join(lines)
 
 
 def _short(value: str) -> str:

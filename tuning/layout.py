@@ -8,6 +8,8 @@
     space.yaml           the search space as it was when the sweep started (--resume reads this one)
     summary.csv          one row per trial (summary_columns), rewritten while the sweep runs
     best.json            written by the finish step: the best trial, its params and test metrics
+    repeats.json         written by the finish step when trials repeat a setting (REPEAT_PARAMS: the folds of a
+                         cross-validation, seeds): per setting, every repeat's scores and their mean and spread
     trials/<trial_id>/   one engine run folder per trial (engine/runs.py), plus trial.json
     ray/                 Ray Tune's own state (the default --storage), not read by the dashboard
 
@@ -22,6 +24,14 @@ SWEEP_LOCK = "sweep.lock"
 SPACE_COPY = "space.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
+REPEATS = "repeats.json"
+# Parameters that vary the repeat, not the setting: trials equal in every other parameter are repeats of one
+# setting, and the finish step reports their mean and spread (repeats.json). "fold": a smear fold of a group
+# K-fold cross-validation (engine config split=smear); "seed": another draw of the same training.
+REPEAT_PARAMS = ("fold", "seed")
+# repeats.json: the scores of each repeat (from its metrics.json), and per setting their mean, std (sample,
+# n - 1), min and max.
+REPEAT_SCORES = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1")
 TRIALS = "trials"
 # Inside each trial's folder: {"trial_id", "params", "status", "gpu_ids", "error", "node", "attempts"};
 # "node" {"id", "ip", "host"} is where the trial last ran, "attempts" one {"node_id", "node_ip", "host", "pid",

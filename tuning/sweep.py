@@ -289,6 +289,7 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
         if not (data_dir / MANIFEST).is_file():
             raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
                              "run `python -m engine prepare` first")
+        check_folds(given, data_dir, settings(opts, given)["scheduler"])
     # Nothing is written into the folder before this: a refused driver leaves the running one's files alone.
     lock = claim(sweep_dir, resume=opts.resume, default_name=opts.name is None)
     try:
@@ -348,6 +349,44 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
     finally:
         record.stop()
     return SweepResult(sweep_dir=sweep_dir, status=status, best=best)
+
+
+def _values(space: Space, key: str) -> list[Any] | None:
+    """The values a trial may take for ``key`` when they can be listed (fixed, choice, grid, randint); else None."""
+    spec = space.params.get(key)
+    if spec is None:
+        return [getattr(space.base_config(), key)]
+    kind, arg = next(iter(spec.items()))
+    if kind in ("choice", "grid"):
+        return list(arg)
+    return list(range(arg[0], arg[1] + 1)) if kind == "randint" else None
+
+
+def check_folds(space: Space, prepared: Path, scheduler: str) -> None:
+    """Before any trial starts: a space with split=smear needs smear folds in the prepared manifest, and its fold
+    values must be among them (SweepError otherwise); a cross-validation that ASHA may cut, or that leaves folds
+    out, is worth a warning."""
+    from engine.data import DataError, read_manifest, smear_folds
+
+    if "smear" not in (_values(space, "split") or []):
+        return
+    manifest = prepared / MANIFEST
+    try:
+        count = smear_folds(read_manifest(prepared), str(manifest))
+    except DataError as exc:
+        raise SweepError(f"{space.path} trains with split=smear, but {exc}") from None
+    folds = _values(space, "fold") or []
+    wrong = [f for f in folds if not (isinstance(f, int) and 0 <= f < count)]
+    if wrong:
+        raise SweepError(f"{space.path}: fold values {wrong} are out of range: {manifest} has {count} smear folds, "
+                         f"0 to {count - 1}")
+    if "fold" in space.params:
+        if scheduler == "asha":
+            log.warning("%s searches fold with ASHA, which may stop some folds early: the spread over folds then "
+                        "leaves them out; scheduler fifo trains every fold to the end", space.path)
+        missing = sorted(set(range(count)) - set(folds))
+        if missing:
+            log.warning("%s leaves smear folds %s of %s out of its cross-validation", space.path, missing, manifest)
 
 
 def warm_cache(prepared: Path, space: Space) -> None:
