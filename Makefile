@@ -112,11 +112,16 @@ tensorboard: setup
 dashboard-bench: setup
 	$(PY) -m dashboard.bench --trials 200
 
+# Two pytest-xdist workers: much of the suite waits (servers, browsers, Ray starting), so two overlap on 2 cores.
+# loadgroup keeps the tests of one shared build together (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The tests that assert what a trained model learned (marker numerics), again under other CPUs' kernels, each
 # setting ONEDNN_MAX_CPU_ISA:ATEN_CPU_CAPABILITY: AVX2 (a CPU without AVX-512 or bf16) and AVX512_CORE (AVX-512
@@ -126,7 +131,7 @@ test-isa: setup
 	@for setting in $(ISA_SETTINGS); do \
 		echo "make test-isa: ONEDNN_MAX_CPU_ISA=$${setting%%:*} ATEN_CPU_CAPABILITY=$${setting##*:}"; \
 		env ONEDNN_MAX_CPU_ISA=$${setting%%:*} ATEN_CPU_CAPABILITY=$${setting##*:} \
-			$(PY) -m pytest -m numerics $(PYTEST_ARGS) || exit 1; \
+			$(PY) -m pytest $(XDIST) -m numerics $(PYTEST_ARGS) || exit 1; \
 	done
 
 bench: setup

@@ -56,6 +56,20 @@ def add_segmented(root: Path) -> Path:
     return root
 
 
+# Built once per pytest process and shared by many tests: under pytest-xdist (make test runs two workers) the
+# tests that need one go to the same worker, so it is built once, not once per worker.
+SHARED_BUILDS = {"dashboard_outputs": "dashboard-outputs"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        # Browser tests reach the outputs through request.getfixturevalue, which fixturenames does not list.
+        uses = [f for f in SHARED_BUILDS if f in item.fixturenames] or \
+            (["dashboard_outputs"] if item.get_closest_marker("browser") else [])
+        if uses:
+            item.add_marker(pytest.mark.xdist_group(SHARED_BUILDS[uses[0]]))
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """A Kaggle-layout folder (Benign/Early/Pre/Pro) of 24 generated PNGs per class."""
