@@ -17,9 +17,11 @@ the images of each stage by what one smear shares and writes folds that hold out
 - **Groups per stage** (``cluster_stage``): Ward agglomerative clustering (scikit-learn) of the
   statistics as they are, in grey levels (a distance is a difference of colour; standardised, the
   spreads would weigh as much as the tint). Ward has no random start, so the groups depend on the images
-  alone, and one tree gives every number of groups. That number is the one with the best silhouette
-  between ``folds`` (every stage must be able to reach every fold) and ``MAX_GROUPS`` (or one group per
-  ``MIN_MEAN_GROUP`` units): the silhouette asks for finer groups only where the colours show them, and
+  alone, and one tree gives every number of groups. Each cut from ``folds`` (every stage must be able
+  to reach every fold) to ``MAX_GROUPS`` groups (or one per ``MIN_MEAN_GROUP`` units) has its outliers
+  (groups under ``MIN_FOLD_SHARE`` of a fold's share of the stage, which alone would be all a test fold
+  sees of it) joined to the nearest group, and the cut with the best silhouette that keeps at least
+  ``folds`` groups wins: the silhouette asks for finer groups only where the colours show them, and
   erring towards few groups keeps a smear whole (two smears in one group cost fold balance, one smear
   in two groups leaks it across the split). On the ALL data set the silhouette is low (0.25-0.35) at
   every number of groups, so it stays near the lower bound (5-9 groups per stage with 5 folds): a
@@ -39,6 +41,7 @@ patient-level split; it is not a patient split (there are no patient ids).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,14 +66,19 @@ STATS_SIDE = 256
 # and at least this many images per group on average.
 MAX_GROUPS = 30
 MIN_MEAN_GROUP = 3
+# A group holding less than this share of what one fold gets of its stage (units / folds) is an outlier (an odd
+# image or a few) and joins its nearest group: alone it could be all a test or validation fold sees of a stage.
+MIN_FOLD_SHARE = 0.25
 DEFAULT_FOLDS = 5
 MIN_FOLDS = 3  # test, validation and at least one training fold
 FOREST_TREES = 100
 METHOD = ("exact duplicates and near-duplicate pairs joined first (union-find), each such unit one point (its "
           "mean statistics) in the stage most of its images carry; per stage Ward agglomerative clustering "
           "(scikit-learn) of the 13 background colour and brightness statistics in grey levels, "
-          f"the number of groups with the best silhouette between the number of folds and min({MAX_GROUPS}, "
-          f"units/{MIN_MEAN_GROUP}); folds by StratifiedGroupKFold (stratified by stage, shuffled with the seed)")
+          f"cut at every number of groups from the number of folds to min({MAX_GROUPS}, units/{MIN_MEAN_GROUP}), "
+          f"groups under {MIN_FOLD_SHARE:g} of a fold's share of the stage joined to the nearest group, the cut "
+          "with the best silhouette and at least as many groups as folds kept; folds by StratifiedGroupKFold "
+          "(stratified by stage, shuffled with the seed)")
 
 
 def colour_statistics(image: np.ndarray, mask: np.ndarray | None) -> tuple[tuple[float, ...], bool]:
@@ -107,8 +115,9 @@ class StageClusters:
 
     labels: np.ndarray  # int, 0..groups-1, in the order of the images given
     groups: int
-    silhouette: float | None  # of the chosen number of groups; None where it is undefined
-    silhouette_by_k: dict[int, float] = field(default_factory=dict)
+    silhouette: float | None  # of the chosen groups; None where it is undefined
+    # per Ward cut tried: the groups left once its outliers are joined to their nearest group, and their silhouette
+    tried: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def group_range(n: int, folds: int) -> tuple[int, int]:
@@ -145,8 +154,30 @@ def _ward_cuts(children: np.ndarray, n: int, sizes: Iterable[int]) -> dict[int, 
     return cuts
 
 
+def absorb_small(z: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Join every group of fewer than ``min_size`` points to the group whose centroid is nearest, smallest first
+    (ties: the lower label); labels renumbered by first appearance."""
+    labels = np.asarray(labels).copy()
+    while True:
+        ids, counts = np.unique(labels, return_counts=True)
+        if len(ids) < 2 or counts.min() >= min_size:
+            break
+        small = ids[np.lexsort((ids, counts))[0]]
+        centre = z[labels == small].mean(axis=0)
+        others = [i for i in ids if i != small]
+        nearest = min(others, key=lambda i: (float(np.linalg.norm(z[labels == i].mean(axis=0) - centre)), int(i)))
+        labels[labels == small] = nearest
+    order: dict[int, int] = {}
+    return np.array([order.setdefault(int(x), len(order)) for x in labels], dtype=np.int64)
+
+
 def cluster_stage(features: np.ndarray, folds: int) -> StageClusters:
-    """Group one stage's images or units (rows of ``features``) by Ward clustering, the number by silhouette."""
+    """Group one stage's images or units (rows of ``features``) by Ward clustering, the number by silhouette.
+
+    Each Ward cut from ``folds`` to ``group_range``'s upper bound groups is taken, its outliers (groups under
+    ``MIN_FOLD_SHARE`` of one fold's share of the stage) joined to their nearest group, and the result with
+    the best silhouette that still has at least ``folds`` groups is chosen (ties: fewer groups).
+    """
     from sklearn.cluster import AgglomerativeClustering
     from sklearn.metrics import pairwise_distances, silhouette_score
 
@@ -163,17 +194,21 @@ def cluster_stage(features: np.ndarray, folds: int) -> StageClusters:
                                    compute_full_tree=True).fit(z)
     cuts = _ward_cuts(tree.children_, n, range(low, high + 1))
     distances = pairwise_distances(z)
-    scores: dict[int, float] = {}
+    min_size = max(1, math.ceil(MIN_FOLD_SHARE * n / folds))
+    tried: dict[int, dict[str, Any]] = {}
+    chosen: dict[int, np.ndarray] = {}
     for k in range(low, high + 1):
-        labels = cuts[k]
-        # Identical images (all-equal statistics) can leave fewer distinct groups than k.
-        if len(np.unique(labels)) < 2:
-            continue
-        scores[k] = round(float(silhouette_score(distances, labels, metric="precomputed")), 4)
-    if not scores:
-        return StageClusters(cuts[low], low, None)
-    best = max(scores, key=lambda k: (scores[k], -k))  # ties: fewer groups
-    return StageClusters(cuts[best], best, scores[best], scores)
+        labels = absorb_small(z, cuts[k], min_size)
+        groups = int(labels.max()) + 1
+        score = None
+        if groups >= max(2, folds):
+            score = round(float(silhouette_score(distances, labels, metric="precomputed")), 4)
+            chosen[k] = labels
+        tried[k] = {"groups": groups, "silhouette": score}
+    if not chosen:
+        return StageClusters(cuts[low], low, None, tried)
+    best = max(chosen, key=lambda k: (tried[k]["silhouette"], -tried[k]["groups"], -k))
+    return StageClusters(chosen[best], tried[best]["groups"], tried[best]["silhouette"], tried)
 
 
 class _Union:
@@ -255,8 +290,9 @@ def make_groups(features: np.ndarray, stages: Sequence[str], links: Iterable[tup
         for root, label in zip(mine, found.labels, strict=True):
             label_of[root] = f"{cls}-{int(label):02d}"
         per_stage[cls] = {"images": sum(s == cls for s in stages), "units": len(mine), "groups": found.groups,
-                          "silhouette": found.silhouette, "groups_tried": list(group_range(len(mine), folds)),
-                          "silhouette_by_groups": {str(k): v for k, v in found.silhouette_by_k.items()}}
+                          "silhouette": found.silhouette, "cuts_tried": list(group_range(len(mine), folds)),
+                          "min_group_units": max(1, math.ceil(MIN_FOLD_SHARE * len(mine) / folds)),
+                          "ward_cuts": {str(k): v for k, v in found.tried.items()}}
     group = [label_of[r] for r in roots]
     fold = assign_folds(group, stages, folds, seed)
     duplicates = [m for m in members.values() if len(m) > 1]

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
 from engine import smears
 from engine.data import MANIFEST, REPORT, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP, prepare, read_manifest
 from engine.runs import CLASSES
 from tests.conftest import REAL_DATA
-from tests.support.smears import smear_image, write_smear_folder
+from tests.support.smears import save, smear_image, write_smear_folder
 
 FOLDS = 3
 
@@ -131,6 +132,29 @@ def test_duplicates_stay_in_one_group_without_merging_two_smears(tmp_path):
     index = {p: i for i, p in enumerate(paths)}
     assert alone.labels[index["Pre/recoloured.png"]] == alone.labels[index[other]]
     assert alone.labels[index["Pre/recoloured.png"]] != alone.labels[index[source]]
+
+
+def test_an_outlier_image_joins_the_nearest_group_instead_of_making_one_of_its_own(tmp_path):
+    root = tmp_path / "ALL"
+    write_smear_folder(root, smears_per_stage=4, per_smear=10, seed=4)
+    # One benign image far from every smear (a dark, grey background): alone it would be a group, and the one
+    # group of benign some fold tests on.
+    image, mask = smear_image(0, (110, 110, 110), 1.0, np.random.default_rng(9))
+    save(root, "Benign", "odd.png", image, mask)
+    report = prepare(root, tmp_path / "prepared", seed=0, folds=FOLDS)
+    benign = report["smear"]["per_stage"]["benign"]
+    assert benign["groups"] == 4
+    group = {r["path"]: r[SMEAR_GROUP] for r in read_manifest(tmp_path / "prepared")}
+    assert benign["group_sizes"][group["Benign/odd.png"]] == 11
+    assert min(n for n in benign["fold_sizes"]) >= 10
+    # Ward's cut into 4 alone gives it a group of its own (and two smears one group): the joining is what helps.
+    benign_rows = [r for r in read_manifest(tmp_path / "prepared") if r["class"] == "benign"]
+    stats = np.array([smears.colour_statistics(np.asarray(Image.open(root / "Original" / r["path"])),
+                                               np.asarray(Image.open(tmp_path / "prepared" / r["mask"])) > 0)[0]
+                      for r in benign_rows])
+    odd = next(i for i, r in enumerate(benign_rows) if r["path"] == "Benign/odd.png")
+    ward = AgglomerativeClustering(n_clusters=4, linkage="ward").fit_predict(stats)
+    assert (ward == ward[odd]).sum() == 1
 
 
 def test_background_statistics_leave_the_grown_cells_out():
