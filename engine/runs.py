@@ -16,6 +16,8 @@
     features.npz         written by `evaluate`: pooled features per split, keyed by sha256 (FEATURES_KEYS)
     embedding.csv        written by `evaluate`: PCA + t-SNE map of those features (EMBEDDING_COLUMNS)
     cams/                written by `explain` (the CAMS_* names below)
+    MODEL_CARD.md        MODEL_CARD: written by `evaluate`, again by `explain` and by `card`, from this
+                         folder's files only (engine.modelcard)
     COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
                          STATUS_EARLY_STOPPED, "epochs", "best_epoch", ...}
     .train.lock          TRAIN_LOCK: flock-ed by the process training the run, removed when it ends
@@ -88,6 +90,9 @@ BASELINE_WORDS = {
     "cell_colour_linear": "a linear model that sees only the cells' colour",
 }
 HEADLINE_BASELINES = ("background_colour", "cell_colour")
+# The model card (engine.modelcard): Markdown generated from this folder's files by `evaluate`, again by
+# `explain` (with the localisation) and by `python -m engine card RUN`; never written by hand.
+MODEL_CARD = "MODEL_CARD.md"
 # Written by `evaluate` (engine.features): the pooled DenseNet features of every image (FEATURES_* keys
 # per split, NumPy arrays only: load with allow_pickle=False) and their 2-D map (EMBEDDING_COLUMNS).
 FEATURES = "features.npz"
