@@ -13,6 +13,7 @@ COMMANDS = {
     "evaluate": "metrics, intervals and calibration of a trained run",
     "explain": "Grad-CAM maps, faithfulness and sanity checks of a run",
     "evidence": "context reliance and leukocyte localisation of runs, as Markdown tables",
+    "card": "write a run's model card (MODEL_CARD.md) from its files",
     "predict": "class probabilities of image files, one JSON line each",
     "bench": "the engine's speed against a plain torchvision loop",
 }

@@ -3,7 +3,7 @@
 Writes ``predictions.csv`` (one row per val/test image) and ``metrics.json`` (the metrics of
 each split, computed by scikit-learn from exactly those predictions); with leukocyte masks also
 ``baselines.json`` (colour-only models beside the network) and ``context.json`` (the network on
-changed test images).
+changed test images); last, the model card (``MODEL_CARD.md``, engine.modelcard) from all of them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import baselines, context, ood, runs
+from . import baselines, context, modelcard, ood, runs
 from . import features as feature_space
 from .data import has_masks, load_mask_cache
 from .inference import (
@@ -112,6 +112,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         measure_context(run_dir, model, data, Path(saved["data_dir"]), cfg.image_size, dev, split=context_split,
                         batch_size=cfg.eval_batch_size, channels_last=channels_last, checkpoint=checkpoint_info,
                         seed=cfg.seed)
+    modelcard.write(run_dir)  # last: it reads every file written above
     return result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import locks, runs
+from .. import locks, modelcard, runs
 from ..data import has_masks, load_mask_cache
 from ..inference import Data, load_checkpoint, predict_proba, resolve_device, to_input
 from ..models import CAM_LAYERS
@@ -204,6 +204,7 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(run.device),
         })
         _swap_in(work, final)
+        modelcard.write(run_dir)  # again, now with the localisation, faithfulness and sanity check
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if lock is not None:
