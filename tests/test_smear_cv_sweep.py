@@ -85,3 +85,38 @@ def test_a_fold_sweep_beyond_the_prepared_folds_is_refused_before_it_starts(prep
     assert main(["sweep", "--space", str(space), "--data", str(prepared), "--out", str(tmp_path / "s")]) == 2
     assert "fold values [3, 4] are out of range" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_repeats_group_trials_by_every_parameter_but_fold_and_leave_unfinished_ones_out(tmp_path):
+    """repeats() from the folder alone (no Ray): two settings of lr, each over folds; a stopped trial left out."""
+    import os
+
+    from tuning.finish import format_repeats, repeats
+
+    trials = [("a", 0.1, 0, "complete", 0.6), ("b", 0.1, 1, "complete", 0.8), ("c", 0.2, 0, "complete", 0.7),
+              ("d", 0.2, 1, "stopped", 0.9)]
+    rows = []
+    for trial_id, lr, fold, status, accuracy in trials:
+        run = tmp_path / "trials" / trial_id
+        (run / runs.CHECKPOINTS).mkdir(parents=True)
+        best = run / runs.CHECKPOINTS / runs.BEST_CHECKPOINT
+        best.write_bytes(b"")
+        os.utime(best, ns=(1, 1))  # older than metrics.json: no evaluation needed
+        runs.write_json(run / runs.METRICS, {"splits": {"test": {"accuracy": accuracy, "macro_f1": accuracy / 2},
+                                                        "val": {"accuracy": 1 - accuracy, "macro_f1": 0.5}}})
+        runs.write_json(run / "trial.json", {"params": {"lr": lr, "fold": fold}})
+        rows.append({"trial_id": trial_id, "status": status, "param_lr": str(lr), "param_fold": str(fold),
+                     "run_dir": f"trials/{trial_id}"})
+    data = repeats(tmp_path, rows)
+    assert data["repeat_params"] == ["fold"]
+    by_setting = {s["setting"]: s for s in data["settings"]}
+    assert set(by_setting) == {"lr=0.1", "lr=0.2"}
+    first, second = by_setting["lr=0.1"], by_setting["lr=0.2"]
+    assert first["test_accuracy"] == pytest.approx({"n": 2, "mean": 0.7, "std": statistics.stdev([0.6, 0.8]),
+                                                    "min": 0.6, "max": 0.8})
+    assert first["val_accuracy"]["mean"] == pytest.approx(0.3) and first["left_out"] == []
+    assert second["test_accuracy"]["n"] == 1 and second["test_accuracy"]["std"] is None
+    assert [t["trial_id"] for t in second["left_out"]] == ["d"]
+    assert "lr=0.2: 1 repeats over fold" in format_repeats(data) and "1 left out" in format_repeats(data)
+    # A sweep that searches neither fold nor seed has no repeats.
+    assert repeats(tmp_path, [{k: v for k, v in r.items() if k != "param_fold"} for r in rows]) is None
