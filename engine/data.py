@@ -1,8 +1,10 @@
 """Data handling: find the class folders, validate every file, deduplicate, split, cache.
 
-``prepare(data_dir, out)`` writes ``out/manifest.csv`` (the one source of the split),
-``out/data_report.json`` and a few sample thumbnails. ``load_cache(out, size)`` returns the
-decoded uint8 images at a training resolution, built once and kept in ``out/cache/``.
+``prepare(data_dir, out)`` writes ``out/manifest.csv`` (the one source of the split, and of the
+smear groups and folds: engine.smears), ``out/data_report.json`` and a few sample thumbnails.
+``read_manifest(out, split, fold)`` gives every reader a run's split (``effective_split``).
+``load_cache(out, size)`` returns the decoded uint8 images at a training resolution, built once and
+kept in ``out/cache/``.
 """
 
 from __future__ import annotations

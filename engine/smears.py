@@ -63,7 +63,7 @@ MIN_BACKGROUND = 0.05
 # numbers within a fraction of a grey level, without sorting millions of pixels.
 STATS_SIDE = 256
 # At most this many groups per stage (a stage of the ALL data set holds some 20-25 patients' smears),
-# and at least this many images per group on average.
+# and at least this many units (images, duplicates counted once) per group on average.
 MAX_GROUPS = 30
 MIN_MEAN_GROUP = 3
 # A group holding less than this share of what one fold gets of its stage (units / folds) is an outlier (an odd
