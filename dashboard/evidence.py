@@ -347,23 +347,25 @@ def _grouped_png(stages: Sequence[str], series: Mapping[str, Sequence[tuple[floa
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    width = 0.8 / max(1, len(series))
-    for k, (name, values) in enumerate(series.items()):
-        x = np.arange(len(stages)) + (k - (len(series) - 1) / 2) * width
-        means = [v[0] if v[0] is not None else 0 for v in values]
-        err = [[(m - lo) if lo is not None else 0 for m, (_, lo, _) in zip(means, values, strict=True)],
-               [(hi - m) if hi is not None else 0 for m, (_, _, hi) in zip(means, values, strict=True)]]
-        ax.bar(x, means, width, yerr=err, capsize=2, label=name, color=colours.get(name, None))
-    if line is not None:
-        ax.axhline(line, linestyle=":", color="black", linewidth=1, label=line_label or None)
-    ax.set_xticks(range(len(stages)), [mpl(s) for s in stages])
-    ax.set_ylabel(ylabel)
-    # The legend above the axes: inside them it covered bars and the reference line.
-    ax.legend(fontsize=8, frameon=False, ncol=2, loc="lower left", bbox_to_anchor=(0, 1.0))
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _png(fig)
+    # Sized for a slide seen from the back of a room: 12 pt text, about 15 pt at the size the deck shows it.
+    with plt.rc_context({"font.size": 12}):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        width = 0.8 / max(1, len(series))
+        for k, (name, values) in enumerate(series.items()):
+            x = np.arange(len(stages)) + (k - (len(series) - 1) / 2) * width
+            means = [v[0] if v[0] is not None else 0 for v in values]
+            err = [[(m - lo) if lo is not None else 0 for m, (_, lo, _) in zip(means, values, strict=True)],
+                   [(hi - m) if hi is not None else 0 for m, (_, _, hi) in zip(means, values, strict=True)]]
+            ax.bar(x, means, width, yerr=err, capsize=2, label=name, color=colours.get(name, None))
+        if line is not None:
+            ax.axhline(line, linestyle=":", color="black", linewidth=1, label=line_label or None)
+        ax.set_xticks(range(len(stages)), [mpl(s) for s in stages])
+        ax.set_ylabel(ylabel)
+        # The legend above the axes: inside them it covered bars and the reference line.
+        ax.legend(fontsize=11, frameon=False, ncol=2, loc="lower left", bbox_to_anchor=(0, 1.0))
+        if title:
+            fig.suptitle(title, fontsize=12)
+        return _png(fig)
 
 
 def png_localisation(result: Mapping[str, Any], score: str = "concentration", title: str = "") -> bytes:
@@ -389,10 +391,16 @@ def png_context(context: Mapping[str, Any], title: str = "") -> bytes:
                         line_label="always the most common stage")
 
 
+# The models in a few words, for the deck's figure (the long words do not fit its legend).
+SHORT_BASELINE_WORDS = {NETWORK: "the network", "background_colour": "background colour alone",
+                        "cell_colour": "cells' colour alone"}
+
+
 def png_baselines(baselines: Mapping[str, Any], split: str, title: str = "") -> bytes:
-    series = {words: values for words, values in _baseline_series(baselines, split).values()}
-    colours = {words: BASELINE_COLOURS.get(key, "#999999")
-               for key, (words, _) in _baseline_series(baselines, split).items()}
+    found = _baseline_series(baselines, split)
+    series = {SHORT_BASELINE_WORDS.get(key, words): values for key, (words, values) in found.items()}
+    colours = {SHORT_BASELINE_WORDS.get(key, words): BASELINE_COLOURS.get(key, "#999999")
+               for key, (words, _) in found.items()}
     return _grouped_png([*CLASSES, "all"], series, colours, f"accuracy ({split})", title,
                         line=(baselines.get("chance") or {}).get(split), line_label="always the most common stage")
 

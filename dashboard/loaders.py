@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from engine import runs
+from engine import modelcard, runs
 from engine.data import CACHE, MANIFEST, REPORT, DataError
 from engine.runs import CLASSES, SPLITS
 from tuning import layout
@@ -129,6 +129,20 @@ def read_json(root: Path | str, path: Path | str, limit: int | None = None) -> A
         return _read(root, full, _read_json, key, limit)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise LoadError(f"{relative(root, full)} is not valid JSON ({exc})") from None
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _read_text(root: str, path: str, version: tuple[int, int], limit: int) -> str:
+    return paths.read_bytes(root, path, limit).decode("utf-8")
+
+
+def read_text(root: Path | str, path: Path | str, limit: int = MAX_SMALL_BYTES) -> str:
+    """A UTF-8 text file inside ``root``; LoadError when missing, refused or not UTF-8."""
+    full, key = _existing(root, path, limit)
+    try:
+        return _read(root, full, _read_text, key, limit)
+    except UnicodeDecodeError as exc:
+        raise LoadError(f"{relative(root, full)} is not UTF-8 text ({exc})") from None
 
 
 def read_csv(root: Path | str, path: Path | str, required: tuple[str, ...] = (), *,
@@ -619,6 +633,36 @@ def evidence(root: Path | str, run: Path | str) -> dict[str, Any]:
         else:
             out[key] = data
     return out
+
+
+def card_files(root: Path | str, run: Path | str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The files a model card is made of (engine.modelcard.CARD_FILES), read through this reader: ({key: parsed
+    JSON or None when missing}, {key: why it could not be read})."""
+    found: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for key, rel in modelcard.CARD_FILES.items():
+        found[key] = None
+        try:
+            found[key] = read_json(root, Path(run) / rel)
+        except MissingFile:
+            continue
+        except LoadError as exc:
+            problems[key] = str(exc)
+    return found, problems
+
+
+def model_card(root: Path | str, run: Path | str) -> tuple[str, bool]:
+    """The run's model card and whether it is the one in the run folder (``MODEL_CARD.md``, written by the engine).
+
+    A run without the file (evaluated before cards existed, or not yet) gets the card rendered here from its
+    files by the engine's own function (engine.modelcard, which needs no torch), so it reads the same.
+    A card file that cannot be read raises LoadError.
+    """
+    try:
+        return read_text(root, Path(run) / runs.MODEL_CARD), True
+    except MissingFile:
+        found, problems = card_files(root, run)
+        return modelcard.compose(found, problems, Path(run).name), False
 
 
 def localisation_table(root: Path | str, run: Path | str) -> pd.DataFrame | None:

@@ -19,14 +19,24 @@ from typing import Any
 
 import pandas as pd
 
-from engine import runs
+from engine import modelcard, runs
 
-from . import evidence, figures, loaders, paths, reviews
+from . import evidence, figures, loaders, paths, reviews, story
 from .escape import html_text, mpl, plain
 from .paths import inside, relative
 
 SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
 TITLE_PT, BODY_PT, TABLE_PT = 36, 24, 20
+SMALL_TITLE_PT, TITLE_CHARS = 30, 44  # a title longer than fits one line at 36 pt
+SAY_PT, CARD_PT, CODE_PT = 28, 22, 20  # a story slide's message; the model card's key lines; a command
+BESIDE_PT = 26  # a message beside a figure
+FIGURE_TOP_IN, FIGURE_H_IN, SAY_LEFT_IN = 1.4, 3.9, 7.4  # figure left (6.4 x 3.6 in, shown 6.9 in wide), message right
+# The story's slides whose titles do not depend on the numbers (dashboard.story says what each shows).
+SMEAR_TITLE = "On smears never seen in training"
+CONTEXT_TITLE = "Cells or context: accuracy without the leukocytes"
+STAIN_TITLE = "Stain probes: does the answer follow the stain?"
+LOCALISATION_TITLE = "Do the maps point at the leukocytes?"
+CARD_TITLE = "Model card: key lines"
 NOTICE = ("Research software, not a medical device: Grad-CAM maps show where the model looked, "
           "they do not replace expert review.")
 MAX_REVIEWED = 12  # reviewed images in a deck: four slides of three
@@ -186,7 +196,16 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
         top = next((r for r in ranking if r["method"] in methods), ranking[0])
         located = evidence.find_result(localised, top["method"], top["layer"])
     reviewed = _reviewed(root, run, index, methods, layer, warnings) if findings.reviewed else []
+    card_found, card_problems = loaders.card_files(root, run)
+    try:
+        card, _ = loaders.model_card(root, run)
+    except loaders.LoadError as exc:
+        warnings.append(f"{exc}: the deck shows the card rendered from the run's files")
+        card = modelcard.compose(card_found, card_problems, run.name)
     return {"run": run, "label": relative(root, run), "metrics": m, "split": findings.split,
+            "card": card, "card_lines": story.card_lines(card_found),
+            "smear": story.smear_results(root, run, config, findings.split),
+            "choice": story.choice(root, run, config, findings.split),
             "classes": metrics.get("classes", loaders.CLASSES),
             "config": config, "stages": stages_out, "faith": faith, "faith_summary": faith_summary,
             "methods": methods, "layer": layer, "warnings": warnings,
@@ -257,8 +276,9 @@ def _png_of(root: Path, path: Path | None, warnings: list[str]) -> bytes | None:
         return None
 
 
-def evidence_rows(data: dict[str, Any], stage: str) -> list[list[str]]:
-    """One stage's evidence as table rows: localisation against baselines, sanity, context reliance."""
+def evidence_rows(data: dict[str, Any], stage: str, colour: bool = True) -> list[list[str]]:
+    """One stage's evidence as table rows: localisation against baselines, sanity, context reliance and (with
+    ``colour``) the headline colour-only models' accuracy on the stage."""
     def stat(block: dict[str, Any] | None, digits: int = 2) -> str:
         if not block or block.get("mean") is None:
             return "n/a"
@@ -290,7 +310,7 @@ def evidence_rows(data: dict[str, Any], stage: str) -> list[list[str]]:
             low, high = follows["ci95"]
             rows.append(["Answer = the stain donor's stage", f"{follows['share']:.0%} [{low:.0%}, {high:.0%}] "
                                                              f"(n = {follows['n']})"])
-    baselines = data.get("baselines")
+    baselines = data.get("baselines") if colour else None
     if baselines:
         for key, words, block in evidence.baseline_entries(baselines, data.get("split", "test"), headline_only=True):
             if key != evidence.NETWORK and block["per_stage"].get(stage, {}).get("accuracy") is not None:
@@ -343,6 +363,7 @@ PER_STAGE_HEADER = ["Stage", "Precision", "Recall", "Specificity", "F1", "ROC-AU
 
 
 def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
+    """The slides in the story's order (dashboard.story), then the appendix."""
     from pptx import Presentation
     from pptx.dml.color import RGBColor
     from pptx.util import Inches, Pt
@@ -355,10 +376,12 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
     def slide(title: str):
         s = prs.slides.add_slide(blank)
         box = s.shapes.add_textbox(Inches(0.5), Inches(0.3), Inches(SLIDE_W_IN - 1), Inches(1.0))
+        box.text_frame.word_wrap = True
         title = plain(title)  # what PPTX (XML) can hold: no control characters or lone surrogates
         p = box.text_frame.paragraphs[0]
         p.text = title
-        p.font.size, p.font.bold = Pt(TITLE_PT), True
+        # One line at 36 pt holds about TITLE_CHARS characters; a longer title gets a smaller size, not two lines.
+        p.font.size, p.font.bold = Pt(TITLE_PT if len(title) <= TITLE_CHARS else SMALL_TITLE_PT), True
         p.font.color.rgb = RGBColor(0x1F, 0x2A, 0x44)
         footer = s.shapes.add_textbox(Inches(0.5), Inches(SLIDE_H_IN - 0.5), Inches(SLIDE_W_IN - 1), Inches(0.4))
         note = footer.text_frame.paragraphs[0]
@@ -368,19 +391,26 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         titles.append(title)
         return s
 
-    def text(s, lines: list[str], left: float, top: float, width: float, size: int = BODY_PT) -> None:
+    def text(s, lines: list[str], left: float, top: float, width: float, size: int = BODY_PT,
+             mono: set[int] | None = None) -> None:
         box = s.shapes.add_textbox(Inches(left), Inches(top), Inches(width), Inches(0.6 * len(lines) + 0.3))
         frame = box.text_frame
         frame.word_wrap = True
         for i, line in enumerate(lines):
             p = frame.paragraphs[0] if i == 0 else frame.add_paragraph()
             p.text = plain(line)
-            p.font.size = Pt(size)
+            p.font.size = Pt(size if i not in (mono or ()) else min(size, CODE_PT))
+            p.space_after = Pt(size * 0.45)
+            if i in (mono or ()):
+                p.font.name = "Courier New"
 
     def table(s, header: list[str], rows: list[list[str]], left: float, top: float, width: float,
-              size: int = TABLE_PT) -> None:
+              size: int = TABLE_PT, widths: list[float] | None = None, row_height: float = 0.55) -> None:
+        """A table; ``widths`` (inches) where the first column's labels need more room than an even share."""
         shape = s.shapes.add_table(len(rows) + 1, len(header), Inches(left), Inches(top), Inches(width),
-                                   Inches(0.55 * (len(rows) + 1)))
+                                   Inches(row_height * (len(rows) + 1)))
+        for c, column_width in enumerate(widths or []):
+            shape.table.columns[c].width = Inches(column_width)
         for c, name in enumerate(header):
             shape.table.cell(0, c).text = plain(name)
         for r, row in enumerate(rows, start=1):
@@ -394,41 +424,53 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
     def picture(s, png: bytes, left: float, top: float, height: float) -> None:
         s.shapes.add_picture(io.BytesIO(png), Inches(left), Inches(top), height=Inches(height))
 
-    m, cfg = data["metrics"], data["config"]
+    def figure_slide(title: str, png: bytes | None, lines: list[str]) -> None:
+        """A figure on the left, the slide's message in a few large lines on the right."""
+        s = slide(title)
+        if png is not None:
+            picture(s, png, 0.3, FIGURE_TOP_IN, FIGURE_H_IN)
+        text(s, lines, SAY_LEFT_IN, FIGURE_TOP_IN - 0.1, SLIDE_W_IN - SAY_LEFT_IN - 0.3, size=BESIDE_PT)
+
+    m, cfg, split = data["metrics"], data["config"], findings.split
     s = slide(findings.title)
     text(s, [f"Run: {data['label']}",
              f"Model: {cfg.get('model', '?')} · {cfg.get('image_size', '?')} px · preset {cfg.get('preset', '?')}",
-             f"Split: {findings.split} (n = {m.get('n', '?')}) · checkpoint epoch {data.get('checkpoint_epoch', '?')}",
+             f"Split: {split} (n = {m.get('n', '?')}) · checkpoint epoch {data.get('checkpoint_epoch', '?')}",
              f"Generated {time.strftime('%Y-%m-%d %H:%M')}"], 0.7, 1.6, 12)
 
-    shortcut = baseline_metric_rows(data.get("baselines"), findings.split)
-    s = slide(f"Metrics ({findings.split}, 95% intervals)")
-    table(s, ["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m) + shortcut], 0.7, 1.4, 11.5,
-          size=20 if shortcut else 24)
-    if shortcut:
-        baselines = data["baselines"]
-        s = slide(f"Could colour alone name the stage? ({findings.split})")
-        picture(s, evidence.png_baselines(baselines, findings.split), 0.5, 1.2, 5.2)
-        text(s, [*evidence.baseline_lines(baselines, findings.split), "",
-                 evidence.baseline_sentence(baselines, findings.split)], 9.6, 1.3, 3.4, size=13)
+    # (a) What the headline accuracy means: the split, unseen smears, the colour baseline.
+    title, lines = story.headline(m, cfg, split)
+    s = slide(title)
+    text(s, lines, 0.7, 1.5, 11.8, size=SAY_PT)
+    lines, command = story.smear_lines(data["smear"], m.get("accuracy"))
+    s = slide(SMEAR_TITLE)
+    text(s, [*lines, *([command] if command else [])], 0.7, 1.5, 11.8, size=SAY_PT,
+         mono={len(lines)} if command else None)
+    baselines = data.get("baselines")
+    if baseline_metric_rows(baselines, split):
+        figure_slide(f"Could colour alone name the stage? ({split})", evidence.png_baselines(baselines, split),
+                     story.colour_lines(baselines, split))
 
-    s = slide("Per stage")
-    table(s, PER_STAGE_HEADER, per_stage_rows(m), 0.5, 1.4, 12.3, size=22)
+    # (b) What the model reads: the probes.
+    context = data.get("context")
+    if findings.evidence and context:
+        figure_slide(CONTEXT_TITLE, evidence.png_context(context), story.reads_lines(context))
+        if evidence.stain_sentence(context) is not None:
+            figure_slide(STAIN_TITLE, evidence.png_donor(context), story.stain_lines(context))
 
-    s = slide(f"Confusion matrix ({findings.split})")
-    png = figures.png_confusion_matrix(m["confusion_matrix"], data["classes"], normalized=findings.normalized)
-    picture(s, png, 3.3, 1.2, 6.1)
-
+    # (c) Where its maps point: localisation per stage, then examples and faithfulness.
+    located = data.get("located")
+    if findings.evidence and located:
+        figure_slide(LOCALISATION_TITLE, evidence.png_localisation(located), story.map_lines(located))
     for stage, info in data["stages"].items():
         s = slide(f"Grad-CAM: {stage} ({info['errors']} of {info['n']} misclassified)")
         if info["grid"]:
-            picture(s, info["grid"], 0.5, 1.2, 6.1)
+            picture(s, info["grid"], 0.5, 1.2, 5.7)
         if info["mean_map"]:
             picture(s, info["mean_map"], 9.3, 1.6, 3.4)
             text(s, [f"mean map, {stage}"], 9.3, 5.1, 3.6, size=18)
         if not info["grid"]:
             text(s, ["No Grad-CAM maps for this stage."], 0.7, 1.6, 8)
-
     faith = data["faith"]
     if findings.faithfulness and faith is not None and not faith.empty:
         metric = (data["faith_summary"] or {}).get("metrics", [None])[0] or faith["metric"].iloc[0]
@@ -441,30 +483,35 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
         s = slide(f"Faithfulness ({metric}), ranked per stage")
         table(s, ["Stage", "Methods, best first (mean)"], rows, 0.5, 1.4, 12.3, size=20)
 
-    if findings.evidence and data.get("context"):
-        s = slide("Cells or context: accuracy without the leukocytes")
-        picture(s, evidence.png_context(data["context"]), 0.5, 1.2, 5.2)
-        stain = evidence.stain_sentence(data["context"])
-        text(s, [evidence.context_sentence(data["context"])], 9.6, 1.4, 3.3, size=14 if stain else 18)
-        donor = evidence.png_donor(data["context"])
-        if donor is not None:
-            s = slide("Stain probes: does the answer follow the stain?")
-            picture(s, donor, 0.5, 1.2, 5.2)
-            text(s, [stain or ""], 9.6, 1.4, 3.3, size=16)
-    located = data.get("located")
-    if findings.evidence and located:
-        s = slide(f"Do the maps point at the leukocytes? ({located['method']} at {located['layer']})")
-        picture(s, evidence.png_localisation(located), 0.5, 1.2, 5.2)
-        # Per stage too: the pooled verdict alone can be carried by one stage (on the demo, pro's 3.7).
-        text(s, [f"All stages pooled: {evidence.verdict_line(located['all']['verdict'])}",
-                 *(f"{stage}: {evidence.verdict_line(block['verdict'])}"
-                   for stage, block in located["per_stage"].items())], 9.6, 1.4, 3.5, size=14)
-    if findings.evidence and (located or data.get("context")):
+    # (d) Which model, then the model card's key lines.
+    s = slide(story.choice_title(data["choice"]))
+    text(s, story.choice_lines(data["choice"], split), 0.7, 1.5, 11.8, size=SAY_PT)
+    s = slide(CARD_TITLE)
+    text(s, [*data["card_lines"], f"The whole card: {runs.MODEL_CARD} in the run folder (Run page: download)."],
+         0.7, 1.4, 11.8, size=CARD_PT)
+
+    # Appendix: the details behind the story.
+    s = slide("Appendix")
+    text(s, ["Metrics in full · per stage · confusion matrix", "Evidence per stage" + (" · reviewed images"
+                                                                                      if data.get("reviewed") else "")],
+         0.7, 1.5, 11.8, size=SAY_PT)
+    shortcut = baseline_metric_rows(baselines, split)
+    s = slide(f"Metrics ({split}, 95% intervals)")
+    table(s, ["Metric", "Value", "95% CI"], [list(r) for r in metric_rows(m) + shortcut], 0.7, 1.3, 11.9,
+          size=20 if shortcut else 24, widths=[6.6, 2.0, 3.3], row_height=0.5)
+    s = slide("Per stage")
+    table(s, PER_STAGE_HEADER, per_stage_rows(m), 0.5, 1.4, 12.3, size=22)
+    s = slide(f"Confusion matrix ({split})")
+    png = figures.png_confusion_matrix(m["confusion_matrix"], data["classes"], normalized=findings.normalized)
+    picture(s, png, 3.3, 1.2, 5.7)
+    if findings.evidence and (located or context):
         for stage in findings.stages:
-            rows = evidence_rows(data, stage)
+            # The colour-only models per stage are on the colour slide's figure: without them the table fits.
+            rows = evidence_rows(data, stage, colour=False)
             if rows:
                 s = slide(f"Evidence: {stage}")
-                table(s, ["", "Value [95% CI]"], rows, 0.5, 1.3, 12.3, size=18)
+                # Up to 12 rows: at 16 pt and 0.38 in a row they end above the notice.
+                table(s, ["", "Value [95% CI]"], rows, 0.5, 1.2, 12.3, size=16, widths=[6.2, 6.1], row_height=0.38)
 
     reviewed = data.get("reviewed") or []
     for start in range(0, len(reviewed), REVIEWED_PER_SLIDE):
@@ -487,16 +534,30 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
 
 # ----------------------------------------------------------------------------- HTML
 
+FIGURE_PX = 780  # a figure beside a story slide's message, in the HTML deck
+
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:22px;color:#1f2a44;margin:0;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;font-size:24px;color:#1f2a44;margin:0;
   background:#f6f7fb}
-main{max-width:1400px;margin:0 auto;padding:24px 40px}
-section{background:#fff;border-radius:12px;padding:24px 32px;margin:28px 0;box-shadow:0 1px 4px rgba(0,0,0,.08)}
-h1{font-size:46px;margin:16px 0 4px}h2{font-size:34px;margin:0 0 16px}
-table{border-collapse:collapse;font-size:24px;margin:8px 0}
+main{max-width:1500px;margin:0 auto;padding:24px 40px}
+section{background:#fff;border-radius:12px;padding:28px 40px;margin:28px 0;box-shadow:0 1px 4px rgba(0,0,0,.08);
+  display:flex;flex-direction:column;min-height:640px;box-sizing:border-box}
+h1{font-size:52px;margin:8px 0 16px}h2{font-size:46px;margin:0 0 20px;line-height:1.15}
+table{border-collapse:collapse;font-size:26px;margin:8px 0}
 th,td{padding:8px 18px;border-bottom:1px solid #dde;text-align:left}th{background:#eef1f8}
-img{max-width:100%}.row{display:flex;gap:32px;align-items:flex-start;flex-wrap:wrap}
-.muted{color:#667;font-size:20px}
+img{max-width:100%}.row{display:flex;gap:36px;align-items:flex-start}
+.fig{flex:0 0 auto}.say{flex:1;min-width:0}.say p{font-size:30px;margin:0 0 16px;line-height:1.25}
+.big p{font-size:34px;margin:0 0 18px;line-height:1.25}
+.big{max-width:1300px}
+.say p.verdict,.big p.verdict{font-weight:700}
+pre{font-size:26px;background:#eef1f8;padding:12px 18px;border-radius:8px;white-space:pre-wrap;word-break:break-all}
+.muted{color:#667;font-size:22px}
+.notice{margin-top:auto;padding-top:18px;color:#667;font-size:18px}
+section.cams img{max-height:640px}
+section.card{min-height:0;font-size:20px}section.card h1{font-size:34px}
+section.card h2{font-size:28px;margin:24px 0 8px}
+section.card table{font-size:17px}section.card th,section.card td{padding:4px 10px}
+section.card code{font-size:17px;background:#eef1f8;padding:1px 4px;border-radius:4px}
 """
 
 
@@ -511,74 +572,182 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _lines(lines: list[str], last_is_verdict: bool = False) -> str:
+    return "".join(f"<p class='{'verdict' if last_is_verdict and i == len(lines) - 1 else ''}'>{html_text(line)}</p>"
+                   for i, line in enumerate(lines))
+
+
+def _slide(title: str, body: str, css: str = "") -> str:
+    """One slide of the HTML deck: a section with its title, its body and the research-software notice."""
+    return (f"<section class='slide {css}'><h2>{html_text(title)}</h2>{body}"
+            f"<p class='notice'>{html_text(NOTICE)}</p></section>")
+
+
+def _figure_slide(title: str, figure: str, lines: list[str], note: str = "", verdict: bool = True) -> str:
+    """A figure on the left, the slide's message in a few large lines on the right (the last one its verdict)."""
+    return _slide(title, f"<div class='row'><div class='fig'>{figure}</div><div class='say'>{_lines(lines, verdict)}"
+                         "</div></div>" + (f"<p class='muted'>{html_text(note)}</p>" if note else ""))
+
+
+def _inline(text: str) -> str:
+    """One line of the model card's Markdown as HTML: backslash escapes, `code` and **bold**; all else is text."""
+    out, i, bold = [], 0, False
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            out.append(html_text(text[i + 1]))
+            i += 2
+        elif char == "`" and "`" in text[i + 1:]:
+            end = text.index("`", i + 1)
+            out.append(f"<code>{html_text(text[i + 1:end])}</code>")
+            i = end + 1
+        elif text.startswith("**", i):
+            out.append("</strong>" if bold else "<strong>")
+            bold = not bold
+            i += 2
+        else:
+            out.append(html_text(char))
+            i += 1
+    return "".join(out) + ("</strong>" if bold else "")
+
+
+def card_html(card: str) -> str:
+    """The model card (engine.modelcard's Markdown: headings, paragraphs, bullets, tables) as HTML. Every
+    character of it is escaped as text; only the card's own structure becomes markup."""
+    out: list[str] = []
+    rows: list[list[str]] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if rows:
+            head, body = rows[0], [r for r in rows[2:]] if len(rows) > 1 else []
+            out.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
+                       + "</tbody></table>")
+            rows.clear()
+        if items:
+            out.append("<ul>" + "".join(f"<li>{item}</li>" for item in items) + "</ul>")
+            items.clear()
+
+    for line in card.splitlines():
+        if line.startswith("|"):
+            cells = re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            rows.append([_inline(c.strip()) for c in cells])
+            continue
+        if line.startswith("- "):
+            if rows:
+                flush()
+            items.append(_inline(line[2:]))
+            continue
+        flush()
+        if line.startswith("## "):
+            out.append(f"<h2>{_inline(line[3:])}</h2>")
+        elif line.startswith("# "):
+            out.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "".join(out)
+
+
+def _plot(fig: Any, config: dict[str, Any], height: int = 470, width: int = FIGURE_PX) -> str:
+    """A Plotly figure of a fixed size: drawn while the page is parsed, before the text beside it exists, a
+    figure sized to its container would take the whole row."""
+    # The legend above the plot, in a row: beside it, it took a third of the width.
+    # Room on the right for the labels of reference lines (chance, a uniform map).
+    fig.update_layout(font=dict(size=18), height=height, width=width, margin=dict(r=150),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, xanchor="left", title_text=""))
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={**config, "responsive": False})
+
+
 def _html(data: dict[str, Any], findings: Findings) -> str:
-    m, cfg = data["metrics"], data["config"]
+    """The HTML deck: the same story as the PPTX, in the same order, each slide a section; the whole model card
+    as the last appendix."""
+    m, cfg, split = data["metrics"], data["config"], findings.split
     plot_config = {"displaylogo": False, "displayModeBar": False, "responsive": True}
-    cm = figures.confusion_matrix(m["confusion_matrix"], data["classes"],
-                                  normalized=m.get("confusion_matrix_normalized"),
-                                  mode="normalized" if findings.normalized else "counts", height=560)
-    cm.update_layout(font=dict(size=20))
-    parts = [f"<h1>{html_text(findings.title)}</h1>", f"<p><strong>{html_text(NOTICE)}</strong></p>",
+    parts = [f"<section class='slide'><h1>{html_text(findings.title)}</h1>"
+             f"<p><strong>{html_text(NOTICE)}</strong></p>"
              f"<p class='muted'>Run {html_text(data['label'])} · model {html_text(cfg.get('model', '?'))} · "
-             f"{html_text(cfg.get('image_size', '?'))} px · split {html_text(findings.split)} "
-             f"(n = {html_text(m.get('n', '?'))}) · generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
-             "<section><h2>Metrics with 95% intervals</h2>"
-             + _table(["Metric", "Value", "95% CI"],
-                      [list(r) for r in metric_rows(m) + baseline_metric_rows(data.get("baselines"), findings.split)])
-             + "<p class='muted'>The network's intervals are percentile bootstraps over images; the colour-only "
-               "models' are Wilson intervals.</p>"
-             + _table(PER_STAGE_HEADER, per_stage_rows(m)) + "</section>",
-             "<section><h2>Confusion matrix</h2>"
-             + cm.to_html(full_html=False, include_plotlyjs=True, config=plot_config, default_width="720px")
-             + "</section>"]
+             f"{html_text(cfg.get('image_size', '?'))} px · split {html_text(split)} "
+             f"(n = {html_text(m.get('n', '?'))}) · generated {time.strftime('%Y-%m-%d %H:%M')}</p></section>"]
+
+    # (a) What the headline accuracy means.
+    title, lines = story.headline(m, cfg, split)
+    parts.append(_slide(title, f"<div class='big'>{_lines(lines)}</div>"))
+    lines, command = story.smear_lines(data["smear"], m.get("accuracy"))
+    parts.append(_slide(SMEAR_TITLE, f"<div class='big'>{_lines(lines)}"
+                        + (f"<pre>{html_text(command)}</pre>" if command else "") + "</div>"))
     baselines = data.get("baselines")
-    if baselines and evidence.baseline_entries(baselines, findings.split):
-        fig = evidence.baseline_bars(baselines, findings.split)
-        parts.append("<section><h2>Could colour alone name the stage?</h2><ul>"
-                     + "".join(f"<li>{html_text(line)}</li>" for line in evidence.baseline_lines(baselines,
-                                                                                                 findings.split))
-                     + f"</ul><p>{html_text(evidence.baseline_sentence(baselines, findings.split))}</p>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
-                     + _table(["Model", "How it was made"],
-                              [[r["model"], r["how it was made"]] for r in
-                               evidence.baseline_frame(baselines, findings.split).to_dict("records")])
-                     + "</section>")
+    if baselines and evidence.baseline_entries(baselines, split):
+        parts.append(_figure_slide(f"Could colour alone name the stage? ({split})",
+                                   _plot(evidence.baseline_bars(baselines, split), plot_config),
+                                   story.colour_lines(baselines, split), evidence.baseline_sentence(baselines, split)))
+
+    # (b) What the model reads.
+    context = data.get("context")
+    if findings.evidence and context:
+        parts.append(_figure_slide(CONTEXT_TITLE, _plot(evidence.context_bars(context), plot_config),
+                                   story.reads_lines(context), evidence.context_sentence(context)))
+        donor = evidence.donor_bars(context)
+        if donor is not None:
+            parts.append(_figure_slide(STAIN_TITLE, _plot(donor, plot_config), story.stain_lines(context)))
+
+    # (c) Where its maps point.
+    located = data.get("located")
+    if findings.evidence and located:
+        parts.append(_figure_slide(LOCALISATION_TITLE,
+                                   _plot(evidence.localisation_bars(located, "concentration"), plot_config),
+                                   story.map_lines(located)))
     for stage, info in data["stages"].items():
-        body = f"<section><h2>Grad-CAM: {html_text(stage)}</h2><p class='muted'>{html_text(info['errors'])} of " \
-               f"{html_text(info['n'])} images misclassified · layer {html_text(data['layer'])}</p><div class='row'>"
-        body += f"<div style='flex:3'>{_img(info['grid'], f'Grad-CAM panel {stage}')}</div>" if info["grid"] else \
-            "<p>No Grad-CAM maps for this stage.</p>"
+        body = f"<p class='muted'>{html_text(info['errors'])} of {html_text(info['n'])} images misclassified · " \
+               f"layer {html_text(data['layer'])}</p><div class='row'>"
+        # At most a slide's height: the panel grows with the images per stage.
+        body += f"<div style='flex:0 1 auto'>{_img(info['grid'], f'Grad-CAM panel {stage}', 'auto')}</div>" \
+            if info["grid"] else "<p>No Grad-CAM maps for this stage.</p>"
         if info["mean_map"]:
-            body += f"<div style='flex:1'>{_img(info['mean_map'], f'mean map {stage}')}" \
+            body += f"<div style='flex:0 0 360px'>{_img(info['mean_map'], f'mean map {stage}')}" \
                     f"<p class='muted'>mean map, {html_text(stage)}</p></div>"
-        parts.append(body + "</div></section>")
+        parts.append(_slide(f"Grad-CAM: {stage}", body + "</div>", "cams"))
     faith, summary = data["faith"], data["faith_summary"]
     if findings.faithfulness and faith is not None and not faith.empty and summary:
         metric = (summary.get("metrics") or [faith["metric"].iloc[0]])[0]
         fig = figures.faithfulness_bars({**summary, "methods": {k: v for k, v in summary["methods"].items()
                                                                if k in data["methods"]}}, metric)
-        fig.update_layout(font=dict(size=18))
         rows = [[s, " > ".join(order)] for s, order in (summary.get("ranking") or {}).items()]
-        parts.append("<section><h2>Faithfulness (ROAD)</h2>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
-                     + _table(["Stage", "Methods, best first"], rows) + "</section>")
-    if findings.evidence and data.get("context"):
-        fig = evidence.context_bars(data["context"])
-        donor = evidence.donor_bars(data["context"], "With another stage's stain: how often the answer is the "
-                                                     "donor's stage")
-        parts.append("<section><h2>Cells or context</h2>"
-                     f"<p>{html_text(evidence.context_sentence(data['context']))}</p>"
-                     + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
-                     + (donor.to_html(full_html=False, include_plotlyjs=False, config=plot_config) if donor else "")
-                     + "</section>")
-    located = data.get("located")
-    if findings.evidence and located:
-        fig = evidence.localisation_bars(located, "concentration")
-        rows = [[stage, *row] for stage in findings.stages for row in evidence_rows(data, stage)]
-        parts.append(f"<section><h2>Do the maps point at the leukocytes? ({html_text(located['method'])} at "
-                     f"{html_text(located['layer'])})</h2><p>{html_text(evidence.verdict_line(located['all']['verdict']))}"
-                     "</p>" + fig.to_html(full_html=False, include_plotlyjs=False, config=plot_config)
-                     + _table(["Stage", "Evidence", "Value [95% CI]"], rows) + "</section>")
+        parts.append(_slide("Faithfulness (ROAD)", _plot(fig, plot_config, 420, 1300)
+                            + _table(["Stage", "Methods, best first"], rows)))
+
+    # (d) Which model; the model card's key lines.
+    parts.append(_slide(story.choice_title(data["choice"]),
+                        f"<div class='big'>{_lines(story.choice_lines(data['choice'], split))}</div>"))
+    parts.append(_slide(CARD_TITLE, f"<div class='big'>{_lines(data['card_lines'])}</div>"
+                        "<p class='muted'>The whole card is the last appendix of this report, and "
+                        f"{html_text(runs.MODEL_CARD)} in the run folder.</p>"))
+
+    # Appendix.
+    cm = figures.confusion_matrix(m["confusion_matrix"], data["classes"],
+                                  normalized=m.get("confusion_matrix_normalized"),
+                                  mode="normalized" if findings.normalized else "counts", height=560)
+    cm.update_layout(font=dict(size=20))
+    parts.append(_slide("Appendix: metrics with 95% intervals",
+                        _table(["Metric", "Value", "95% CI"],
+                               [list(r) for r in metric_rows(m) + baseline_metric_rows(baselines, split)])
+                        + "<p class='muted'>The network's intervals are percentile bootstraps over images; the "
+                          "colour-only models' are Wilson intervals.</p>"
+                        + _table(PER_STAGE_HEADER, per_stage_rows(m))))
+    parts.append(_slide("Appendix: confusion matrix",
+                        cm.to_html(full_html=False, include_plotlyjs=False, config=plot_config,
+                                   default_width="720px")))
+    if baselines and evidence.baseline_entries(baselines, split):
+        parts.append(_slide("Appendix: how the colour-only models were made",
+                            _table(["Model", "How it was made"],
+                                   [[r["model"], r["how it was made"]] for r in
+                                    evidence.baseline_frame(baselines, split).to_dict("records")])))
+    if findings.evidence and (located or context):
+        for stage in findings.stages:
+            rows = evidence_rows(data, stage)
+            if rows:
+                parts.append(_slide(f"Appendix: evidence, {stage}", _table(["Evidence", "Value [95% CI]"], rows)))
     reviewed = data.get("reviewed") or []
     if reviewed:
         rows = []
@@ -586,11 +755,17 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
             pictures = "".join(_img(entry[k], f"{k} {entry['path']}", "160px") for k in ("image", "map") if entry[k])
             lines = "".join(f"<div>{html_text(line)}</div>" for line in reviewed_lines(entry))
             rows.append(f"<tr><td>{pictures or html_text('(no map)')}</td><td>{lines}</td></tr>")
-        parts.append("<section><h2>Reviewed images</h2><p class='muted'>Marked in the dashboard (the run's "
-                     f"{html_text(runs.REVIEWS)}): input and map, labels and note.</p>"
-                     f"<table><tbody>{''.join(rows)}</tbody></table></section>")
+        parts.append(_slide("Reviewed images", "<p class='muted'>Marked in the dashboard (the run's "
+                            f"{html_text(runs.REVIEWS)}): input and map, labels and note.</p>"
+                            f"<table><tbody>{''.join(rows)}</tbody></table>"))
+    parts.append(f"<section class='card'><p class='muted'>Appendix: the model card ({html_text(runs.MODEL_CARD)})"
+                 f"</p>{card_html(data['card'])}<p class='notice'>{html_text(NOTICE)}</p></section>")
+    from plotly.offline import get_plotlyjs
+
+    # plotly.js inlined once, in the head: the deck opens offline, and every figure below draws with it.
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html_text(findings.title)}</title><style>{CSS}</style></head><body><main>"
+            f"<title>{html_text(findings.title)}</title><style>{CSS}</style>"
+            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body><main>"
             + "".join(parts) + "</main></body></html>")
 
 

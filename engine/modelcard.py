@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import string
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ FOLLOW_SHARE = 0.25  # answers naming the stain donor's stage above this (lower 
 WIDE_INTERVAL = 0.10  # a 95% interval of accuracy wider than this: too few test images for a close comparison
 Z95 = 1.959963984540054
 
+_ESCAPED = frozenset(string.punctuation) - set("-',")
 SectionError = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
 
 
@@ -104,11 +106,13 @@ def write(run_dir: Path | str) -> Path:
 
 
 def text(value: Any) -> str:
-    """Text from a file as plain Markdown text: no table cell break, link, emphasis, heading or HTML can form."""
+    """Text from a file as plain Markdown text: no table cell break, link, autolink, emphasis, heading or HTML
+    can form. Numbers are written as they are; in other text every ASCII punctuation character but - ' , is
+    backslash-escaped (CommonMark shows an escaped character as itself)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
     out = " ".join(str(value).split())
-    for char in "\\`*_[]<>|#!~":
-        out = out.replace(char, "\\" + char)
-    return out
+    return "".join("\\" + c if c in _ESCAPED else c for c in out)
 
 
 def code(value: Any) -> str:
@@ -176,7 +180,7 @@ def header(name: str, config: Mapping[str, Any] | None, complete: Mapping[str, A
                   f"in peripheral blood smear images, {text(config.get('image_size', '?'))} px, preset "
                   f"{text(config.get('preset', '?'))}."]
         if complete and complete.get("finished_at"):
-            lines[-1] += f" Training finished {text(complete['finished_at'])}."
+            lines[-1] += f" Training finished {code(complete['finished_at'])}."
         lines.append("")
     return lines
 
@@ -213,9 +217,9 @@ def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | Non
         rows.append(["scored", f"checkpoint {text(metrics.get('checkpoint', '?'))} (epoch "
                                f"{text(metrics.get('checkpoint_epoch', '?'))}), in full precision"])
     if env:
-        rows.append(["trained on", f"{text(env.get('device', '?'))}, torch {text(env.get('torch', '?'))}, code "
+        rows.append(["trained on", f"{text(env.get('device', '?'))}, torch {code(env.get('torch', '?'))}, code "
                                    f"{code(env.get('git_commit') or 'unknown')}"])
-    return ["## Model", "", *table(["", ""], rows), ""]
+    return ["## Model", "", *table(["", "value"], rows), ""]
 
 
 def split_words(config: Mapping[str, Any] | None) -> tuple[str, str]:

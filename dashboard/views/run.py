@@ -1,14 +1,17 @@
-"""Run: metrics with 95% intervals beside what colour-only models score, per-class table, clickable
-confusion matrix with the cell's images and Grad-CAM maps, cells-or-context and stain probes, ROC
-curves, reliability diagram and learning curves."""
+"""Run: the model card (download), metrics with 95% intervals beside what colour-only models score,
+per-class table, clickable confusion matrix with the cell's images and Grad-CAM maps, cells-or-context
+and stain probes, ROC curves, reliability diagram and learning curves."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
 from dashboard import evidence, figures, loaders, ui
 from dashboard.escape import code, html_text, md
-from engine.runs import BASELINES, OOD
+from engine import modelcard
+from engine.runs import BASELINES, MODEL_CARD, OOD
 
 st.title("Run")
 runs = ui.found()["runs"]
@@ -37,6 +40,30 @@ cfg = data["config"] or {}
 st.caption(" · ".join(f"{k}: {ui.fmt_param(cfg[k])}"
                       for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size") if k in cfg)
            + (f" · checkpoint epoch {md(metrics.get('checkpoint_epoch'))}" if metrics else ""))
+
+if run.status != loaders.RUN_CORRUPT:
+    with ui.section("Model card"), st.container(key="run_card"):
+        card, stored = loaders.model_card(root, run.path)
+        found, unreadable = loaders.card_files(root, run.path)
+        current = modelcard.compose(found, unreadable, Path(run.path).name)
+        left, right = st.columns([1, 3])
+        left.download_button("Model card", card.encode("utf-8"), file_name=f"{run.label.replace('/', '-')}-"
+                             f"{MODEL_CARD}", mime="text/markdown", key="run_card_download",
+                             icon=":material/download:", help="Intended use, data and split, metrics with "
+                             "intervals, the colour baselines, the probes, localisation and known limitations, "
+                             "in Markdown")
+        if not stored:
+            right.caption(f"No {code(MODEL_CARD)} in this run yet: this card is rendered from its files; "
+                          f"{code(f'python -m engine card {run.path}')} writes it (so do evaluate and explain).")
+        elif card != current:
+            right.caption(f"The run's {code(MODEL_CARD)} differs from what its files say now (written before they "
+                          f"changed, or by an older engine): {code(f'python -m engine card {run.path}')} rewrites "
+                          "it. The card below is the current one.")
+        else:
+            right.caption(f"The run's {code(MODEL_CARD)}, written from its files by the engine.")
+        with st.expander("Model card"):
+            # Rendered from the files by the engine's function, which escapes every text it takes from them.
+            st.markdown(current)
 
 if metrics is None:
     st.warning(f"{code(run.label)} is not evaluated: run {code(f'python -m engine evaluate {run.path}')} "
