@@ -57,6 +57,11 @@ class Config:
     # background_p share of training images; needs data prepared with masks.
     background: str = "keep"
     background_p: float = 0.8
+    # Stain and colour augmentation (engine.stain), on the device after the background: HED stain
+    # jitter of this strength (each stain scaled by 1 +/- s and shifted by +/- s OD, per image; 0 = off)
+    # and greyscale on a greyscale_p share of training images (0 = off).
+    stain_jitter: float = 0.0
+    greyscale_p: float = 0.0
     early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
     precise_bn_images: int = 0  # >0: recompute BatchNorm statistics on this many train images before validating
     min_epochs: int = 1
@@ -91,6 +96,8 @@ class Config:
             (self.precise_bn_images >= 0, "precise_bn_images must be 0 (off) or a number of images"),
             (self.background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}"),
             (0 <= self.background_p <= 1, "background_p must be in [0, 1]"),
+            (0 <= self.stain_jitter < 1, "stain_jitter must be in [0, 1) (0 = off)"),
+            (0 <= self.greyscale_p <= 1, "greyscale_p must be in [0, 1]"),
             (self.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}"),
             (self.fold >= 0, "fold must be 0 or more (a smear fold of the prepared manifest)"),
             # A fold that does nothing would make trials of a fold sweep silent copies of one another.

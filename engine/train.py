@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import background, fastpath, runs
+from . import background, fastpath, runs, stain
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError
 from .data import has_masks, load_mask_cache, read_manifest
 from .inference import (
@@ -318,7 +318,11 @@ def train_one_epoch(
             picked = label_order[batch].to(cells.masks.device)
             x = background.replace_background(x, cells.masks[picked], cells.present[picked], cfg.background,
                                               cfg.background_p, gen, *stats)
+        # Stain jitter on the true colours (before augment's colour jitter), greyscale last, so that a
+        # grey image is exactly grey, like the greyscale probe's images.
+        x = stain.hed_jitter(x, cfg.stain_jitter, gen, *stats)
         x = augment(x, cfg.augment, gen)
+        x = stain.random_greyscale(x, cfg.greyscale_p, gen, *stats)
         y = data.labels[label_order[batch]]
         loss, logits = step(x, y)
         scheduler.step()
