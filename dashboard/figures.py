@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from engine.runs import CLASSES, SPLITS
 from tuning.layout import PARAM_PREFIX
+from tuning.recommend import pareto_front
 
 from .escape import html_text, mpl
 
@@ -316,6 +317,85 @@ def param_scatter(frame: pd.DataFrame, params: Sequence[str], metric: str = "bes
     return _layout(fig, title, height=60 + 300 * rows, hovermode="closest",
                    legend=dict(orientation="h", y=-0.12 if rows == 1 else -0.06, x=0),
                    margin=dict(l=60, r=20, t=60 if title else 40, b=60))
+
+
+RECOMMENDED_COLOUR = "#2a9d8f"
+FRONT_COLOUR = "#264653"
+
+
+def context_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The trials of a sweep's frame that have both validation macro-F1 and a context probe, with numeric columns
+    ``f1``, ``without_cells``, ``chance`` and ``gap`` (without_cells minus chance) and ``front``: on the Pareto front
+    of accuracy against reliance on context (tuning.recommend.pareto_front on gap and f1)."""
+    columns = ("trial_id", "status", "best_val_macro_f1", "val_acc_without_cells", "val_chance")
+    if frame.empty or not all(c in frame for c in columns[2:]):
+        return pd.DataFrame(columns=[*columns[:2], "f1", "without_cells", "chance", "gap", "front"])
+    out = pd.DataFrame({
+        "trial_id": frame["trial_id"].astype(str),
+        "status": frame["status"].astype(str) if "status" in frame else "complete",
+        "f1": pd.to_numeric(frame["best_val_macro_f1"], errors="coerce"),
+        "without_cells": pd.to_numeric(frame["val_acc_without_cells"], errors="coerce"),
+        "chance": pd.to_numeric(frame["val_chance"], errors="coerce")})
+    out = out[np.isfinite(out[["f1", "without_cells", "chance"]]).all(axis=1)].copy()
+    out["gap"] = out["without_cells"] - out["chance"]
+    out["front"] = pareto_front(list(zip(out["gap"], out["f1"], strict=True)))
+    return out.reset_index(drop=True)
+
+
+def context_tradeoff(points: pd.DataFrame, *, recommended: str | None = None, most_accurate: str | None = None,
+                     margin: float = 0.10, title: str = "") -> go.Figure:
+    """Accuracy against reliance on the slide's context, one point per trial (``context_points``): x = validation
+    accuracy with the leukocytes removed, y = best validation macro-F1. The Pareto front (trials no other trial
+    beats on both) is joined by a line; chance and the band up to ``margin`` above it (where a trial counts as
+    reading the cells) are drawn when every trial has the same chance; the recommended and the most accurate
+    trial are starred. Hover names each trial."""
+    fig = go.Figure()
+    chances = sorted(set(points["chance"].round(6))) if len(points) else []
+    if len(chances) == 1:
+        chance = chances[0]
+        fig.add_vrect(x0=0, x1=min(1.0, chance + margin), fillcolor=_rgba(RECOMMENDED_COLOUR, 0.10), line_width=0,
+                      layer="below", annotation_text=f"reads the cells (at most {margin * 100:.0f} points above "
+                                                     "chance)", annotation_position="top left",
+                      annotation_font_size=12)
+        fig.add_vline(x=chance, line=dict(color="#8d99ae", dash="dash", width=1.5),
+                      annotation_text=f"chance {chance:.0%}", annotation_position="bottom right",
+                      annotation_font_size=12)
+
+    def hover(part: pd.DataFrame, prefix: str = "") -> list[str]:
+        return [f"{prefix}{html_text(t)} ({html_text(s)})<br>val macro-F1 {f:.4f}<br>without leukocytes {w:.1%} "
+                f"(chance {c:.1%}, {g * 100:+.1f} points)"
+                for t, s, f, w, c, g in zip(part["trial_id"], part["status"], part["f1"], part["without_cells"],
+                                            part["chance"], part["gap"], strict=True)]
+
+    front = points[points["front"]].sort_values(["without_cells", "f1"])
+    rest = points[~points["front"]]
+    if len(rest):
+        fig.add_scatter(x=rest["without_cells"], y=rest["f1"], mode="markers", name="trial", text=hover(rest),
+                        hovertemplate="%{text}<extra></extra>",
+                        marker=dict(color="#a8a8a8", size=9, line=dict(width=0)))
+    if len(front):
+        fig.add_scatter(x=front["without_cells"], y=front["f1"], mode="lines+markers", name="Pareto front",
+                        text=hover(front, "on the front: "), hovertemplate="%{text}<extra></extra>",
+                        line=dict(color=FRONT_COLOUR, width=2, shape="hv"),
+                        marker=dict(color=FRONT_COLOUR, size=10, line=dict(width=0)))
+    stars = []
+    if recommended is not None:
+        stars.append((recommended, "recommended" if recommended != most_accurate else "recommended = most accurate",
+                      RECOMMENDED_COLOUR))
+    if most_accurate is not None and most_accurate != recommended:
+        stars.append((most_accurate, "most accurate", BEST_COLOUR))
+    for trial, name, colour in stars:
+        mine = points[points["trial_id"] == str(trial)]
+        if len(mine):
+            fig.add_scatter(x=mine["without_cells"], y=mine["f1"], mode="markers",
+                            name=f"★ {name} ({html_text(trial)})", text=hover(mine, f"★ {name}: "),
+                            hovertemplate="%{text}<extra></extra>",
+                            marker=dict(symbol="star", size=20, color=colour, line=dict(width=1, color="white")))
+    fig.update_xaxes(title="validation accuracy with the leukocytes removed (lower: reads the cells more)",
+                     tickformat=".0%", range=[-0.02, 1.02])
+    fig.update_yaxes(title="best validation macro-F1")
+    return _layout(fig, title, height=480, hovermode="closest",
+                   legend=dict(orientation="h", y=-0.22, x=0), margin=dict(l=60, r=20, t=50 if title else 30, b=90))
 
 
 _GROUP_COLOURS = ("#264653", "#e76f51", "#2a9d8f", "#8338ec", "#e9c46a", "#3a86ff", "#d62828", "#6a994e",

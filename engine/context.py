@@ -215,3 +215,35 @@ def measure(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, mas
                                 "seed": seed}
     summary["how"] = {name: text.format(grow=grow, radius=radius, seed=seed) for name, text in HOW.items()}
     return summary, proba, donors
+
+
+# The variants of the probe a sweep measures on every trial's validation images (probe), a subset of VARIANTS.
+PROBE_VARIANTS = ("original", "cells_removed", "stain_swapped")
+
+
+def probe(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, masks: np.ndarray, true: np.ndarray,
+          stage_names: Sequence[str], *, stain: bool = True, radius: int = 3, seed: int = 0) -> dict[str, Any]:
+    """The short cells-or-context probe of a sweep trial: the images as they are, without leukocytes and (``stain``)
+    with another stage's stain, made exactly as ``measure`` makes them.
+
+    Returns the ``reliance`` summary of those variants (accuracies with Wilson intervals, per stage, ``chance``),
+    ``context_gap`` (accuracy without leukocytes minus chance: how far above chance the model stays with nothing
+    but the slide to go on) and, with ``stain``, how often the answers follow the donor's stage.
+    """
+    true = np.asarray(true)
+    grow = grow_pixels(images.shape[1])
+    variants = {"original": images, "cells_removed": remove_cells(images, masks, grow, radius)}
+    donors = choose_donors(true, seed) if stain else None
+    if donors is not None:
+        variants["stain_swapped"] = swap_stain(images, donors)
+    pred = {name: predict(batch).argmax(1) for name, batch in variants.items()}
+    summary = reliance(true, pred, stage_names)
+    without = summary["variants"]["cells_removed"]["all"]["accuracy"]
+    chance = summary["chance"]
+    summary["context_gap"] = without - chance if without is not None and chance is not None else None
+    if donors is not None:
+        donor_stage = np.where(donors >= 0, true[np.maximum(donors, 0)], -1)
+        summary["stain_swapped"] = {"follows_donor": follows_donor(pred["stain_swapped"], donor_stage, true,
+                                                                   stage_names), "seed": seed}
+    summary["how"] = {name: HOW[name].format(grow=grow, radius=radius, seed=seed) for name in variants}
+    return summary

@@ -4,11 +4,15 @@ Writes ``predictions.csv`` (one row per val/test image) and ``metrics.json`` (th
 each split, computed by scikit-learn from exactly those predictions); with leukocyte masks also
 ``baselines.json`` (colour-only models beside the network) and ``context.json`` (the network on
 changed test images); last, the model card (``MODEL_CARD.md``, engine.modelcard) from all of them.
+
+``probe_val_context`` is the short probe a sweep trial runs on its validation images at its end
+(``val_context.json``): accuracy as they are, without leukocytes and with another stage's stain.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ import torch
 
 from . import baselines, context, modelcard, ood, runs
 from . import features as feature_space
-from .data import has_masks, load_mask_cache
+from .data import has_masks, load_mask_cache, read_manifest
 from .inference import (
     Data,
     model_from_checkpoint,
@@ -225,4 +229,65 @@ def fit_ood(run_dir: Path, features: dict[str, np.ndarray], train_labels: np.nda
                "flagged_fraction": {s: float(detector.flags(f).mean()) for s, f in held_out.items()}}
     log.info("out-of-distribution check: threshold %.2f (%.0f%% of val); test images flagged: %s",
              detector.threshold, 100 * detector.quantile, summary["flagged_fraction"].get("test"))
+    return summary
+
+
+def probe_val_context(run_dir: Path, *, checkpoint: str = "best", device: str = "auto",
+                      stain: bool = True) -> dict[str, Any] | None:
+    """The cells-or-context probe on a run's validation images with a leukocyte mask: ``val_context.json``.
+
+    The ``checkpoint`` in fp32 classifies those images as they are, without the leukocytes and (``stain``) with
+    another stage's stain (engine.context.probe). What a sweep trial measures once at its end, so that the sweep
+    can weigh accuracy against reliance on the slide's context without touching the test split. Returns the
+    summary written, whose ``scores`` are ``runs.VAL_CONTEXT_SCORES``; None (and nothing written) when no
+    validation image has a mask.
+    """
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    saved = runs.read_json(run_dir / runs.CONFIG)
+    prepared = Path(saved["data_dir"])
+    rows = read_manifest(prepared, saved.get("split", "image"), saved.get("fold", 0))
+    if not any(r["split"] == "val" and r["mask"] for r in rows):  # before any weights or images are read
+        log.info("no leukocyte masks on the validation images of %s: the context probe of %s is not measured "
+                 "(its val_acc_without_cells stays empty)", prepared, run_dir)
+        return None
+    dev = resolve_device(device)
+    state = read_checkpoint(run_dir, checkpoint)
+    cfg, model = model_from_checkpoint(state, dev)
+    checkpoint_info = {"checkpoint": checkpoint, "checkpoint_epoch": int(state["epoch"])}
+    del state
+    channels_last = use_channels_last(cfg, dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    data = Data.load(prepared, cfg.image_size, dev, switch(cfg.data_on_device, dev), split=cfg.split, fold=cfg.fold)
+    split = data.split["val"]
+    index = split[has_masks(data.rows)[split]]
+    if len(index) == 0:
+        log.info("no leukocyte masks on the validation images of %s: the context probe of %s is not measured "
+                 "(its val_acc_without_cells stays empty)", prepared, run_dir)
+        return None
+    masks = np.asarray(load_mask_cache(prepared, cfg.image_size))[index]
+    images = data.images[torch.from_numpy(index).to(data.images.device)].cpu().numpy()
+    true = data.labels.cpu().numpy()[index]
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return predict_proba(model, torch.from_numpy(batch), np.arange(len(batch)), dev, batch_size=cfg.eval_batch_size,
+                             use_amp=False, channels_last=channels_last)
+
+    summary = context.probe(predict, images, masks, true, CLASSES, stain=stain, seed=cfg.seed)
+    variants = summary["variants"]
+    follows = summary.get("stain_swapped", {}).get("follows_donor", {}).get("all", {})
+    scores = {"val_probe_images": len(index), "val_acc_as_is": variants["original"]["all"]["accuracy"],
+              "val_acc_without_cells": variants["cells_removed"]["all"]["accuracy"], "val_chance": summary["chance"],
+              "val_context_gap": summary["context_gap"],
+              "val_acc_stain_swapped": variants.get("stain_swapped", {}).get("all", {}).get("accuracy"),
+              "val_follows_donor": follows.get("share")}
+    summary = {"split": "val", **checkpoint_info, "image_size": cfg.image_size, "images": len(index),
+               "images_without_mask": int(len(split) - len(index)), "scores": scores,
+               "seconds": round(time.monotonic() - started, 2), **summary}
+    runs.write_json(run_dir / runs.VAL_CONTEXT, summary)
+    stained = scores["val_acc_stain_swapped"]
+    log.info("context probe (val, %d images, %.1f s): accuracy %.3f as they are, %.3f without leukocytes (chance "
+             "%.3f)%s", len(index), summary["seconds"], scores["val_acc_as_is"], scores["val_acc_without_cells"],
+             scores["val_chance"], f", {stained:.3f} with another stage's stain" if stained is not None else "")
     return summary

@@ -12,6 +12,8 @@
     predictions.csv      written by `evaluate` (PREDICTION_COLUMNS)
     ood.npz              written by `evaluate`: the out-of-distribution check's class means
     context.json/.csv    written by `evaluate` when the data has leukocyte masks
+    val_context.json     VAL_CONTEXT: the context probe on the validation images, written at the end of a
+                         sweep trial (engine.evaluate.probe_val_context) when the data has leukocyte masks
     baselines.json       written by `evaluate` when the data has leukocyte masks: colour-only models
     features.npz         written by `evaluate`: pooled features per split, keyed by sha256 (FEATURES_KEYS)
     embedding.csv        written by `evaluate`: PCA + t-SNE map of those features (EMBEDDING_COLUMNS)
@@ -78,6 +80,16 @@ CONTEXT_TABLE = "context.csv"
 CONTEXT_VARIANTS = {"original": "as they are", "cells_removed": "leukocytes removed",
                     "background_removed": "background removed",
                     "stain_swapped": "stain of another stage", "greyscale": "in greyscale"}
+# Written at the end of a sweep trial (engine.evaluate.probe_val_context, called by tuning's trainable and by its
+# finish step): the cells-or-context probe on the *validation* images with a leukocyte mask, with the best
+# checkpoint in fp32, as they are, without the leukocytes and with another stage's stain. Its "scores" are
+# VAL_CONTEXT_SCORES, which a sweep reports to Ray Tune and keeps in summary.csv (tuning.layout.PROBE_COLUMNS):
+# the images probed, accuracy as they are, without leukocytes, chance (the share of the most common stage on
+# those images), the context gap (accuracy without leukocytes minus chance, in accuracy units), accuracy with
+# another stage's stain and the share of those answers naming the donor's stage.
+VAL_CONTEXT = "val_context.json"
+VAL_CONTEXT_SCORES = ("val_probe_images", "val_acc_as_is", "val_acc_without_cells", "val_chance", "val_context_gap",
+                      "val_acc_stain_swapped", "val_follows_donor")
 # Written by `evaluate` when the data has leukocyte masks (engine.baselines): models that see only a few
 # colour statistics of each image, fitted on the training split and scored like the network. The keys of
 # its "baselines", each with the words readers show for it; HEADLINE_BASELINES are the ones shown beside

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use (default: all)")
     sweep.add_argument("--num-gpus", type=int, help="local Ray only: GPUs it advertises (default: detected)")
 
-    finish = commands.add_parser("finish", help="evaluate and explain the best trial of a finished sweep")
+    finish = commands.add_parser("finish", help="evaluate and explain the best and the recommended trial of a "
+                                                "finished sweep (measuring missing context probes first)")
     finish.add_argument("sweep_dir", type=Path)
     finish.add_argument("--no-explain", dest="explain", action="store_false")
     return parser
@@ -49,18 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
 def print_outcome(sweep_dir: Path, best: dict | None) -> None:
     from engine import runs
 
-    from .finish import format_repeats, format_table, read_summary
-    from .layout import REPEATS
+    from .finish import format_recommendation, format_repeats, format_table, read_summary
+    from .layout import RECOMMENDED, REPEATS
 
     rows = read_summary(sweep_dir)
+    recommended = runs.read_json(sweep_dir / RECOMMENDED) if best and (sweep_dir / RECOMMENDED).is_file() else None
     if rows:
-        print(format_table(rows, best["trial_id"] if best else None))
+        print(format_table(rows, best["trial_id"] if best else None,
+                           recommended["trial_id"] if recommended else None))
     if best:
         test = best["test"]
         lo, hi = test.get("accuracy_ci95") or (None, None)
         ci = f" (95% CI {lo:.4f}-{hi:.4f})" if lo is not None and hi is not None else ""
         print(f"best trial {best['trial_id']}: val macro-F1 {best['best_val_macro_f1']:.4f}, "
               f"test accuracy {test['accuracy']:.4f}{ci}, test macro-F1 {test['macro_f1']:.4f}")
+    if recommended:
+        print(format_recommendation(recommended))
     if best and (sweep_dir / REPEATS).is_file():
         print(format_repeats(runs.read_json(sweep_dir / REPEATS)))
 

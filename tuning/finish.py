@@ -1,7 +1,11 @@
-"""The end of a sweep: evaluate and explain the best trial, write best.json, rank the trials.
+"""The end of a sweep: evaluate and explain the best trial, write best.json, rank the trials; name the
+recommended trial (recommended.json), evaluated and explained too when it is another one.
 
 Works from the sweep folder alone (summary.csv and the trial run folders), without Ray, so
-``python -m tuning finish SWEEP_DIR`` can redo it at any time.
+``python -m tuning finish SWEEP_DIR`` can redo it at any time. The trials it weighs (those that
+trained to the end, or all with a checkpoint if none did) get their context probe measured where
+they lack one (a sweep from before the probe, a trial whose probe failed), and summary.csv gains
+the probe columns.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ from typing import Any
 
 from engine import runs
 
+from . import recommend as rule
 from .layout import (
     BEST,
     PARAM_PREFIX,
+    PROBE_COLUMNS,
+    RECOMMENDED,
     REPEAT_PARAMS,
     REPEAT_SCORES,
     REPEATS,
@@ -56,17 +63,100 @@ def ranked(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return sorted(rows, key=_score, reverse=True)
 
 
-def pick_best(sweep_dir: Path, rows: list[dict[str, str]]) -> dict[str, str]:
-    """The best trial with a best.pt: complete trials first, trials cut by ASHA only if none completed."""
+def candidates(sweep_dir: Path, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The trials a sweep's result is chosen from, in summary order: those with a val macro-F1 and a best.pt that
+    trained to the end, or, if none did, those cut short by ASHA (or interrupted) too; [] when there are none."""
     def usable(row: dict[str, str]) -> bool:
         return (_score(row) > float("-inf")
                 and (Path(sweep_dir) / row["run_dir"] / runs.CHECKPOINTS / runs.BEST_CHECKPOINT).is_file())
 
     for statuses in ((TRIAL_COMPLETE,), (TRIAL_COMPLETE, TRIAL_STOPPED, TRIAL_RUNNING, TRIAL_PENDING)):
-        candidates = [r for r in ranked(rows) if r["status"] in statuses and usable(r)]
-        if candidates:
-            return candidates[0]
-    raise FinishError(f"{sweep_dir}: no trial with a val macro-F1 and checkpoints/best.pt to evaluate")
+        found = [r for r in rows if r["status"] in statuses and usable(r)]
+        if found:
+            return found
+    return []
+
+
+def pick_best(sweep_dir: Path, rows: list[dict[str, str]]) -> dict[str, str]:
+    """The best trial with a best.pt: complete trials first, trials cut by ASHA only if none completed."""
+    found = candidates(sweep_dir, rows)
+    if not found:
+        raise FinishError(f"{sweep_dir}: no trial with a val macro-F1 and checkpoints/best.pt to evaluate")
+    return ranked(found)[0]
+
+
+def fill_probes(sweep_dir: Path, rows: list[dict[str, str]], which: list[dict[str, str]]) -> bool:
+    """Give each trial of ``which`` (rows of ``rows``) its context-probe columns: from its val_context.json, measured
+    first where it has none newer than its best checkpoint. Rewrites summary.csv (with the probe columns, added to
+    an older sweep's header) when a value changed; returns whether any did."""
+    from .trainable import probe_scores
+
+    changed = False
+    for row in which:
+        if row.get("val_acc_without_cells") not in (None, "") and row.get("val_chance") not in (None, ""):
+            continue  # reported by the trial itself
+        scores = probe_scores(Path(sweep_dir) / row["run_dir"], "auto", reuse=True)
+        for key in PROBE_COLUMNS:
+            value = "" if scores.get(key) is None else str(scores[key])
+            if str(row.get(key) or "") != value:
+                row[key], changed = value, True
+    if changed:
+        header = list(rows[0]) + [k for k in PROBE_COLUMNS if k not in rows[0]]
+        runs.write_csv(Path(sweep_dir) / SUMMARY, header, rows)
+    return changed
+
+
+def _probe(row: dict[str, str]) -> dict[str, float | None]:
+    return {k: rule.number(row.get(k)) for k in PROBE_COLUMNS}
+
+
+def _entry(row: dict[str, str]) -> dict[str, Any]:
+    """A trial as the rule reads it (tuning.recommend)."""
+    return {"trial_id": row["trial_id"], "score": rule.number(row.get("best_val_macro_f1")),
+            "without_cells": rule.number(row.get("val_acc_without_cells")),
+            "chance": rule.number(row.get("val_chance"))}
+
+
+def _test(metrics: dict[str, Any]) -> dict[str, Any]:
+    test = metrics["splits"].get("test", {})
+    return {k: test.get(k) for k in ("accuracy", "macro_f1", "accuracy_ci95", "macro_f1_ci95")}
+
+
+def recommendation(sweep_dir: Path, rows: list[dict[str, str]], best: dict[str, Any], *,
+                   explain: bool) -> dict[str, Any]:
+    """Apply the rule (tuning.recommend) to the candidate trials; evaluate and explain the recommended trial when
+    it is not the best one (already evaluated); the content of recommended.json."""
+    from engine.evaluate import evaluate
+
+    found = candidates(sweep_dir, rows)
+    by_id = {r["trial_id"]: r for r in found}
+    top = by_id[best["trial_id"]]  # the rule's most accurate trial: the same ranking as pick_best's
+    chosen = rule.recommend([_entry(r) for r in found]) or {
+        "trial_id": top["trial_id"], "rule_met": False, "verdict": rule.NOT_MEASURED, "candidates": len(found),
+        "measured": 0, "reading_cells": 0, "margin": rule.MARGIN}
+    row = by_id[chosen["trial_id"]] if chosen["rule_met"] else top
+    same = row is top
+    if same:
+        test, explained = best["test"], best["explained"]
+    else:
+        run_dir = Path(sweep_dir) / row["run_dir"]
+        log.info("recommended trial %s (%s): evaluating %s", row["trial_id"], chosen["verdict"], run_dir)
+        test = _test(evaluate(run_dir))
+        explained = explain_best(run_dir) if explain else False
+
+    def scores(r: dict[str, str]) -> dict[str, Any]:
+        return {"best_val_macro_f1": _score(r), **_probe(r)}
+
+    return {
+        "trial_id": row["trial_id"], "run_dir": row["run_dir"], "params": _params(sweep_dir, row),
+        "scores": scores(row), "test": test, "explained": explained,
+        "rule": rule.RULE, "margin": chosen["margin"], "rule_met": chosen["rule_met"], "verdict": chosen["verdict"],
+        "reason": rule.explain(_entry(row), _entry(top), chosen["verdict"], chosen["margin"]),
+        "same_as_most_accurate": same,
+        "most_accurate": {"trial_id": top["trial_id"], "run_dir": top["run_dir"], "params": best["params"],
+                          "scores": scores(top), "test": best["test"]},
+        "candidates": chosen["candidates"], "measured": chosen["measured"], "reading_cells": chosen["reading_cells"],
+    }
 
 
 def explain_best(run_dir: Path) -> bool:
@@ -86,15 +176,17 @@ def explain_best(run_dir: Path) -> bool:
 
 
 def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
-    """Evaluate (and explain) the best trial on the test split; write and return best.json."""
+    """Evaluate (and explain) the best trial on the test split; write and return best.json. Then name the
+    recommended trial (recommended.json), evaluated and explained too where it is another trial."""
     from engine.evaluate import evaluate
 
     sweep_dir = Path(sweep_dir)
-    best = pick_best(sweep_dir, read_summary(sweep_dir))
+    rows = read_summary(sweep_dir)
+    best = pick_best(sweep_dir, rows)
+    fill_probes(sweep_dir, rows, candidates(sweep_dir, rows))
     run_dir = sweep_dir / best["run_dir"]
     log.info("best trial %s (val macro-F1 %s): evaluating %s", best["trial_id"], best["best_val_macro_f1"], run_dir)
     metrics = evaluate(run_dir)
-    test = metrics["splits"].get("test", {})
     explained = explain_best(run_dir) if explain else False
     trial_json = run_dir / TRIAL_JSON
     params = runs.read_json(trial_json).get("params", {}) if trial_json.is_file() else {
@@ -104,10 +196,11 @@ def finish(sweep_dir: Path, *, explain: bool = True) -> dict[str, Any]:
         "run_dir": best["run_dir"],
         "params": params,
         "best_val_macro_f1": _score(best),
-        "test": {k: test.get(k) for k in ("accuracy", "macro_f1", "accuracy_ci95", "macro_f1_ci95")},
+        "test": _test(metrics),
         "explained": explained,
     }
     runs.write_json(sweep_dir / BEST, result)
+    runs.write_json(sweep_dir / RECOMMENDED, recommendation(sweep_dir, rows, result, explain=explain))
     spread = repeats(sweep_dir, read_summary(sweep_dir))
     if spread is not None:
         runs.write_json(sweep_dir / REPEATS, spread)
@@ -217,10 +310,33 @@ def _short(value: str) -> str:
         return value
 
 
-def format_table(rows: list[dict[str, str]], best_id: str | None = None) -> str:
-    """A ranked, fixed-width table of the trials for the terminal."""
+def format_recommendation(data: dict[str, Any]) -> str:
+    """recommended.json for the terminal: the recommended trial, the most accurate one, the rule and the reason."""
+    def line(entry: dict[str, Any]) -> str:
+        s, test = entry.get("scores") or {}, entry.get("test") or {}
+        parts = [f"val macro-F1 {s['best_val_macro_f1']:.4f}" if rule.number(s.get("best_val_macro_f1")) is not None
+                 else "val macro-F1 -"]
+        if rule.number(s.get("val_acc_without_cells")) is not None and rule.number(s.get("val_chance")) is not None:
+            parts.append(f"val accuracy without leukocytes {s['val_acc_without_cells']:.3f} "
+                         f"(chance {s['val_chance']:.3f})")
+        else:
+            parts.append("val accuracy without leukocytes not measured")
+        if rule.number(test.get("accuracy")) is not None:
+            parts.append(f"test accuracy {test['accuracy']:.4f}")
+        return ", ".join(parts)
+
+    top = data["most_accurate"]
+    lines = [f"recommended trial {data['trial_id']} ({data['verdict']}): {line(data)}"]
+    if not data.get("same_as_most_accurate"):
+        lines.append(f"most accurate trial {top['trial_id']}: {line(top)}")
+    lines += [f"rule: {data['rule']}", data.get("reason") or ""]
+    return "\n".join(x for x in lines if x)
+
+
+def format_table(rows: list[dict[str, str]], best_id: str | None = None, recommended_id: str | None = None) -> str:
+    """A ranked, fixed-width table of the trials for the terminal: * the best trial, + the recommended one."""
     params = [k for k in (rows[0] if rows else {}) if k.startswith(PARAM_PREFIX)]
-    header = ["rank", "trial_id", "status", "best_f1", "val_acc", "epochs", "seconds",
+    header = ["rank", "trial_id", "status", "best_f1", "val_acc", "no_cells", "chance", "epochs", "seconds",
               *(p.removeprefix(PARAM_PREFIX) for p in params)]
     lines = []
     for rank, row in enumerate(ranked(rows), 1):
@@ -229,8 +345,9 @@ def format_table(rows: list[dict[str, str]], best_id: str | None = None) -> str:
                 return f"{float(row[key]):.{digits}f}"
             except (KeyError, ValueError):
                 return "-"
-        values = [f"{rank}{'*' if row['trial_id'] == best_id else ''}", row["trial_id"], row["status"],
-                  num("best_val_macro_f1", 4), num("val_acc", 4), row.get("epochs") or "-", num("seconds", 0)]
+        mark = ("*" if row["trial_id"] == best_id else "") + ("+" if row["trial_id"] == recommended_id else "")
+        values = [f"{rank}{mark}", row["trial_id"], row["status"], num("best_val_macro_f1", 4), num("val_acc", 4),
+                  num("val_acc_without_cells", 3), num("val_chance", 3), row.get("epochs") or "-", num("seconds", 0)]
         for p in params:
             values.append(_short(row.get(p) or ""))
         lines.append(values)

@@ -10,14 +10,18 @@
     best.json            written by the finish step: the best trial, its params and test metrics
     repeats.json         written by the finish step when trials repeat a setting (REPEAT_PARAMS: the folds of a
                          cross-validation, seeds): per setting, every repeat's scores and their mean and spread
+    recommended.json     written by the finish step: the recommended trial by the rule in tuning/recommend.py (the
+                         most accurate trial that reads the cells), beside the most accurate trial
     trials/<trial_id>/   one engine run folder per trial (engine/runs.py), plus trial.json
     ray/                 Ray Tune's own state (the default --storage), not read by the dashboard
 
 The names below are the contract: ``tuning`` writes with them and the dashboard reads with
-them. Standard library only, so the dashboard can import it without Ray.
+them. Standard library and engine.runs only, so the dashboard can import it without Ray.
 """
 
 from __future__ import annotations
+
+from engine.runs import VAL_CONTEXT_SCORES
 
 SWEEP_JSON = "sweep.json"
 SWEEP_LOCK = "sweep.lock"
@@ -25,6 +29,7 @@ SPACE_COPY = "space.yaml"
 SUMMARY = "summary.csv"
 BEST = "best.json"
 REPEATS = "repeats.json"
+RECOMMENDED = "recommended.json"
 # Parameters that vary the repeat, not the setting: trials equal in every other parameter are repeats of one
 # setting, and the finish step reports their mean and spread (repeats.json). "fold": a smear fold of a group
 # K-fold cross-validation (engine config split=smear); "seed": another draw of the same training.
@@ -59,9 +64,19 @@ TRIAL_ENDED = (TRIAL_COMPLETE, TRIAL_STOPPED, TRIAL_ERROR)  # nothing more will 
 
 # summary.csv: trial_id, status, one PARAM_PREFIX column per searched parameter, then METRIC_COLUMNS.
 PARAM_PREFIX = "param_"
+# The context probe of each trial (its val_context.json "scores", engine.runs.VAL_CONTEXT_SCORES), measured once
+# at the trial's end and reported to Ray Tune with its last result; empty where the trial has none (data without
+# leukocyte masks, a trial stopped early by ASHA, a sweep from before the probe: `python -m tuning finish` adds it).
+PROBE_COLUMNS = VAL_CONTEXT_SCORES
+# Metrics a space may name as objectives (space.yaml "metric"/"mode"): EPOCH_METRICS are reported every epoch
+# (what ASHA and Optuna's per-epoch reports need, so the first objective is one of them); PROBE_METRICS only at
+# the trial's end.
+EPOCH_METRICS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "val_loss")
+PROBE_METRICS = ("val_acc_without_cells", "val_context_gap", "val_acc_stain_swapped", "val_follows_donor",
+                 "val_acc_as_is")
 # node_ip, node_id: the Ray node of the trial's latest report.
 METRIC_COLUMNS = ("val_macro_f1", "best_val_macro_f1", "val_acc", "epochs", "seconds", "run_dir", "error",
-                  "node_ip", "node_id")
+                  "node_ip", "node_id", *PROBE_COLUMNS)
 
 
 def summary_columns(param_keys: list[str]) -> list[str]:

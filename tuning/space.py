@@ -17,11 +17,19 @@ A space file (``tuning/spaces/<name>.yaml``, or any path) looks like::
     grace_period: 2                 # ASHA: epochs before a trial can be cut
     reduction_factor: 2             # ASHA: keep the best 1/reduction_factor at each rung
     max_failures: 1                 # retries of a crashing trial
+    metric: val_macro_f1            # the objective (default); or two, optimised together by Optuna:
+    mode: max                       #   metric: [val_macro_f1, val_acc_without_cells], mode: [max, min]
 
 Distributions: ``choice``, ``grid`` (every value, in turn), ``uniform`` and ``loguniform``
 ([low, high]) and ``randint`` ([low, high], both included). Keys are checked against
 ``engine.config.Config`` when the file is read; values are checked per trial by
 ``build_config``, so a value the engine rejects shows up as an errored trial.
+
+Objectives (``metric``, ``mode``): one metric, or two optimised together (multi-objective Optuna TPE,
+``search: optuna``). The first is one reported every epoch (tuning.layout.EPOCH_METRICS), which ASHA
+cuts on; the second may be a context-probe metric measured once at the trial's end
+(tuning.layout.PROBE_METRICS, e.g. ``val_acc_without_cells``). ``check_objectives`` refuses the
+combinations that cannot work, with the reason.
 """
 
 from __future__ import annotations
@@ -36,13 +44,17 @@ import yaml
 
 from engine.config import Config, ConfigError, build_config
 
+from .layout import EPOCH_METRICS, PROBE_METRICS
+
 SPACE_DIR = Path(__file__).parent / "spaces"
 SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "fifo")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SETTINGS = ("search", "scheduler", "num_samples", "max_concurrent_trials", "gpus_per_trial",
             "cpus_per_trial", "grace_period", "reduction_factor", "max_failures")
-TOP_LEVEL = ("description", "base_preset", "fixed", "params", *SETTINGS)
+TOP_LEVEL = ("description", "base_preset", "fixed", "params", "metric", "mode", *SETTINGS)
+MODES = ("max", "min")
+MAX_OBJECTIVES = 2
 
 
 class SpaceError(ValueError):
@@ -66,6 +78,12 @@ class Space:
     grace_period: int = 1
     reduction_factor: int = 2
     max_failures: int = 1
+    metrics: tuple[str, ...] = ("val_macro_f1",)  # the objectives, in order: the first is ASHA's
+    modes: tuple[str, ...] = ("max",)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     def base_config(self) -> Config:
         """The preset plus the fixed overrides, i.e. everything a trial does not sample."""
@@ -143,10 +161,11 @@ def load_space(name_or_path: str | Path) -> Space:
     checked = {key: _check_distribution(path, key, spec) for key, spec in params.items()}
 
     settings = {key: data[key] for key in SETTINGS if key in data}
+    metrics, modes = _check_objectives(path, data)
     try:
         space = Space(name=path.stem, path=path.resolve(), base_preset=str(data["base_preset"]),
                       params=checked, fixed=dict(fixed), description=str(data.get("description", "")),
-                      **settings)
+                      metrics=metrics, modes=modes, **settings)
     except TypeError as exc:
         raise SpaceError(f"{path}: {exc}") from exc
     _check_settings(path, space)
@@ -157,6 +176,47 @@ def load_space(name_or_path: str | Path) -> Space:
     except ConfigError as exc:
         raise SpaceError(f"{path}: {exc}") from exc
     return space
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...]:
+    return tuple(value) if isinstance(value, list) else (value,)
+
+
+def _check_objectives(path: Path, data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The space's objectives: ``metric`` and ``mode``, each a name or a list of up to MAX_OBJECTIVES names."""
+    metrics = _as_tuple(data.get("metric", "val_macro_f1"))
+    modes = _as_tuple(data.get("mode", ["max"] * len(metrics) if "metric" in data else "max"))
+    known = (*EPOCH_METRICS, *PROBE_METRICS)
+    if not metrics or len(metrics) > MAX_OBJECTIVES:
+        raise SpaceError(f"{path}: metric names one objective or a list of {MAX_OBJECTIVES}, got {data['metric']!r}")
+    for name in metrics:
+        if not isinstance(name, str) or name not in known:
+            raise SpaceError(f"{path}: metric {name!r} is not one a trial reports; use one of {', '.join(known)}")
+    if len(set(metrics)) != len(metrics):
+        raise SpaceError(f"{path}: metric names {metrics[0]!r} twice")
+    if len(modes) != len(metrics) or any(m not in MODES for m in modes):
+        raise SpaceError(f"{path}: mode must give max or min for each metric ({len(metrics)}), got "
+                         f"{data.get('mode')!r}")
+    if metrics[0] not in EPOCH_METRICS:
+        raise SpaceError(f"{path}: the first metric, {metrics[0]!r}, is measured only once at a trial's end; the "
+                         f"first objective must be one reported every epoch ({', '.join(EPOCH_METRICS)}), which "
+                         f"ASHA and Optuna follow while the trial trains; name {metrics[0]!r} second")
+    return metrics, modes
+
+
+def check_objectives(space: Space, search: str, scheduler: str) -> None:
+    """Refuse, with the reason, objectives that the chosen search and scheduler cannot pursue.
+
+    Two objectives need Optuna (random and grid search never look at results) and are optimised together by
+    its multi-objective TPE. ASHA cuts trials on the first objective alone (its rungs come every few epochs,
+    long before the probe is measured); a trial it cuts carries no probe and is told to Optuna as pruned.
+    """
+    if not space.multi_objective:
+        return
+    if search != "optuna":
+        raise SpaceError(f"{space.path}: two objectives ({', '.join(space.metrics)}) need search: optuna; {search} "
+                         "search samples without looking at results, so a second objective would change nothing "
+                         "(the finish step's recommendation weighs the probe for every sweep anyway)")
 
 
 def _check_distribution(path: Path, key: str, spec: Any) -> dict[str, Any]:

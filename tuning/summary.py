@@ -17,6 +17,7 @@ from engine import runs
 
 from .layout import (
     PARAM_PREFIX,
+    PROBE_COLUMNS,
     SUMMARY,
     TRIAL_COMPLETE,
     TRIAL_ERROR,
@@ -82,6 +83,8 @@ def trial_row(trial: Trial, param_keys: list[str], status: str) -> dict[str, Any
         "node_ip": result.get("node_ip"),  # filled in by Ray
         "node_id": result.get("node_id"),  # reported by the trainable
     })
+    # The context probe: only in the last result of a trial that trained to the end.
+    row.update({k: result.get(k) for k in PROBE_COLUMNS})
     return row
 
 

@@ -26,12 +26,12 @@ from engine.data import MANIFEST
 from . import layout
 from .driver import SweepError, SweepRecord, claim
 from .finish import read_summary
-from .space import Space, load_space, param_space
+from .space import Space, SpaceError, check_objectives, load_space, param_space
 from .trainable import TrialSetup, train_trial, trial_dir, update_trial_json
 
 log = logging.getLogger(__name__)
 
-METRIC, MODE = "val_macro_f1", "max"
+METRIC, MODE = "val_macro_f1", "max"  # the default objective; a space may name others (Space.metrics)
 
 
 @dataclass(frozen=True)
@@ -162,18 +162,28 @@ def trial_dirname(trial: Any) -> str:
     return trial.trial_id
 
 
-def make_search(search: str, max_concurrent: int = 0, seed: int = 0) -> Any:
+def objectives(space: Space) -> tuple[str | list[str], str | list[str]]:
+    """The space's metric and mode as Ray and sweep.json take them: names for one objective, lists for two."""
+    if space.multi_objective:
+        return list(space.metrics), list(space.modes)
+    return space.metrics[0], space.modes[0]
+
+
+def make_search(search: str, max_concurrent: int = 0, seed: int = 0, space: Space | None = None) -> Any:
     """The search algorithm, capped at ``max_concurrent`` trials at once (0: no cap).
 
     The cap is applied here, not with TuneConfig(max_concurrent_trials=...): Ray applies that
     one to Searcher instances only and ignores it for a BasicVariantGenerator (random and grid
-    search), warning "requires a Searcher instance".
+    search), warning "requires a Searcher instance". Optuna gets the space's objectives: with two,
+    its multi-objective TPE (and TuneConfig names no metric, as Ray requires then).
     """
     if search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
-        from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
+        from .searchers import TrialEndOptunaSearch
+
+        metric, mode = objectives(space) if space is not None else (METRIC, MODE)
+        searcher = TrialEndOptunaSearch(metric=metric, mode=mode, seed=seed)
         return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent) if max_concurrent else searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -190,8 +200,11 @@ def make_scheduler(scheduler: str, space: Space) -> Any:
     # time_attr "epoch" (reported by the engine), not Ray's iteration counter: a resumed
     # trial continues its epochs even when its last report before a crash was lost.
     max_t = space.max_epochs()
+    # With two objectives TuneConfig names no metric (Ray hands the searcher its list), so ASHA is given the
+    # first one itself: it is reported every epoch (space.check_objectives), the second only at the end.
+    own = {"metric": space.metrics[0], "mode": space.modes[0]} if space.multi_objective else {}
     return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=min(space.grace_period, max_t),
-                         reduction_factor=space.reduction_factor)
+                         reduction_factor=space.reduction_factor, **own)
 
 
 def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: Path, storage: str) -> Any:
@@ -199,12 +212,13 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
 
     from .summary import SummaryCallback
 
+    metric, mode = (None, None) if space.multi_objective else objectives(space)
     return tune.Tuner(
         trainable,
         param_space=param_space(space, info["search"]),
         tune_config=tune.TuneConfig(
-            metric=METRIC, mode=MODE, num_samples=info["num_samples"],
-            search_alg=make_search(info["search"], info["max_concurrent_trials"] or 0),
+            metric=metric, mode=mode, num_samples=info["num_samples"],
+            search_alg=make_search(info["search"], info["max_concurrent_trials"] or 0, space=space),
             scheduler=make_scheduler(info["scheduler"], space), trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
@@ -289,7 +303,10 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
         if not (data_dir / MANIFEST).is_file():
             raise SweepError(f"{data_dir}: not a prepared data folder (no manifest.csv); "
                              "run `python -m engine prepare` first")
-        check_folds(given, data_dir, settings(opts, given)["scheduler"])
+        chosen = settings(opts, given)
+        check_objectives(given, chosen["search"], chosen["scheduler"])
+        check_probe_data(given, data_dir)
+        check_folds(given, data_dir, chosen["scheduler"])
     # Nothing is written into the folder before this: a refused driver leaves the running one's files alone.
     lock = claim(sweep_dir, resume=opts.resume, default_name=opts.name is None)
     try:
@@ -317,7 +334,8 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
         shutil.copyfile(space.path, sweep_dir / layout.SPACE_COPY)
         info = {
             "name": sweep_dir.name, "space": space.name, "space_file": str(space.path),
-            "base_preset": space.base_preset, **settings(opts, space), "metric": METRIC, "mode": MODE,
+            "base_preset": space.base_preset, **settings(opts, space),
+            **dict(zip(("metric", "mode"), objectives(space), strict=True)),
             "gpus_per_trial": opts.gpus_per_trial, "address": opts.address or os.environ.get("RAY_ADDRESS"),
             "storage": opts.storage or str((sweep_dir / layout.RAY_STORAGE).resolve()), "data_dir": str(data_dir),
             "started_at": now(), "finished_at": None, "status": layout.SWEEP_RUNNING,
@@ -389,17 +407,27 @@ def check_folds(space: Space, prepared: Path, scheduler: str) -> None:
             log.warning("%s leaves smear folds %s of %s out of its cross-validation", space.path, missing, manifest)
 
 
+def check_probe_data(space: Space, prepared: Path) -> None:
+    """A space whose objectives include a context-probe metric needs leukocyte masks: refused before it starts."""
+    from engine.data import has_masks, read_manifest
+
+    probed = [m for m in space.metrics if m in layout.PROBE_METRICS]
+    if probed and not has_masks(read_manifest(prepared)).any():
+        raise SpaceError(f"{space.path} optimises {probed[0]}, the context probe, but {prepared / MANIFEST} has no "
+                         "leukocyte masks to measure it with (prepare from a folder with Segmented/ beside "
+                         "Original/)")
+
+
 def warm_cache(prepared: Path, space: Space) -> None:
     """Decode the images once per size here, instead of in every concurrent trial at once.
 
-    Also the leukocyte masks when trials may replace the background with them, so that on a
-    cluster the nodes only read the prepared folder's cache.
+    Also the leukocyte masks when the data has them (every trial's context probe reads them, and
+    trials with background=random too), so that on a cluster the nodes only read the prepared
+    folder's cache.
     """
     from engine.data import has_masks, load_cache, load_mask_cache, read_manifest
 
-    spec = space.params.get("background")
-    backgrounds = set(next(iter(spec.values()))) if spec else {space.base_config().background}
-    masks = backgrounds != {"keep"} and bool(has_masks(read_manifest(prepared)).any())
+    masks = bool(has_masks(read_manifest(prepared)).any())
     for size in space.image_sizes():
         load_cache(prepared, size)
         if masks:

@@ -12,6 +12,12 @@ into Ray's storage every epoch. A retried trial finds ``last.pt`` and calls ``fi
 Each start of a trial (the first, a retry after a crash or a lost node, a --resume) appends an
 attempt to trial.json with the Ray node it runs on, and every report carries the node's id, so
 summary.csv and trial.json say where each trial ran.
+
+Once training ends, the trial measures its context probe on the validation images with a
+leukocyte mask (``engine.evaluate.probe_val_context``: best checkpoint, fp32, as they are,
+without leukocytes, with another stage's stain; ``val_context.json``) and reports its scores
+(tuning.layout.PROBE_COLUMNS) with its last result. Once per trial, never per epoch; a trial
+that ASHA cuts short is not probed (the finish step probes the trials it considers).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import Any
 
 from engine import runs
 
-from .layout import TRIAL_JSON, TRIAL_PENDING, TRIAL_RUNNING, TRIALS
+from .layout import PROBE_COLUMNS, TRIAL_JSON, TRIAL_PENDING, TRIAL_RUNNING, TRIALS
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +109,22 @@ class EpochReporter:
 
     def __call__(self, row: dict[str, Any], run_dir: Path) -> None:
         self.best = max(self.best, float(row["val_macro_f1"]))
-        # node_id: Ray fills in node_ip itself, which cannot tell two nodes on one machine apart.
-        metrics = {**row, "best_val_macro_f1": self.best, "epochs_planned": self.epochs_planned,
+        # node_id: Ray fills in node_ip itself, which cannot tell two nodes on one machine apart. The probe's
+        # columns are there, empty, from the first epoch: Ray checks every result for the metrics the search
+        # optimises, and a second objective from the probe is measured only at the end.
+        metrics = {**row, **dict.fromkeys(PROBE_COLUMNS), "best_val_macro_f1": self.best,
+                   "epochs_planned": self.epochs_planned,
                    "run_complete": False, "node_id": self.node_id}
         self.last = (metrics, run_dir)
         if int(row["epoch"]) < self.epochs_planned:
             self.report(metrics, run_dir)
 
-    def finish(self) -> None:
-        """Report the run as complete: the held last epoch, or (after an early stop) the last one again."""
+    def finish(self, extra: dict[str, Any] | None = None) -> None:
+        """Report the run as complete: the held last epoch, or (after an early stop) the last one again, with
+        ``extra`` (the context probe's scores) added."""
         if self.last is not None:
             metrics, run_dir = self.last
-            self.report({**metrics, "run_complete": True}, run_dir)
+            self.report({**metrics, **(extra or {}), "run_complete": True}, run_dir)
 
     def report(self, metrics: dict[str, Any], run_dir: Path) -> None:
         from ray import tune
@@ -127,6 +137,28 @@ class EpochReporter:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(marker_dir)))
         finally:
             shutil.rmtree(marker_dir, ignore_errors=True)
+
+
+def probe_scores(run_dir: Path, device: str, *, reuse: bool = False) -> dict[str, Any]:
+    """The trial's context-probe scores (PROBE_COLUMNS) to report with its last result; {} when the data has no
+    masks or the probe fails (logged: the trial's training stands without it). ``reuse``: a ``val_context.json``
+    at least as new as the best checkpoint is read instead of measured again."""
+    from engine.evaluate import probe_val_context
+
+    found = Path(run_dir) / runs.VAL_CONTEXT
+    best = Path(run_dir) / runs.CHECKPOINTS / runs.BEST_CHECKPOINT
+    try:
+        if reuse and found.is_file() and best.is_file() and found.stat().st_mtime_ns >= best.stat().st_mtime_ns:
+            summary = runs.read_json(found)
+        else:
+            summary = probe_val_context(run_dir, device=device)
+    except Exception:  # a probe bug (or a full disk) must not turn a trained trial into an errored one
+        log.warning("the context probe of %s failed; its probe columns stay empty", run_dir, exc_info=True)
+        return {}
+    if summary is None:
+        return {}
+    scores = summary.get("scores") or {}
+    return {k: scores.get(k) for k in PROBE_COLUMNS if scores.get(k) is not None}
 
 
 def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
@@ -143,16 +175,17 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     start_attempt(run_dir, node, trial_id=trial_id, params=dict(config), status=TRIAL_RUNNING,
                   gpu_ids=_gpu_ids(), error=None)
 
+    cfg = build_config(setup.base_preset, {**setup.fixed, **config})
     if runs.is_complete(run_dir):
         # Finished just before the sweep was interrupted: report its last epoch again, train nothing.
         history = read_history(run_dir)
         if history:
             best = max(float(r["val_macro_f1"]) for r in history)
             tune.report({**history[-1], "best_val_macro_f1": best, "epochs_planned": len(history),
+                         **dict.fromkeys(PROBE_COLUMNS), **probe_scores(run_dir, cfg.device, reuse=True),
                          "run_complete": True, "node_id": node["id"]})
         return
 
-    cfg = build_config(setup.base_preset, {**setup.fixed, **config})
     last = run_dir / runs.CHECKPOINTS / runs.LAST_CHECKPOINT
     resume = last.is_file()
     best = -1.0
@@ -161,4 +194,4 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         log.info("trial %s resumes from %s", trial_id, last)
     reporter = EpochReporter(trial_id, best, cfg.epochs, node["id"])
     fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
-    reporter.finish()
+    reporter.finish(probe_scores(run_dir, cfg.device))

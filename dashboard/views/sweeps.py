@@ -1,4 +1,5 @@
-"""Sweeps: trial table, parameters vs validation macro-F1, what mattered (importance and a scatter per
+"""Sweeps: trial table, accuracy against reliance on context (the recommended trial beside the most accurate
+one, the Pareto front), parameters vs validation macro-F1, what mattered (importance and a scatter per
 parameter), learning curves, curves across sweeps; refreshes while running.
 
 "Running" is decided by tuning.liveness from the driver's heartbeat in sweep.json, not by the
@@ -20,6 +21,7 @@ from dashboard.escape import code, md
 from dashboard.paths import OutsideOutputs
 from engine.runs import HISTORY
 from tuning import layout, liveness
+from tuning import recommend as rule
 
 REFRESH_S = 5
 # Learning curves across sweeps read one history.csv per trial: a bound keeps the page fast.
@@ -88,6 +90,119 @@ def across_curves(outputs: str, picked: pd.DataFrame, stamps: tuple, metric: str
     counts = {"read": len(histories), "unreadable": unreadable, "settings": int(spread["setting"].nunique()),
               "repeated": int((spread.groupby("setting")["n"].max() > 1).sum()) if len(spread) else 0}
     return (figures.spread_curves(spread, metric, colour_by) if len(spread) else None), counts
+
+
+def read_recommended() -> tuple[dict | None, str | None]:
+    """recommended.json (written by the finish step), or None; and why it could not be read, if it exists."""
+    try:
+        data = loaders.read_json(root, Path(sweep.path) / layout.RECOMMENDED, limit=loaders.MAX_SMALL_BYTES)
+    except loaders.MissingFile:
+        return None, None
+    except loaders.LoadError as exc:
+        return None, str(exc)
+    if not isinstance(data, dict) or not isinstance(data.get("most_accurate"), dict) or "trial_id" not in data:
+        return None, f"{layout.RECOMMENDED} is not a recommendation (no trial_id or most_accurate)"
+    return data, None
+
+
+def live_recommendation(frame: pd.DataFrame) -> dict | None:
+    """The rule applied to summary.csv's trials (those that trained to the end; all, if none did yet), as the finish
+    step applies it, for a sweep whose finish step has not written recommended.json (yet)."""
+    scores = pd.to_numeric(frame["best_val_macro_f1"], errors="coerce")
+    done = frame[(frame["status"] == layout.TRIAL_COMPLETE) & scores.notna()]
+    use = done if len(done) else frame[scores.notna()]
+    entries = [{"trial_id": str(r["trial_id"]), "score": r.get("best_val_macro_f1"),
+                "without_cells": r.get("val_acc_without_cells"), "chance": r.get("val_chance")}
+               for _, r in use.iterrows()]
+    return rule.recommend(entries)
+
+
+def _entry(frame: pd.DataFrame, trial: str, stored: dict | None = None) -> dict:
+    """A trial as tuning.recommend.explain reads it, from recommended.json's scores or else the trial table."""
+    if stored is not None:
+        scores = stored.get("scores") if isinstance(stored.get("scores"), dict) else {}
+        test = stored.get("test") if isinstance(stored.get("test"), dict) else {}
+        return {"trial_id": str(stored.get("trial_id")), "score": scores.get("best_val_macro_f1"),
+                "without_cells": scores.get("val_acc_without_cells"), "chance": scores.get("val_chance"),
+                "test": test.get("accuracy")}
+    row = frame[frame["trial_id"] == trial]
+
+    def pick(column: str) -> Any:
+        return row[column].iloc[0] if column in row and len(row) else None
+
+    return {"trial_id": trial, "score": pick("best_val_macro_f1"), "without_cells": pick("val_acc_without_cells"),
+            "chance": pick("val_chance"), "test": None}
+
+
+def _card(column: Any, heading: str, entry: dict) -> None:
+    """One trial's scores, side by side with the other's."""
+    column.markdown(f"**{heading}: {md(entry['trial_id'])}**")
+    f1, without, chance, test = (rule.number(entry.get(k)) for k in ("score", "without_cells", "chance", "test"))
+    a, b = column.columns(2)
+    a.metric("val macro-F1", "–" if f1 is None else f"{f1:.3f}")
+    b.metric("val accuracy, leukocytes removed", "–" if without is None else f"{without:.0%}",
+             delta=None if without is None or chance is None else f"{(without - chance) * 100:+.0f} pts vs chance",
+             delta_color="inverse", help="Chance: always naming the most common stage of those images"
+                                         + ("" if chance is None else f" ({chance:.0%})"))
+    if test is not None:
+        column.caption(f"test accuracy {test:.1%} (evaluated by the finish step)")
+
+
+def context_choice(frame: pd.DataFrame, best: dict | None) -> None:
+    """Accuracy against reliance on the slide's context: the recommended and the most accurate trial side by side
+    with the reason, and every probed trial on a plot with the Pareto front."""
+    st.subheader("Accuracy or context: which trial to use")
+    points = figures.context_points(frame)
+    stored, problem = read_recommended()
+    if problem:
+        st.warning(f"{md(problem)}; the recommendation below is computed from the trial table.",
+                   icon=":material/warning:")
+    finish = code(f"python -m tuning finish {Path(sweep.path)}")
+    if points.empty:
+        if stored is not None and stored.get("verdict") == rule.NOT_MEASURED:
+            st.info("This sweep's trials have no context probe: its data has no leukocyte masks, so nothing says "
+                    "whether a trial reads the cells or the slide around them. Prepare the data with masks "
+                    "(`Segmented/` beside `Original/`) to measure it.", icon=":material/info:")
+        else:
+            st.info("No trial of this sweep has a context probe (validation accuracy with the leukocytes removed) "
+                    "yet: the sweep ran before trials measured it, its trials have not finished, or its data has no "
+                    f"leukocyte masks. To measure it for the trials that finished, run {finish}: it probes each "
+                    "one, adds the columns to the trial table and names the recommended trial.",
+                    icon=":material/info:")
+        return
+    if stored is not None:
+        chosen = {"trial_id": str(stored["trial_id"]), "most_accurate": str(stored["most_accurate"].get("trial_id")),
+                  "verdict": stored.get("verdict"), "margin": rule.number(stored.get("margin")) or rule.MARGIN}
+        rec = _entry(frame, chosen["trial_id"], stored)
+        top = _entry(frame, chosen["most_accurate"], stored["most_accurate"])
+    else:
+        chosen = live_recommendation(frame)
+        if chosen is None:
+            st.caption("No trial has a validation macro-F1 yet.")
+            return
+        rec = _entry(frame, chosen["trial_id"])
+        top = _entry(frame, chosen["most_accurate"])
+        if best and str(best.get("trial_id")) == top["trial_id"]:
+            top["test"] = (best.get("test") or {}).get("accuracy")
+    verdict = chosen["verdict"] if chosen["verdict"] in rule.VERDICTS else rule.NOT_MEASURED
+    reason = rule.explain(rec, top, verdict, chosen["margin"])
+    same = rec["trial_id"] == top["trial_id"]
+    if verdict == rule.READS_CELLS:
+        st.success(md(reason), icon=":material/recommend:")
+    else:
+        st.warning(f"**{md(verdict.capitalize())}.** {md(reason)}", icon=":material/flag:")
+    left, right = st.columns(2)
+    _card(left, "Recommended" + (" (also the most accurate)" if same else ""), rec)
+    if not same:
+        _card(right, "Most accurate", top)
+    st.plotly_chart(figures.context_tradeoff(points, recommended=rec["trial_id"], most_accurate=top["trial_id"],
+                                             margin=chosen["margin"]), key=f"context_{label}")
+    measured = f"{len(points)} of {len(frame)} trials have a context probe"
+    source = ("recommended.json, written by the finish step" if stored is not None else
+              f"computed here from the trial table; the finish step ({finish}) writes recommended.json and "
+              "evaluates the recommended trial on the test split")
+    st.caption(f"{measured} (trials stopped early by ASHA are not probed). Pareto front: the trials no other trial "
+               "beats on both accuracy and reading the cells. **Rule:** " + md(rule.RULE) + f". Source: {source}.")
 
 
 def what_mattered(shown: pd.DataFrame, filtered: bool, params: list[str], best_id: str | None) -> None:
@@ -178,6 +293,9 @@ def sweep_view() -> None:
     if running and not liveness.is_running(info):
         st.rerun(scope="app")  # it ended (or its driver died) since the page was drawn: stop refreshing
     frame = loaders.trials(root, sweep.path)
+    for column in layout.PROBE_COLUMNS:  # numbers, or NaN where a trial has none (or the file holds text)
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
     best = loaders.best_trial(root, sweep.path)
     best_id = str(best["trial_id"]) if best and "trial_id" in best else None
     scores = frame["best_val_macro_f1"] if "best_val_macro_f1" in frame else pd.Series(dtype=float)
@@ -232,8 +350,8 @@ def sweep_view() -> None:
     shown.insert(2, "state", [f"{ui.STATUS_ICONS.get(s, '')} {s}" for s in shown["status"]])
     shown = shown.sort_values("best_val_macro_f1", ascending=False, na_position="last")
     columns = ["best", "trial_id", "state", *params,
-               *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "epochs", "seconds", "error")
-                 if c in shown]]
+               *[c for c in ("best_val_macro_f1", "val_macro_f1", "val_acc", "val_acc_without_cells", "val_chance",
+                             "epochs", "seconds", "error") if c in shown]]
     st.subheader(f"Trials ({len(shown)} of {len(frame)})")
     bare = {c: c.removeprefix(layout.PARAM_PREFIX) for c in params}  # "(param)" where a metric has the name
     st.dataframe(
@@ -242,6 +360,11 @@ def sweep_view() -> None:
         column_config={"best_val_macro_f1": st.column_config.NumberColumn("best val macro-F1", format="%.4f"),
                        "val_macro_f1": st.column_config.NumberColumn("last val macro-F1", format="%.4f"),
                        "val_acc": st.column_config.NumberColumn("val acc", format="%.4f"),
+                       "val_acc_without_cells": st.column_config.NumberColumn(
+                           "val acc, leukocytes removed", format="%.3f",
+                           help="Validation accuracy with the leukocytes removed (the context probe)"),
+                       "val_chance": st.column_config.NumberColumn(
+                           "chance", format="%.3f", help="The share of the most common stage on the probed images"),
                        "best": st.column_config.TextColumn("", width="small")},
     )
     errors = shown[shown["status"] == layout.TRIAL_ERROR]
@@ -250,6 +373,7 @@ def sweep_view() -> None:
             for _, row in errors.iterrows():
                 st.markdown(f"**{md(row['trial_id'])}**: {md(row.get('error') or 'no error message')}")
 
+    context_choice(frame, best)
     if params:
         st.plotly_chart(figures.parallel_coordinates(shown, params, best=best_id), key=f"parcoords_{label}")
     what_mattered(frame[mask], bool((~mask).any()), params, best_id)
