@@ -29,7 +29,7 @@ SLIDE_W_IN, SLIDE_H_IN = 13.333, 7.5  # 16:9
 TITLE_PT, BODY_PT, TABLE_PT = 36, 24, 20
 SMALL_TITLE_PT, TITLE_CHARS = 30, 44  # a title longer than fits one line at 36 pt
 SAY_PT, CARD_PT, CODE_PT = 28, 22, 20  # a story slide's message; the model card's key lines; a command
-BESIDE_PT = 26  # a message beside a figure
+BESIDE_PT, NOTE_PT = 26, 18  # a message beside a figure; a note under a slide's message
 FIGURE_TOP_IN, FIGURE_H_IN, SAY_LEFT_IN = 1.4, 3.9, 7.4  # figure left (6.4 x 3.6 in, shown 6.9 in wide), message right
 # The story's slides whose titles do not depend on the numbers (dashboard.story says what each shows).
 SMEAR_TITLE = "On smears never seen in training"
@@ -485,7 +485,10 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
 
     # (d) Which model, then the model card's key lines.
     s = slide(story.choice_title(data["choice"]))
-    text(s, story.choice_lines(data["choice"], split), 0.7, 1.5, 11.8, size=SAY_PT)
+    lines, note = story.choice_lines(data["choice"], split)
+    text(s, lines, 0.7, 1.5, 11.8, size=SAY_PT)
+    if note:
+        text(s, [note], 0.7, 1.5 + 0.75 * len(lines) + 0.4, 11.8, size=NOTE_PT)
     s = slide(CARD_TITLE)
     text(s, [*data["card_lines"], f"The whole card: {runs.MODEL_CARD} in the run folder (Run page: download)."],
          0.7, 1.4, 11.8, size=CARD_PT)
@@ -718,8 +721,9 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
                             + _table(["Stage", "Methods, best first"], rows)))
 
     # (d) Which model; the model card's key lines.
-    parts.append(_slide(story.choice_title(data["choice"]),
-                        f"<div class='big'>{_lines(story.choice_lines(data['choice'], split))}</div>"))
+    lines, note = story.choice_lines(data["choice"], split)
+    parts.append(_slide(story.choice_title(data["choice"]), f"<div class='big'>{_lines(lines)}</div>"
+                        + (f"<p class='muted'>{html_text(note)}</p>" if note else "")))
     parts.append(_slide(CARD_TITLE, f"<div class='big'>{_lines(data['card_lines'])}</div>"
                         "<p class='muted'>The whole card is the last appendix of this report, and "
                         f"{html_text(runs.MODEL_CARD)} in the run folder.</p>"))

@@ -6,8 +6,8 @@
 (b) what the model reads: the probes (leukocytes removed, background removed, another stage's stain,
     greyscale);
 (c) where its maps point (localisation per stage);
-(d) which model to use: the recommendation the sweep's finish step recorded (``best.json``'s
-    ``recommended``), or else the most accurate comparable run, said to be no recommendation;
+(d) which model to use: the recommendation the sweep's finish step recorded (``recommended.json``,
+    tuning/recommend.py's rule), or else the most accurate comparable run, said to be no recommendation;
 then the model card's key lines (engine.modelcard).
 
 Plain text only: each document (PPTX, HTML) escapes it for itself. The thresholds are the model card's,
@@ -240,26 +240,45 @@ def map_lines(located: Mapping[str, Any]) -> list[str]:
 # ----------------------------------------------------------------------------- (d) which model
 
 
-def _recommended_entry(root: Path, sweep: Path, value: Any, split: str) -> dict[str, Any]:
-    """What best.json's ``recommended`` names: a trial id or run folder, or an object with either and a reason."""
-    entry = value if isinstance(value, Mapping) else {"trial_id": value}
-    name = entry.get("trial_id") or entry.get("run_dir") or entry.get("run") or "?"
-    why = next((str(entry[k]) for k in ("rule", "reason", "why", "because") if entry.get(k)), None)
-    out: dict[str, Any] = {"label": str(name), "why": why, "accuracy": None, "ci95": None}
+def _trial_entry(root: Path, sweep: Path, entry: Mapping[str, Any], split: str) -> dict[str, Any] | None:
+    """A trial that recommended.json names: its label, its ``split`` accuracy (from its metrics.json, else the
+    file's ``test``) and its validation accuracy without leukocytes against chance (the file's ``scores``)."""
     folder = entry.get("run_dir") or (f"{layout.TRIALS}/{entry['trial_id']}" if entry.get("trial_id") else None)
-    if isinstance(folder, str):
-        try:
-            target = inside(root, sweep / folder)
-        except OutsideOutputs:
-            return out
-        _, m = _scored(root, target, split)
-        if m is not None:
-            out.update(label=relative(root, target), accuracy=m.get("accuracy"), ci95=m.get("accuracy_ci95"))
-    return out
+    if not isinstance(folder, str):
+        return None
+    try:
+        target = inside(root, sweep / folder)
+    except OutsideOutputs:
+        return None
+    _, m = _scored(root, target, split)
+    test = entry.get("test") if isinstance(entry.get("test"), Mapping) and split == "test" else {}
+    scores = entry.get("scores") if isinstance(entry.get("scores"), Mapping) else {}
+    return {"label": relative(root, target), "accuracy": (m or test).get("accuracy"),
+            "ci95": (m or test).get("accuracy_ci95"), "without": scores.get("val_acc_without_cells"),
+            "chance": scores.get("val_chance")}
+
+
+def _recorded(root: Path, sweep: Path, split: str) -> dict[str, Any] | None:
+    """The sweep's recommended.json (written by its finish step, tuning/recommend.py's rule), or None."""
+    try:
+        data = loaders.read_json(root, sweep / layout.RECOMMENDED)
+    except loaders.LoadError:
+        return None
+    if not isinstance(data, Mapping) or not data.get("trial_id"):
+        return None
+    chosen = _trial_entry(root, sweep, data, split)
+    if chosen is None:
+        return None
+    most = data.get("most_accurate") if isinstance(data.get("most_accurate"), Mapping) else None
+    return {**chosen, "verdict": str(data.get("verdict") or ""), "rule_met": bool(data.get("rule_met")),
+            "reason": str(data.get("reason") or ""), "rule": str(data.get("rule") or ""),
+            "most": None if data.get("same_as_most_accurate") or most is None else _trial_entry(root, sweep, most,
+                                                                                                 split)}
 
 
 def choice(root: Path, run: Path, config: Mapping[str, Any] | None, split: str = "test") -> dict[str, Any]:
-    """Which model to use: the sweep's recorded recommendation, else the most accurate comparable run.
+    """Which model to use: the recommendation the run's sweep recorded (``recommended.json``), else the most
+    accurate comparable run.
 
     Comparable: evaluated on the same prepared data with the same split (``split``, ``fold``), so the same
     test images; among the trials of the run's sweep, or among every run in the outputs folder for a run
@@ -267,10 +286,9 @@ def choice(root: Path, run: Path, config: Mapping[str, Any] | None, split: str =
     """
     sweep = _sweep_of(root, run)
     if sweep is not None:
-        best = loaders.best_trial(root, sweep) or {}
-        if best.get("recommended"):
-            return {"recommended": _recommended_entry(root, sweep, best["recommended"], split), "best": None,
-                    "candidates": 0, "scope": relative(root, sweep)}
+        recorded = _recorded(root, sweep, split)
+        if recorded is not None:
+            return {"recommended": recorded, "best": None, "candidates": 0, "scope": relative(root, sweep)}
         folders = _trial_folders(root, sweep)
         scope = f"the trials of {relative(root, sweep)}"
     else:
@@ -292,28 +310,46 @@ def choice(root: Path, run: Path, config: Mapping[str, Any] | None, split: str =
 
 
 def choice_title(result: Mapping[str, Any]) -> str:
-    return "Recommended model" if result.get("recommended") else "Which model? No rule applied"
+    recommended = result.get("recommended")
+    if not recommended:
+        return "Which model? No rule applied"
+    if recommended["rule_met"]:
+        return "Recommended model"
+    return f"Which model? {recommended['verdict'][:1].upper()}{recommended['verdict'][1:]}" \
+        if recommended["verdict"] else "Which model? The rule was not met"
 
 
-def choice_lines(result: Mapping[str, Any], split: str) -> list[str]:
+def _without(entry: Mapping[str, Any]) -> str | None:
+    if entry.get("without") is None or entry.get("chance") is None:
+        return None
+    return f"without leukocytes {pct(entry['without'])} right (chance {pct(entry['chance'])})"
+
+
+def choice_lines(result: Mapping[str, Any], split: str) -> tuple[list[str], str]:
+    """The which-model slide: a few large lines, and a note in smaller type (the recorded reason, or why the
+    most accurate run is no recommendation)."""
+    name = f"{split[:1].upper()}{split[1:]}"
     recommended = result.get("recommended")
     if recommended:
-        lines = [f"Recommended: {recommended['label']}"]
+        lead = "Recommended" if recommended["rule_met"] else "Shown (the most accurate)"
+        lines = [f"{lead}: {recommended['label']}"]
         if recommended.get("accuracy") is not None:
-            lines.append(f"{split[:1].upper()}{split[1:]} accuracy "
-                         f"{pct_ci(recommended['accuracy'], recommended['ci95'])}")
-        lines.append(f"Why: {recommended['why']}" if recommended.get("why") else
-                     f"Recorded by the sweep's finish step ({result['scope']}/{layout.BEST}).")
-        return lines
+            lines.append(f"{name} accuracy {pct_ci(recommended['accuracy'], recommended['ci95'])}")
+        if _without(recommended):
+            lines.append(f"Validation images {_without(recommended)}")
+        most = recommended.get("most")
+        if most:
+            lines.append(f"Most accurate: {most['label']}, {name.lower()} {pct(most.get('accuracy'))}"
+                         + (f", {_without(most)}" if _without(most) else ""))
+        return lines, recommended.get("reason") or f"The sweep's rule: {recommended.get('rule')}."
     best = result.get("best")
     lines = ["No recommendation rule was applied."]
     if best is None:
-        return [*lines, "No evaluated run on the same test images to compare."]
+        return [*lines, f"No evaluated run on the same {split} images to compare."], ""
     lines += [f"Most accurate on the same {split} images: {best['label']}" + (" (this run)" if best["this"] else ""),
-              f"{split[:1].upper()}{split[1:]} accuracy {pct_ci(best['accuracy'], best['ci95'])}",
-              f"Compared: {result['candidates']} evaluated run(s) on these images, among {result['scope']}.",
-              f"Picked by {split} accuracy, which rewards luck: not a recommendation."]
-    return lines
+              f"{name} accuracy {pct_ci(best['accuracy'], best['ci95'])}"]
+    return lines, (f"Compared: {result['candidates']} evaluated run(s) on these images, among {result['scope']}. "
+                   f"Picked by {split} accuracy, which rewards luck and the colour shortcut: not a recommendation.")
 
 
 # ----------------------------------------------------------------------------- the card

@@ -658,14 +658,14 @@ def _section(key: str, found: Mapping[str, Any], problems: Mapping[str, str], ti
              build: Callable[[], list[str]]) -> list[str]:
     """A section from its file, or its title and what to run: the file is missing, unreadable or of another shape."""
     if key in problems:
-        return [f"## {title}", "", f"{text(problems[key])}: run `{WRITTEN_BY[key]}` again.", ""]
+        return [f"## {title}", "", f"{code(problems[key])}: run `{WRITTEN_BY[key]}` again.", ""]
     if found.get(key) is None:
         return [f"## {title}", "", MISSING[key], ""]
     try:
         return build()
     except SectionError as exc:
-        return [f"## {title}", "", f"`{CARD_FILES[key]}` has an unexpected shape ({text(type(exc).__name__)}: "
-                                   f"{text(exc)}): run `{WRITTEN_BY[key]}` again.", ""]
+        return [f"## {title}", "", f"`{CARD_FILES[key]}` has an unexpected shape "
+                                   f"({code(f'{type(exc).__name__}: {exc}')}): run `{WRITTEN_BY[key]}` again.", ""]
 
 
 def _safe(build: Callable[[], Any], default: Any) -> Any:
