@@ -15,7 +15,10 @@ if not runs:
 
 root = ui.root()
 st.caption("Decks are written to `exports/` in the outputs folder and offered for download. Slides use large "
-           "fonts for projectors; the HTML report embeds every image and Plotly itself, so it opens offline.")
+           "fonts for projectors; the HTML report embeds every image and Plotly itself, so it opens offline. "
+           "The slides tell one story: what the headline accuracy means (its split, unseen smears, the colour "
+           "baseline), what the model reads, where its maps point, which model to use and the model card's key "
+           "lines; then an appendix (the HTML report ends with the whole model card).")
 top = st.columns([3, 1, 2])
 with top[0]:
     run = ui.pick_run(runs, key="present_run")
