@@ -554,7 +554,7 @@ img{max-width:100%}.row{display:flex;gap:36px;align-items:flex-start}
 .big{max-width:1300px}
 .say p.verdict,.big p.verdict{font-weight:700}
 pre{font-size:26px;background:#eef1f8;padding:12px 18px;border-radius:8px;white-space:pre-wrap;word-break:break-all}
-.muted{color:#667;font-size:22px}
+.muted{color:#667;font-size:22px}.lead{color:#445;font-size:30px;line-height:1.4}
 .notice{margin-top:auto;padding-top:18px;color:#667;font-size:18px}
 section.cams img{max-height:640px}
 section.card{min-height:0;font-size:20px}section.card h1{font-size:34px}
@@ -670,7 +670,7 @@ def _html(data: dict[str, Any], findings: Findings) -> str:
     plot_config = {"displaylogo": False, "displayModeBar": False, "responsive": True}
     parts = [f"<section class='slide'><h1>{html_text(findings.title)}</h1>"
              f"<p><strong>{html_text(NOTICE)}</strong></p>"
-             f"<p class='muted'>Run {html_text(data['label'])} · model {html_text(cfg.get('model', '?'))} · "
+             f"<p class='lead'>Run {html_text(data['label'])} · model {html_text(cfg.get('model', '?'))} · "
              f"{html_text(cfg.get('image_size', '?'))} px · split {html_text(split)} "
              f"(n = {html_text(m.get('n', '?'))}) · generated {time.strftime('%Y-%m-%d %H:%M')}</p></section>"]
 

@@ -61,7 +61,7 @@ if run.status != loaders.RUN_CORRUPT:
                           "it. The card below is the current one.")
         else:
             right.caption(f"The run's {code(MODEL_CARD)}, written from its files by the engine.")
-        with st.expander("Model card"):
+        with st.expander("Read the model card"):
             # Rendered from the files by the engine's function, which escapes every text it takes from them.
             st.markdown(current)
 
