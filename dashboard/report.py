@@ -495,8 +495,8 @@ def _pptx(data: dict[str, Any], findings: Findings) -> tuple[bytes, list[str]]:
 
     # Appendix: the details behind the story.
     s = slide("Appendix")
-    text(s, ["Metrics in full · per stage · confusion matrix", "Evidence per stage" + (" · reviewed images"
-                                                                                      if data.get("reviewed") else "")],
+    text(s, ["The details behind the story: all metrics, per stage, the confusion matrix",
+             "The evidence of each stage" + (", the reviewed images" if data.get("reviewed") else "")],
          0.7, 1.5, 11.8, size=SAY_PT)
     shortcut = baseline_metric_rows(baselines, split)
     s = slide(f"Metrics ({split}, 95% intervals)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import string
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,9 @@ WIDE_INTERVAL = 0.10  # a 95% interval of accuracy wider than this: too few test
 Z95 = 1.959963984540054
 
 _ESCAPED = frozenset(string.punctuation) - set("-',")
+# Control characters and lone surrogates (JSON's "\ud800"): UTF-8 cannot write the one, and a reader shows
+# nothing useful for the other.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 SectionError = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError)
 
 
@@ -111,13 +115,13 @@ def text(value: Any) -> str:
     backslash-escaped (CommonMark shows an escaped character as itself)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    out = " ".join(str(value).split())
+    out = " ".join(_UNPRINTABLE.sub("", str(value)).split())
     return "".join("\\" + c if c in _ESCAPED else c for c in out)
 
 
 def code(value: Any) -> str:
     """Text from a file as a Markdown code span (a backtick cannot end it early)."""
-    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
+    return "`" + " ".join(_UNPRINTABLE.sub("", str(value)).split()).replace("`", "'") + "`"
 
 
 def pct(value: float | None) -> str:
@@ -612,7 +616,7 @@ def key_lines(found: Mapping[str, Any]) -> list[str]:
     words, _ = split_words(config)
     try:
         if test:
-            out.append(f"Test accuracy {pct_ci(test['accuracy'], test.get('accuracy_ci95'))}, n = {test['n']}, "
+            out.append(f"Test accuracy {pct_ci(test['accuracy'], test.get('accuracy_ci95'))}, n = {text(test['n'])}, "
                        f"{words}")
     except SectionError:
         pass
