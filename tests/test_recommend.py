@@ -133,7 +133,7 @@ def test_a_space_names_one_or_two_objectives(tmp_path: Path) -> None:
     ("metric: [val_macro_f1, val_macro_f1]\nmode: [max, max]\n", "twice"),
 ])
 def test_objectives_that_cannot_work_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(SpaceError, match="s.yaml") as caught:
+    with pytest.raises(SpaceError, match=r"s\.yaml") as caught:
         load_space(space(tmp_path, text))
     assert message in str(caught.value)
 

@@ -258,3 +258,26 @@ def test_a_run_without_masks_has_no_probe_and_says_so(tmp_path: Path, caplog: py
     from tuning.trainable import probe_scores
 
     assert probe_scores(run, "cpu") == {}  # the trial's probe columns stay empty
+
+
+def test_the_sweeps_page_shows_the_real_sweep(evidence_sweep: dict, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_dashboard_sweep_evidence import boxes, values
+    from tests.test_dashboard_sweeps import app, chart
+
+    root = tmp_path / "outputs"
+    shutil.copytree(evidence_sweep["sweep"], root / "sweeps" / "ev", ignore=shutil.ignore_patterns(layout.RAY_STORAGE))
+    data = json.loads((root / "sweeps" / "ev" / layout.RECOMMENDED).read_text())
+    at = app(root, monkeypatch)
+    figure = chart(at, "context_")
+    assert figure is not None
+    points = [(x, y) for t in figure["data"] if not str(t.get("name")).startswith("★")
+              for x, y in zip(values(t["x"]), values(t["y"]), strict=True)]
+    rows = read_csv(root / "sweeps" / "ev" / layout.SUMMARY)
+    expected = sorted((float(r["val_acc_without_cells"]), float(r["best_val_macro_f1"])) for r in rows)
+    assert len(points) == len(expected)
+    for got, want in zip(sorted(points), expected, strict=True):
+        assert got == pytest.approx(want)
+    stars = [t.get("name") for t in figure["data"] if str(t.get("name")).startswith("★")]
+    assert any(f"({data['trial_id']})" in name and "recommended" in name for name in stars)
+    assert f"Trial {data['trial_id']}" in boxes(at)
