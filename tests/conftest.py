@@ -58,9 +58,10 @@ def add_segmented(root: Path) -> Path:
 
 # Built once per pytest process and shared by many tests: under pytest-xdist (make test runs two workers) the
 # tests that need one go to the same worker, so it is built once, not once per worker.
-SHARED_BUILDS = {"dashboard_outputs": "dashboard-outputs"}
+SHARED_BUILDS = {"dashboard_outputs": "dashboard-outputs", "real_prepared": "real-prepared"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         # Browser tests reach the outputs through request.getfixturevalue, which fixturenames does not list.
@@ -123,3 +124,14 @@ def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy(path, root / "Original" / name / path.name)
             shutil.copy(REAL_DATA / "Segmented" / name / path.name, root / "Segmented" / name / path.name)
     return root
+
+
+@pytest.fixture(scope="session")
+def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The whole shared ALL data set prepared once (seed 0, masks from Segmented/): the folder and its report."""
+    from engine.data import prepare
+
+    if not (REAL_DATA / "Original").is_dir():
+        pytest.skip(f"real ALL data set not found at {REAL_DATA} (set ALL_DATA_DIR to its folder)")
+    out = tmp_path_factory.mktemp("real-prepared") / "prepared"
+    return out, prepare(REAL_DATA, out, seed=0)

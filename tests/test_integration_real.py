@@ -12,15 +12,13 @@ from tests.conftest import REAL_DATA
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 
 
-def test_full_data_set_prepare_accounts_for_every_file_and_is_reproducible(tmp_path):
-    if not (REAL_DATA / "Original").is_dir():
-        pytest.skip(f"real ALL data set not found at {REAL_DATA} (set ALL_DATA_DIR)")
-    assert main(["prepare", "--data-dir", str(REAL_DATA), "--out", str(tmp_path / "a")]) == 0
+def test_full_data_set_prepare_accounts_for_every_file_and_is_reproducible(real_prepared, tmp_path):
+    first, _ = real_prepared
     assert main(["prepare", "--data-dir", str(REAL_DATA), "--out", str(tmp_path / "b")]) == 0
-    manifest = (tmp_path / "a" / "manifest.csv").read_bytes()
+    manifest = (first / "manifest.csv").read_bytes()
     assert manifest == (tmp_path / "b" / "manifest.csv").read_bytes()
-    report = json.loads((tmp_path / "a" / "data_report.json").read_text())
-    with (tmp_path / "a" / "manifest.csv").open() as handle:
+    report = json.loads((first / "data_report.json").read_text())
+    with (first / "manifest.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     files = sum(1 for p in (REAL_DATA / "Original").rglob("*") if p.is_file() and not p.name.startswith("."))
     assert files == 3256 == report["files_found"] == len(rows) + len(report["rejected"])

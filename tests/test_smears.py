@@ -22,7 +22,6 @@ from sklearn.metrics import adjusted_rand_score
 from engine import smears
 from engine.data import MANIFEST, REPORT, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP, prepare, read_manifest
 from engine.runs import CLASSES
-from tests.conftest import REAL_DATA
 from tests.support.smears import save, smear_image, write_smear_folder
 
 FOLDS = 3
@@ -183,12 +182,10 @@ def test_too_few_images_for_the_folds_leave_the_smear_columns_out(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_the_real_data_set_has_several_groups_per_stage_and_no_group_straddles_folds(tmp_path):
+def test_the_real_data_set_has_several_groups_per_stage_and_no_group_straddles_folds(real_prepared):
     """The full ALL data set: every group in one fold, duplicates inside one group, several groups per stage."""
-    if not (REAL_DATA / "Original").is_dir():
-        pytest.skip(f"real ALL data set not found at {REAL_DATA} (set ALL_DATA_DIR to its folder)")
-    report = prepare(REAL_DATA, tmp_path / "prepared", seed=0)
-    rows = read_manifest(tmp_path / "prepared")
+    prepared, report = real_prepared
+    rows = read_manifest(prepared)
     smear = report["smear"]
     assert smear["made"] and smear["folds"] == smears.DEFAULT_FOLDS
     assert all(len(f) == 1 for f in groups_and_folds(rows).values())
@@ -204,5 +201,5 @@ def test_the_real_data_set_has_several_groups_per_stage_and_no_group_straddles_f
     check = smear["shortcut_check"]
     assert check["image_split"]["mean"] > 0.9
     assert check["smear_split"]["mean"] < check["image_split"]["mean"] - 0.1
-    saved = json.loads((tmp_path / "prepared" / REPORT).read_text())["smear"]
+    saved = json.loads((prepared / REPORT).read_text())["smear"]
     assert saved["per_stage"] == smear["per_stage"]
