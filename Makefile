@@ -112,10 +112,11 @@ tensorboard: setup
 dashboard-bench: setup
 	$(PY) -m dashboard.bench --trials 200
 
-# Two pytest-xdist workers: much of the suite waits (servers, browsers, Ray starting), so two overlap on 2 cores.
-# loadgroup keeps the tests of one shared build together (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+# Two pytest-xdist workers: much of the suite waits (servers, browsers, Ray starting), so two overlap on 2 cores;
+# worksteal evens out the long tests. Shared builds are made once per run (tests/support/shared.py).
+# TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadgroup
+XDIST = -n $(TEST_WORKERS) --dist worksteal
 
 test: setup browser
 	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)

@@ -56,21 +56,6 @@ def add_segmented(root: Path) -> Path:
     return root
 
 
-# Built once per pytest process and shared by many tests: under pytest-xdist (make test runs two workers) the
-# tests that need one go to the same worker, so it is built once, not once per worker.
-SHARED_BUILDS = {"dashboard_outputs": "dashboard-outputs", "real_prepared": "real-prepared"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        # Browser tests reach the outputs through request.getfixturevalue, which fixturenames does not list.
-        uses = [f for f in SHARED_BUILDS if f in item.fixturenames] or \
-            (["dashboard_outputs"] if item.get_closest_marker("browser") else [])
-        if uses:
-            item.add_marker(pytest.mark.xdist_group(SHARED_BUILDS[uses[0]]))
-
-
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     """A Kaggle-layout folder (Benign/Early/Pre/Pro) of 24 generated PNGs per class."""
@@ -104,10 +89,13 @@ def trained_tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def dashboard_outputs(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A real tiny outputs folder (a sweep, evaluated and explained trials, a corrupt and an interrupted
-    run), built once per session by tests/support/fixture.py for the dashboard tests."""
+    run), built once per test run by tests/support/fixture.py for the dashboard tests."""
     from tests.support.fixture import build
+    from tests.support.shared import built_once
 
-    return build(tmp_path_factory.mktemp("dashboard-outputs"), prepared_tiny)
+    paths = built_once(tmp_path_factory, "dashboard-outputs",
+                       lambda out: {k: str(v) for k, v in build(out, prepared_tiny).items()})
+    return {k: Path(v) for k, v in paths.items()}
 
 
 @pytest.fixture(scope="session")
@@ -128,10 +116,12 @@ def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    """The whole shared ALL data set prepared once (seed 0, masks from Segmented/): the folder and its report."""
+    """The whole shared ALL data set prepared once per test run (seed 0, masks from Segmented/): folder, report."""
     from engine.data import prepare
+    from tests.support.shared import built_once
 
     if not (REAL_DATA / "Original").is_dir():
         pytest.skip(f"real ALL data set not found at {REAL_DATA} (set ALL_DATA_DIR to its folder)")
-    out = tmp_path_factory.mktemp("real-prepared") / "prepared"
-    return out, prepare(REAL_DATA, out, seed=0)
+    folder, report = built_once(tmp_path_factory, "real-prepared",
+                                lambda out: [str(out / "prepared"), prepare(REAL_DATA, out / "prepared", seed=0)])
+    return Path(folder), report
