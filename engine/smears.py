@@ -8,8 +8,8 @@ the images of each stage by what one smear shares and writes folds that hold out
 
 - **Statistics** (``colour_statistics``, computed in prepare's decoding pool): per RGB channel the
   median, standard deviation and 10th and 90th percentiles of the background, i.e. the pixels outside
-  the leukocyte mask grown by ``BACKGROUND_GROW_AT_224`` px (the whole image where there is no mask or
-  too little background), and the mean brightness of the whole image: ``FEATURES``.
+  the leukocyte mask grown as ``engine.context`` grows cells (the whole image where there is no mask
+  or too little background), and the mean brightness of the whole image: ``FEATURES``.
 - **Duplicates first** (``units``): exact duplicates (same SHA-256) and near-duplicate pairs are joined
   (union-find, across stages too) into units, and each unit is clustered as one point (its mean
   statistics) in the stage most of its images carry: a duplicate never straddles two groups, and a
@@ -48,15 +48,15 @@ from typing import Any
 
 import numpy as np
 
+from .baselines import CHANNELS, STATISTICS
+from .baselines import colour_statistics as pixel_statistics
+from .context import grow_pixels
+from .masks import dilate
+
 log = logging.getLogger(__name__)
 
-STATISTICS = ("median", "std", "p10", "p90")
-CHANNELS = ("R", "G", "B")
 # The 13 numbers per image: the background's per-channel statistics (statistic first), then brightness.
 FEATURES = (*(f"background_{s}_{c}" for s in STATISTICS for c in CHANNELS), "brightness")
-# Masks are grown by this many pixels at 224 px (scaled with the image) so that no cell border counts as
-# background; the same margin engine.context grows cells by before removing them.
-BACKGROUND_GROW_AT_224 = 6
 # Below this share of background pixels the statistics of the whole image are used instead.
 MIN_BACKGROUND = 0.05
 # Statistics are taken on every n-th pixel of an image larger than this on its short side: the same
@@ -87,24 +87,20 @@ def colour_statistics(image: np.ndarray, mask: np.ndarray | None) -> tuple[tuple
     Returns the 13 numbers and whether they come from the background (False: the whole image, because
     there was no mask or less than ``MIN_BACKGROUND`` of the image is left around it).
     """
-    from scipy import ndimage as ndi
-
     image = np.asarray(image)
     step = max(1, min(image.shape[:2]) // STATS_SIDE)
     pixels = image[::step, ::step].astype(np.float64)
     background = None
     if mask is not None:
         small = np.asarray(mask, dtype=bool)[::step, ::step]
-        grow = max(1, round(BACKGROUND_GROW_AT_224 * min(small.shape) / 224))
-        outside = ~ndi.binary_dilation(small, np.ones((2 * grow + 1, 2 * grow + 1), dtype=bool))
+        # Grown as engine.context grows cells before removing them, so no cell border counts as background.
+        outside = ~dilate(small, grow_pixels(min(small.shape)))
         if outside.mean() >= MIN_BACKGROUND:
             background = pixels[outside]
     from_background = background is not None
     if background is None:
         background = pixels.reshape(-1, 3)
-    p10, median, p90 = np.percentile(background, [10, 50, 90], axis=0)
-    brightness = float(pixels.mean())
-    values = np.concatenate([median, background.std(axis=0), p10, p90, [brightness]])
+    values = np.concatenate([pixel_statistics(background), [float(pixels.mean())]])
     # Rounded so that the numbers, and so the groups, do not hang on the last bits of a sum's order.
     return tuple(round(float(v), 4) for v in values), from_background
 
