@@ -9,7 +9,10 @@ Modules, in the order a sweep uses them:
 * ``driver``    one driver per sweep folder (sweep.lock) and sweep.json with its heartbeat;
 * ``liveness``  whether a sweep's driver still runs (shared with the dashboard);
 * ``sweep``     ray.init, Tuner (or Tuner.restore), ray.shutdown;
-* ``finish``    evaluates and explains the best trial, writes best.json, prints a table;
+* ``searchers`` Optuna TPE for one or two objectives (a trial without its second objective is pruned);
+* ``finish``    evaluates and explains the best trial, writes best.json, prints a table; names the
+                recommended trial (recommended.json) and evaluates it too;
+* ``recommend`` the recommendation rule and the Pareto front, pure functions (shared with the dashboard);
 * ``cli``       the command line.
 
 Nothing here runs at import time, and Ray is imported only where a sweep needs it.

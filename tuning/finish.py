@@ -106,8 +106,12 @@ def fill_probes(sweep_dir: Path, rows: list[dict[str, str]], which: list[dict[st
     return changed
 
 
-def _probe(row: dict[str, str]) -> dict[str, float | None]:
-    return {k: rule.number(row.get(k)) for k in PROBE_COLUMNS}
+def _probe(row: dict[str, str]) -> dict[str, float | int | None]:
+    """A trial's probe columns as numbers (the image count as an integer), None where empty."""
+    out: dict[str, float | int | None] = {k: rule.number(row.get(k)) for k in PROBE_COLUMNS}
+    if out.get("val_probe_images") is not None:
+        out["val_probe_images"] = int(out["val_probe_images"])
+    return out
 
 
 def _entry(row: dict[str, str]) -> dict[str, Any]:
