@@ -140,10 +140,12 @@ def _card(column: Any, heading: str, entry: dict) -> None:
     f1, without, chance, test = (rule.number(entry.get(k)) for k in ("score", "without_cells", "chance", "test"))
     a, b = column.columns(2)
     a.metric("val macro-F1", "–" if f1 is None else f"{f1:.3f}")
+    points = None if without is None or chance is None else round((without - chance) * 100)
     b.metric("val accuracy, leukocytes removed", "–" if without is None else f"{without:.0%}",
-             delta=None if without is None or chance is None else f"{(without - chance) * 100:+.0f} pts vs chance",
-             delta_color="inverse", help="Chance: always naming the most common stage of those images"
-                                         + ("" if chance is None else f" ({chance:.0%})"))
+             delta=None if points is None else "at chance" if points == 0 else f"{points:+d} pts vs chance",
+             delta_color="off" if points == 0 else "inverse",
+             help="Chance: always naming the most common stage of those images"
+                  + ("" if chance is None else f" ({chance:.0%})"))
     if test is not None:
         column.caption(f"test accuracy {test:.1%} (evaluated by the finish step)")
 
