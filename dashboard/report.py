@@ -593,13 +593,17 @@ def _figure_slide(title: str, figure: str, lines: list[str], note: str = "", ver
 
 
 def _inline(text: str) -> str:
-    """One line of the model card's Markdown as HTML: backslash escapes, `code` and **bold**; all else is text."""
+    """One line of the model card's Markdown as HTML: backslash escapes, the entities for < > &, `code` and **bold**;
+    all else is text."""
     out, i, bold = [], 0, False
     while i < len(text):
         char = text[i]
         if char == "\\" and i + 1 < len(text):
             out.append(html_text(text[i + 1]))
             i += 2
+        elif char == "&" and (entity := next((e for e in story.CARD_ENTITIES if text.startswith(e, i)), None)):
+            out.append(entity)  # already HTML: the card writes < > & as these entities
+            i += len(entity)
         elif char == "`" and "`" in text[i + 1:]:
             end = text.index("`", i + 1)
             out.append(f"<code>{html_text(text[i + 1:end])}</code>")

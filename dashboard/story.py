@@ -355,18 +355,28 @@ def choice_lines(result: Mapping[str, Any], split: str) -> tuple[list[str], str]
 # ----------------------------------------------------------------------------- the card
 
 
+# The entities engine.modelcard.text writes for < > & (every other punctuation mark is backslash-escaped).
+CARD_ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&"}
+
+
 def card_lines(found: Mapping[str, Any]) -> list[str]:
     """The model card's key lines (engine.modelcard.key_lines) as plain text (its Markdown escapes undone)."""
     return [unescape(line) for line in modelcard.key_lines(found)]
 
 
 def unescape(line: str) -> str:
-    """A line of the card's Markdown as plain text: backslash escapes and code-span backticks dropped."""
+    """A line of the card's Markdown as plain text: backslash escapes, its three entities (engine.modelcard.text
+    writes < > & so) and code-span backticks undone."""
     out, i = [], 0
     while i < len(line):
         if line[i] == "\\" and i + 1 < len(line):
             out.append(line[i + 1])
             i += 2
+            continue
+        entity = next((e for e in CARD_ENTITIES if line.startswith(e, i)), None)
+        if entity:
+            out.append(CARD_ENTITIES[entity])
+            i += len(entity)
             continue
         if line[i] != "`":
             out.append(line[i])

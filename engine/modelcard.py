@@ -66,7 +66,10 @@ FOLLOW_SHARE = 0.25  # answers naming the stain donor's stage above this (lower 
 WIDE_INTERVAL = 0.10  # a 95% interval of accuracy wider than this: too few test images for a close comparison
 Z95 = 1.959963984540054
 
-_ESCAPED = frozenset(string.punctuation) - set("-',")
+# CommonMark lets a backslash escape any ASCII punctuation; < > & become entities instead, so that the text
+# stays inert in a renderer that passes raw HTML through (Streamlit with unsafe_allow_html, some viewers).
+_ESCAPED = {ord(c): "\\" + c for c in string.punctuation if c not in "-',"}
+_ESCAPED.update({ord("<"): "&lt;", ord(">"): "&gt;", ord("&"): "&amp;"})
 # Control characters and lone surrogates (JSON's "\ud800"): UTF-8 cannot write the one, and a reader shows
 # nothing useful for the other.
 _UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -111,12 +114,11 @@ def write(run_dir: Path | str) -> Path:
 
 def text(value: Any) -> str:
     """Text from a file as plain Markdown text: no table cell break, link, autolink, emphasis, heading or HTML
-    can form. Numbers are written as they are; in other text every ASCII punctuation character but - ' , is
-    backslash-escaped (CommonMark shows an escaped character as itself)."""
+    can form. Numbers are written as they are; in other text < > & become entities and every other ASCII
+    punctuation character but - ' , is backslash-escaped (CommonMark shows both as the character itself)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    out = " ".join(_UNPRINTABLE.sub("", str(value)).split())
-    return "".join("\\" + c if c in _ESCAPED else c for c in out)
+    return " ".join(_UNPRINTABLE.sub("", str(value)).split()).translate(_ESCAPED)
 
 
 def code(value: Any) -> str:

@@ -205,19 +205,33 @@ def test_no_deploy_button_or_developer_menu(server, browser) -> None:
     page.close()
 
 
-def choose(page, key: str, option: str) -> None:
-    """Pick ``option`` in the selectbox with widget key ``key`` and wait for the rerun to finish."""
-    wanted = page.get_by_role("option", name=option, exact=True)
+def open_list(page, key: str, wanted) -> None:
+    """Open the selectbox with widget key ``key`` until ``wanted`` (an option locator) shows."""
     for attempt in range(3):  # a rerun that redraws the page meanwhile closes the list: open it again
         page.locator(f".st-key-{key} [role='combobox']").click()
         try:
             wanted.wait_for(timeout=10_000)
-            break
+            return
         except Exception:
             if attempt == 2:
                 raise
             page.keyboard.press("Escape")
             settle(page)
+
+
+def options(page, key: str) -> list[str]:
+    """The labels the selectbox with widget key ``key`` offers (the list is closed again afterwards)."""
+    found = page.get_by_role("option")
+    open_list(page, key, found.first)
+    labels = [found.nth(k).inner_text() for k in range(found.count())]
+    page.keyboard.press("Escape")
+    return labels
+
+
+def choose(page, key: str, option: str) -> None:
+    """Pick ``option`` in the selectbox with widget key ``key`` and wait for the rerun to finish."""
+    wanted = page.get_by_role("option", name=option, exact=True)
+    open_list(page, key, wanted)
     wanted.click()
     page.wait_for_function("([key, option]) => document.querySelector(`.st-key-${key} [role='combobox']`)"
                            "?.value === option", arg=[key, option], timeout=30_000)
@@ -234,15 +248,14 @@ def test_evidence_page_shows_verdicts_and_switches_the_per_stage_table(server, b
     # The sentence stands in the verdicts and again in its own section.
     assert page.get_by_text("With the leukocytes removed the model still classifies").first.is_visible()
     tables = page.locator("[data-testid='stDataFrame']")
-    assert tables.count() >= 2  # the verdicts, then the chosen pair's per-stage table
+    # The verdicts, then the chosen pair's per-stage table. Streamlit loads the grid's code on first use, so
+    # a table may mount a moment after the script run ended: wait for it rather than count at once.
+    tables.nth(1).wait_for(state="visible", timeout=30_000)
 
     def stage_table() -> bytes:
         return tables.nth(1).screenshot()
 
-    page.locator(".st-key-evidence_pair [role='combobox']").click()
-    options = page.get_by_role("option")
-    labels = [options.nth(k).inner_text() for k in range(options.count())]
-    page.keyboard.press("Escape")
+    labels = options(page, "evidence_pair")
     assert len(labels) >= 2, labels
     before = stage_table()
     choose(page, "evidence_pair", labels[-1])
