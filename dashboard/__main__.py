@@ -31,8 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The engine's one error path (engine.errors.run_cli): a folder it cannot read is one line, exit status 4."""
+    from engine.errors import run_cli
+
+    return run_cli(_main, list(sys.argv[1:] if argv is None else argv), "starting the dashboard")
+
+
+def check_outputs(outputs: Path) -> None:
+    """The outputs folder must be readable (it may be missing: the dashboard then says how to fill it)."""
+    from engine.errors import resource_error
+
+    try:
+        if outputs.exists():
+            os.listdir(outputs)
+    except OSError as exc:
+        raise resource_error(exc, "starting the dashboard",
+                             "nothing was started: give a folder you may read with --outputs") from None
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     outputs = args.outputs.expanduser().resolve()
+    check_outputs(outputs)
     env = {**os.environ, "ALL_OUTPUTS": str(outputs), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     print(f"dashboard: http://{args.host}:{args.port}  (outputs: {outputs})", flush=True)
     cmd = command(outputs, args.host, args.port)

@@ -1,10 +1,17 @@
-"""``python -m engine COMMAND ...``: dispatches to ``engine.commands.COMMAND.main(argv) -> int``."""
+"""``python -m engine COMMAND ...``: dispatches to ``engine.commands.COMMAND.main(argv) -> int``.
+
+Every command shares one error path (``engine.errors.run_cli``): an expected error is one line on stderr
+and a documented exit status (2 bad input, 3 a damaged file, 4 disk or permission, 128+N a signal);
+``--debug`` or ENGINE_DEBUG=1 adds the traceback.
+"""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import sys
+
+from .errors import run_cli
 
 # Command name -> one line of help; the command itself is the module engine/commands/<name>.py.
 COMMANDS = {
@@ -17,12 +24,25 @@ COMMANDS = {
     "predict": "class probabilities of image files, one JSON line each",
     "bench": "the engine's speed against a plain torchvision loop",
 }
+# What each command was doing, for the first words of its error line.
+DOING = {
+    "prepare": "preparing the data",
+    "train": "training",
+    "evaluate": "evaluating",
+    "explain": "explaining",
+    "evidence": "reading the evidence",
+    "card": "writing the model card",
+    "predict": "predicting",
+    "bench": "benchmarking",
+}
 
 
 def usage() -> str:
     lines = ["usage: python -m engine COMMAND [options]", "", "commands:"]
     lines += [f"  {name:<9} {help_}" for name, help_ in COMMANDS.items()]
-    lines += ["", "python -m engine COMMAND --help shows a command's options."]
+    lines += ["", "python -m engine COMMAND --help shows a command's options; --debug (or ENGINE_DEBUG=1) shows the "
+              "traceback of an error.", "exit status: 0 done, 1 a bug, 2 bad input, 3 a damaged file, 4 disk or "
+              "permission, 128+N stopped by signal N"]
     return "\n".join(lines)
 
 
@@ -38,12 +58,4 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported only now, so that the usage above does not wait for PyTorch.
     module = importlib.import_module(f"engine.commands.{command}")
-    from .config import ConfigError
-    from .data import DataError
-    from .models import WeightsError
-
-    try:
-        return module.main(rest)
-    except (ConfigError, DataError, WeightsError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(module.main, rest, DOING[command])

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from .errors import ConfigError  # defined with the other errors the CLI reports; imported from here too
+
 PRESET_DIR = Path(__file__).parent / "presets"
 
 MODEL_NAMES = ("densenet121", "densenet169", "densenet201", "densenet-tiny")
@@ -27,8 +29,6 @@ COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
-class ConfigError(ValueError):
-    """A preset or override that does not describe a valid config."""
 
 
 @dataclass(frozen=True)

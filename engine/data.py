@@ -14,9 +14,11 @@ import hashlib
 import io
 import logging
 import os
+import signal
 import stat
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from . import locks, smears
 from .config import SPLIT_MODES
+from .errors import DamagedFileError, DataError, deferred_signals  # DataError: also importable from here
 from .progress import progress
 from .runs import CLASSES, SPLITS, atomic_write_bytes, atomic_write_text, read_json, write_json
 
@@ -54,8 +57,6 @@ NEAR_DUPLICATE_BITS = 4  # perceptual-hash Hamming distance that counts as a nea
 SAMPLES_PER_CLASS = 8
 
 
-class DataError(ValueError):
-    """The data folder cannot be turned into a data set; the message says why."""
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -457,6 +458,27 @@ def _workers() -> int:
 # ----------------------------------------------------------------------------- splitting
 
 
+def _worker_signals() -> None:
+    # Ctrl+C reaches every process of the terminal's group: the parent alone decides what to do with it
+    # (engine.errors.interruptible), and a SIGTERM sent to a worker ends it as usual.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def parallel_map(fn: Any, jobs: list[Any], desc: str) -> Iterator[Any]:
+    """``fn`` over ``jobs`` in worker processes, in order, with a progress bar.
+
+    When the parent is interrupted (a signal, an error) the jobs not started yet are cancelled, so a
+    stop waits for the chunks under way only, not for the whole folder.
+    """
+    with ProcessPoolExecutor(_workers(), initializer=_worker_signals) as pool:
+        try:
+            yield from progress(pool.map(fn, jobs, chunksize=32), total=len(jobs), desc=desc, unit="img")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
 def split_groups(
     groups: dict[str, str], seed: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
 ) -> dict[str, str]:
@@ -571,9 +593,7 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
                 if cls in mask_dirs else ""
             jobs.append(FileJob(str(f), rel, cls, mask_file, derive_masks))
 
-    with ProcessPoolExecutor(_workers()) as pool:
-        checked = list(progress(pool.map(_check_file, jobs, chunksize=32), total=len(jobs),
-                                desc="prepare: hash and decode", unit="img"))
+    checked = list(parallel_map(_check_file, jobs, "prepare: hash and decode"))
     checked += refused
 
     good = [c for c in checked if not c.reason]
@@ -614,45 +634,49 @@ def prepare(data_dir: Path, out: Path, seed: int = 0,
     smear_report = _smear_groups(ordered, rows, [(unique[i], unique[j]) for i, j, _ in near_pairs],
                                  folds=folds, seed=seed)
 
-    out.mkdir(parents=True, exist_ok=True)
-    if mask_dir:
-        for c in good:
-            if c.mask_png:
-                atomic_write_bytes(out / _mask_fields(c)["mask"], c.mask_png)
-    buffer = io.StringIO()
-    columns = MANIFEST_COLUMNS + (MASK_COLUMNS if mask_dir else ()) + (SMEAR_COLUMNS if smear_report["made"] else ())
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(out / MANIFEST, buffer.getvalue())
-    counts = {cls: {s: 0 for s in SPLITS} for cls in CLASSES}
-    for r in rows:
-        counts[r["class"]][r["split"]] += 1
-    report = {
-        "data_dir": str(data_dir),
-        "class_dirs": {c: str(p) for c, p in class_dirs.items()},
-        "seed": seed,
-        "fractions": dict(zip(SPLITS, fractions, strict=True)),
-        "files_found": len(checked),
-        "images": len(rows),
-        "counts": counts,
-        "hidden_ignored": hidden,
-        "modes_converted": dict(Counter(c.mode for c in good if c.mode != "RGB")),
-        "orientation_corrected": sum(c.oriented for c in good),
-        "limits": {"max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT, "max_file_bytes": MAX_FILE_BYTES},
-        "duplicate_groups": [
-            {"sha256": sha, "paths": [m.path for m in ms], "split": split_of[sha[:16]]}
-            for sha, ms in sorted(by_hash.items()) if len(ms) > 1
-        ],
-        "label_conflicts": conflicts,
-        "near_duplicates": near,
-        "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
-        "near_duplicates_checked": near_checked,
-        "rejected": rejected,
-        "masks": mask_report(good, mask_dir, derive_masks),
-        "smear": smear_report,
-    }
-    write_json(out / REPORT, report)
+    # A signal here would leave the new masks or manifest beside the old report: the writes (seconds at most)
+    # finish first, and the signal is handled after them.
+    with deferred_signals():
+        out.mkdir(parents=True, exist_ok=True)
+        if mask_dir:
+            for c in good:
+                if c.mask_png:
+                    atomic_write_bytes(out / _mask_fields(c)["mask"], c.mask_png)
+        buffer = io.StringIO()
+        columns = (MANIFEST_COLUMNS + (MASK_COLUMNS if mask_dir else ())
+                   + (SMEAR_COLUMNS if smear_report["made"] else ()))
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(out / MANIFEST, buffer.getvalue())
+        counts = {cls: {s: 0 for s in SPLITS} for cls in CLASSES}
+        for r in rows:
+            counts[r["class"]][r["split"]] += 1
+        report = {
+            "data_dir": str(data_dir),
+            "class_dirs": {c: str(p) for c, p in class_dirs.items()},
+            "seed": seed,
+            "fractions": dict(zip(SPLITS, fractions, strict=True)),
+            "files_found": len(checked),
+            "images": len(rows),
+            "counts": counts,
+            "hidden_ignored": hidden,
+            "modes_converted": dict(Counter(c.mode for c in good if c.mode != "RGB")),
+            "orientation_corrected": sum(c.oriented for c in good),
+            "limits": {"max_pixels": MAX_PIXELS, "max_aspect": MAX_ASPECT, "max_file_bytes": MAX_FILE_BYTES},
+            "duplicate_groups": [
+                {"sha256": sha, "paths": [m.path for m in ms], "split": split_of[sha[:16]]}
+                for sha, ms in sorted(by_hash.items()) if len(ms) > 1
+            ],
+            "label_conflicts": conflicts,
+            "near_duplicates": near,
+            "near_duplicate_max_bits": NEAR_DUPLICATE_BITS,
+            "near_duplicates_checked": near_checked,
+            "rejected": rejected,
+            "masks": mask_report(good, mask_dir, derive_masks),
+            "smear": smear_report,
+        }
+        write_json(out / REPORT, report)
     _write_samples(data_dir, rows, out / "samples")
     log.info("prepare: %d images, %d rejected, %d duplicate groups, %d near-duplicate pairs -> %s",
              len(rows), len(rejected), len(report["duplicate_groups"]), len(near), out)
@@ -794,7 +818,11 @@ def _read_manifest(prepared: Path) -> tuple[str, list[dict[str, Any]]]:
     if not path.is_file():
         raise DataError(f"{path} not found: run `python -m engine prepare` first")
     data = path.read_bytes()
-    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    try:
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DamagedFileError(path, f"damaged: not a CSV manifest ({exc})",
+                               "run `python -m engine prepare` again to write it") from None
     missing = set(MANIFEST_COLUMNS) - set(rows[0] if rows else MANIFEST_COLUMNS)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
@@ -846,10 +874,15 @@ def _cache_hit(path: Path, n: int, shape: tuple[int, ...], dtype: type) -> np.nd
         return None
     try:
         array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):  # unreadable: rebuilt below (every write is atomic, so this is rare)
-        log.warning("%s cannot be read; rebuilding it", path, exc_info=True)
+    except (OSError, ValueError) as exc:  # every write is atomic, so this is damage: it is derived, so rebuilt
+        log.warning("%s is damaged (%s): decoding the images again to replace it", path, exc)
         return None
-    return array if array.shape == (n, *shape) and array.dtype == np.dtype(dtype) else None
+    if array.shape == (n, *shape) and array.dtype == np.dtype(dtype):
+        return array
+    # The manifest's hash is in the name, so another shape is damage too (or a file of another engine version).
+    log.warning("%s is damaged (holds %s %s, not %s %s): decoding the images again to replace it", path,
+                array.dtype, array.shape, np.dtype(dtype), (n, *shape))
+    return None
 
 
 def _remove_stale(folder: Path, name: str, keep: Path) -> None:
@@ -887,10 +920,8 @@ def _cached(prepared: Path, name: str, key: str, decode: Any, jobs: list[tuple[s
         if hit is not None:
             return hit
         array = np.empty((len(jobs), *shape), dtype=dtype)
-        with ProcessPoolExecutor(_workers()) as pool:
-            decoded = pool.map(decode, jobs, chunksize=32)
-            for i, item in enumerate(progress(decoded, total=len(jobs), desc=desc, unit="img")):
-                array[i] = item
+        for i, item in enumerate(parallel_map(decode, jobs, desc)):
+            array[i] = item
         buffer = io.BytesIO()
         np.save(buffer, array)
         atomic_write_bytes(path, buffer.getvalue())
@@ -899,6 +930,20 @@ def _cached(prepared: Path, name: str, key: str, decode: Any, jobs: list[tuple[s
     finally:
         if build_lock is not None:
             build_lock.release()
+
+
+def cache_bytes_needed(prepared: Path, size: int, masks: bool = False) -> int:
+    """Bytes the decoded cache at ``size`` px (or its masks) will take in ``prepared/cache``: 0 when it is built.
+
+    The estimate of docs/robustness.md#before-long-work: images x size x size x 3 bytes (x 1 for masks).
+    """
+    key, rows = _read_manifest(Path(prepared))
+    name = f"{size}px-masks" if masks else f"{size}px"
+    shape = (size, size) if masks else (size, size, 3)
+    if _cache_hit(_cache_file(Path(prepared) / CACHE, name, key), len(rows), shape, bool if masks else np.uint8) \
+            is not None:
+        return 0
+    return len(rows) * size * size * (1 if masks else 3)
 
 
 def load_cache(prepared: Path, size: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 from . import runs
 from .config import Config, ConfigError, config_from_dict
 from .data import load_cache, read_manifest
+from .errors import DamagedFileError
 from .models import load_trained_model
 from .progress import progress
 from .runs import CLASSES
@@ -141,14 +143,43 @@ def predict_proba(
 # ----------------------------------------------------------------------------- checkpoints
 
 
+CHECKPOINT_KEYS = ("model", "epoch", "config")  # what every checkpoint of ours holds (runs.py)
+
+
+def damaged_checkpoint_advice(which: str) -> str:
+    """What is still safe when a run's ``which`` checkpoint is damaged, and how to go on."""
+    other = "last" if which == "best" else "best"
+    return (f"nothing was changed; the run's other files are untouched: use --checkpoint {other} if "
+            f"checkpoints/{other}.pt is intact, or train the run again")
+
+
+def parse_checkpoint(data: bytes, path: Path, next_step: str = "") -> dict[str, Any]:
+    """A checkpoint's bytes as its dict, loaded with ``weights_only=True``; DamagedFileError naming ``path``
+    when they are not one of our checkpoints (truncated, overwritten, another kind of file)."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged zip or pickle makes torch raise nearly anything (RuntimeError, EOFError ...)
+        raise DamagedFileError(path, runs.CHECKPOINT_DAMAGED, next_step) from exc
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS):
+        raise DamagedFileError(path, f"{runs.CHECKPOINT_DAMAGED} (it lacks {', '.join(CHECKPOINT_KEYS)})",
+                               next_step)
+    return state
+
+
+def read_checkpoint_file(path: Path, next_step: str = "") -> dict[str, Any]:
+    """A checkpoint file, verified (its sha256 sidecar where it has one, else by loading it)."""
+    path = Path(path)
+    return parse_checkpoint(runs.verified_bytes(path, next_step), path, next_step)
+
+
 def read_checkpoint(run_dir: Path, which: str = "best") -> dict[str, Any]:
     """A run's saved checkpoint (``model`` weights, ``config``, ``epoch``, ...) on the CPU, read with
-    ``weights_only=True``."""
+    ``weights_only=True`` and verified: DamagedFileError names a damaged one."""
     run_dir = Path(run_dir)
     path = run_dir / runs.CHECKPOINTS / f"{which}.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a trained run folder?")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint_file(path, damaged_checkpoint_advice(which))
 
 
 def model_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[Config, nn.Module]:

@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models import DenseNet
 
 from .config import Config
+from .errors import WeightsError  # defined with the other errors the CLI reports; imported from here too
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,6 @@ IMAGENET_WEIGHTS = {
 CAM_LAYERS = ("denseblock1", "denseblock2", "denseblock3", "denseblock4", "norm5")
 
 
-class WeightsError(RuntimeError):
-    """Requested weights that cannot be had without the internet."""
 
 
 class DenseNetClassifier(DenseNet):
@@ -52,6 +51,14 @@ class DenseNetClassifier(DenseNet):
         out = F.relu(self.features(x))
         out = F.adaptive_avg_pool2d(out, (1, 1))
         return torch.flatten(out, 1)
+
+
+def weight_bytes(name: str, num_classes: int = 4) -> int:
+    """Bytes of an architecture's weights and buffers in float32, without allocating them (the meta device):
+    what disk checks estimate checkpoints from (engine.preflight)."""
+    with torch.device("meta"):
+        model = DenseNetClassifier(**ARCHITECTURES[name], num_classes=num_classes)
+    return sum(t.numel() * 4 for t in model.state_dict().values())
 
 
 def _load_imagenet_state(name: str) -> dict[str, torch.Tensor]:

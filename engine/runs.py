@@ -8,6 +8,11 @@
     history.csv          one row per finished epoch (HISTORY_COLUMNS)
     checkpoints/best.pt  {"model", "epoch", "val_macro_f1", "config"}   (weights_only loadable)
     checkpoints/last.pt  best.pt plus optimizer/scheduler/RNG state for --resume
+    checkpoints/<name>.pt.sha256  CHECKSUM_SUFFIX: the checkpoint's sha256 as `sha256sum` writes it ("<hex>  best.pt"),
+                         written atomically after the checkpoint; while a checkpoint is replaced it lists the old
+                         and the new digest, so a checkpoint killed or cut off at any moment still matches one. A
+                         checkpoint is read only if it matches a listed digest (garbage of the right size is
+                         caught); one without a sidecar (older runs) is verified by loading it
     metrics.json         written by `evaluate`: {"classes", "checkpoint", "splits": {"val": M, "test": M}}
     predictions.csv      written by `evaluate` (PREDICTION_COLUMNS)
     ood.npz              written by `evaluate`: the out-of-distribution check's class means
@@ -28,7 +33,9 @@
                          is flock-ed around each change
 
 Every file is written atomically (temporary file, then rename), so a reader never sees
-half a file. A folder without COMPLETE is a run still training, or one that was interrupted.
+half a file. A file that cannot be read as what it should be is reported by name (engine.errors.DamagedFileError,
+with the command that writes it again: ``remake_hint``), never silently replaced by a reader.
+A folder without COMPLETE is a run still training, or one that was interrupted.
 
 The names below are the contract: the engine writes with them and the dashboard reads with
 them, so a name changes here or nowhere. This module imports only the standard library at
@@ -55,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from . import locks
+from .errors import DamagedFileError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,9 @@ BEST_CHECKPOINT = "best.pt"  # inside CHECKPOINTS
 LAST_CHECKPOINT = "last.pt"  # inside CHECKPOINTS
 CAMS = "cams"
 COMPLETE = "COMPLETE"
+# checkpoints/<name>.pt + CHECKSUM_SUFFIX: the checkpoint's sha256 (atomic_torch_save, verified_bytes).
+CHECKSUM_SUFFIX = ".sha256"
+CHECKPOINT_DAMAGED = "the checkpoint is damaged: truncated or not a checkpoint"
 # Written by `evaluate` when the data has leukocyte masks (engine.context).
 CONTEXT = "context.json"
 CONTEXT_TABLE = "context.csv"
@@ -214,15 +225,26 @@ LOCALISATION_VERDICTS = {
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    Whatever happens (a full disk, a signal), ``path`` holds the old bytes or the new ones. An OSError
+    names ``path`` (the temporary file's own name would mean nothing to a user) and keeps its errno.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(exc.filename or path)) from exc
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -236,8 +258,37 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+# Which command writes each file again, for the message about a damaged one (remake_hint).
+_WRITTEN_BY = {
+    CONFIG: "it is written once, by `python -m engine train`: restore it from a copy, or train a new run",
+    ENV: "it is written once, by `python -m engine train`: restore it from a copy, or train a new run",
+    HISTORY: "it is written by `python -m engine train`: restore it from a copy, or train a new run",
+    METRICS: "the rest of the run is untouched: run `python -m engine evaluate RUN` to write it again",
+    PREDICTIONS: "the rest of the run is untouched: run `python -m engine evaluate RUN` to write it again",
+    CONTEXT: "the rest of the run is untouched: run `python -m engine evaluate RUN` to write it again",
+    BASELINES: "the rest of the run is untouched: run `python -m engine evaluate RUN` to write it again",
+    COMPLETE: "the checkpoints are untouched: run `python -m engine train --resume RUN` to finish the run",
+}
+
+
+def remake_hint(path: Path | str) -> str:
+    """What is still safe and how to write ``path`` again, for the message about a damaged file."""
+    path = Path(path)
+    if path.name in _WRITTEN_BY:
+        return _WRITTEN_BY[path.name]
+    if CAMS in path.parts:
+        return "the run itself is untouched: run `python -m engine explain RUN` to write cams/ again"
+    return "restore it from a copy, or run the command that writes it again"
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; DamagedFileError (a ValueError) naming it when it is not valid JSON."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise DamagedFileError(path, f"damaged: not valid JSON ({exc})", remake_hint(path)) from None
 
 
 def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, Any]]) -> None:
@@ -248,12 +299,74 @@ def write_csv(path: Path, columns: Iterable[str], rows: Iterable[dict[str, Any]]
     atomic_write_text(path, buffer.getvalue())
 
 
+def checksum_file(checkpoint: Path) -> Path:
+    """The sidecar holding a checkpoint's sha256: ``checkpoints/best.pt.sha256``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + CHECKSUM_SUFFIX)
+
+
+def recorded_digests(checkpoint: Path) -> list[str] | None:
+    """The digests the sidecar lists for ``checkpoint``; None where there is no sidecar.
+
+    A sidecar that is not a list of sha256 lines is itself damaged: DamagedFileError naming it.
+    """
+    sidecar = checksum_file(checkpoint)
+    try:
+        text = sidecar.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        text = "?"
+    digests = [line.split()[0] for line in text.splitlines() if line.strip()]
+    if not digests or any(len(d) != 64 or d.strip("0123456789abcdef") for d in digests):
+        raise DamagedFileError(sidecar, "the checksum file is damaged",
+                               f"delete it to have {Path(checkpoint).name} verified by loading it instead")
+    return digests
+
+
+def _sidecar_text(digests: list[str], name: str) -> str:
+    return "".join(f"{digest}  {name}\n" for digest in digests)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically, with the sha256 sidecar (CHECKSUM_SUFFIX) written after the checkpoint.
+
+    While the checkpoint is replaced the sidecar lists the old digest and the new one, so that a process
+    killed, or a disk filling up, at any moment leaves a checkpoint that matches its sidecar.
+    """
     import torch
 
+    path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar = checksum_file(path)
+    try:
+        old = recorded_digests(path) if path.is_file() else None
+    except DamagedFileError:
+        old = None
+    if old:
+        atomic_write_text(sidecar, _sidecar_text([old[-1], digest], path.name))
+    else:
+        sidecar.unlink(missing_ok=True)  # none, or one for another file: the checkpoint is verified by loading
+    atomic_write_bytes(path, data)
+    atomic_write_text(sidecar, _sidecar_text([digest], path.name))
+
+
+def verified_bytes(checkpoint: Path, next_step: str = "") -> bytes:
+    """The bytes of ``checkpoint``, checked against its sidecar when it has one.
+
+    DamagedFileError (naming the file, with ``next_step``) when they match no recorded digest; an OSError
+    (the file missing or unreadable) passes through. Without a sidecar the caller's load is the check.
+    """
+    checkpoint = Path(checkpoint)
+    data = checkpoint.read_bytes()
+    digests = recorded_digests(checkpoint)
+    if digests is not None and hashlib.sha256(data).hexdigest() not in digests:
+        raise DamagedFileError(checkpoint, f"{CHECKPOINT_DAMAGED} (its bytes do not match "
+                               f"{checksum_file(checkpoint).name})", next_step)
+    return data
 
 
 def new_run_id(prefix: str = "") -> str:
@@ -392,7 +505,13 @@ def split_digest(manifest: bytes, split: str = "image", fold: int = 0, *, source
     """SPLIT_SHA256 of a manifest's bytes: the sha256 of its sorted ``sha256, class, split`` rows, with each
     row's split the effective one of a run's ``split`` and ``fold`` (engine.data.effective_split; "image":
     the manifest's own column). engine.data.DataError, naming ``source``, where the manifest lacks that split."""
-    rows = list(csv.DictReader(io.StringIO(manifest.decode())))
+    try:
+        rows = list(csv.DictReader(io.StringIO(manifest.decode())))
+        if rows and not {"sha256", "class", "split"} <= rows[0].keys():
+            raise ValueError("it lacks the sha256, class or split column")
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise DamagedFileError(source, f"damaged: not a CSV manifest ({exc})",
+                               "run `python -m engine prepare` again to write it") from None
     if split != "image":
         from .data import effective_split  # imported late: engine.data imports this module
 

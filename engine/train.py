@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import logging
 import math
 import random
@@ -25,15 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import background, fastpath, runs, stain
+from . import background, fastpath, preflight, runs, stain
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError
-from .data import has_masks, load_mask_cache, read_manifest
+from .data import CACHE, cache_bytes_needed, has_masks, load_mask_cache, read_manifest
+from .errors import DamagedFileError, Interrupted, needs_space, resource_error, signal_name
 from .inference import (
     Data,
     autocast,
     map_batches,
     norm_stats,
     predict_proba,
+    read_checkpoint_file,
     resolve_device,
     switch,
     to_input,
@@ -445,10 +448,68 @@ def fit(
     reports to Ray Tune from there). The run folder is locked (``runs.TRAIN_LOCK``) for the
     whole training: while another process trains it, this raises ``runs.RunBusyError`` before
     touching anything. A resumed run must still find the split it was trained on.
+
+    The run folder must be writable and its disk must hold the checkpoints (and the decoded cache, when it
+    is not built yet) before the first epoch (engine.preflight). A full disk or a permission refused later
+    is an ``engine.errors.ResourceError``, and SIGINT or SIGTERM (under ``engine.errors.interruptible``) an
+    ``Interrupted``, each saying which checkpoint is intact and how to resume.
     """
     run_dir = Path(run_dir)
+    doing = f"training {run_dir}"
+    preflight.require_writable(run_dir, doing)
     with runs.training_lock(run_dir):
-        return _fit(cfg, Path(prepared).resolve(), run_dir, preset=preset, resume=resume, on_epoch=on_epoch)
+        try:
+            return _fit(cfg, Path(prepared).resolve(), run_dir, preset=preset, resume=resume, on_epoch=on_epoch)
+        except Interrupted as exc:
+            raise Interrupted(exc.signum, f"{doing} was stopped by {signal_name(exc.signum)}; "
+                              f"{how_to_go_on(run_dir)}") from None
+        except OSError as exc:
+            raise resource_error(exc, doing, how_to_go_on(run_dir, exc)) from exc
+
+
+def saved_epoch(run_dir: Path) -> int | None:
+    """The epoch ``checkpoints/last.pt`` holds, verified; None when there is none or it cannot be read."""
+    try:
+        return int(read_checkpoint_file(Path(run_dir) / runs.CHECKPOINTS / runs.LAST_CHECKPOINT)["epoch"])
+    except (OSError, DamagedFileError, ValueError, TypeError):
+        return None
+
+
+def how_to_go_on(run_dir: Path, exc: OSError | None = None) -> str:
+    """What a stopped training kept and the command that goes on from there, for its one-line message."""
+    fix = ""
+    if exc is not None and needs_space(exc):
+        fix = "free space and "
+    elif exc is not None and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable and "
+    resume = f"run `python -m engine train --resume {run_dir}`"
+    epoch = saved_epoch(run_dir)
+    if epoch is not None:
+        return f"the last checkpoint, epoch {epoch}, is intact: {fix}{resume}"
+    if (Path(run_dir) / runs.CONFIG).is_file():
+        return f"no epoch had finished, so there is no checkpoint: {fix}{resume} to start it again"
+    return f"nothing was written to the run folder: {fix}run the same command again"
+
+
+CHECKPOINT_FACTOR = 8  # a run's checkpoints on disk, at their peak, in multiples of its weights' bytes
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """The estimate of docs/robustness.md#before-long-work for a run's checkpoints: 8 x the weights' bytes
+    (best.pt once, last.pt with AdamW's two moments three times, and a temporary copy of each while the
+    previous one is replaced)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return CHECKPOINT_FACTOR * weights
+
+
+def _check_cache_space(prepared: Path, cfg: Config, doing: str) -> None:
+    """Room for the decoded cache (and masks) in ``prepared/cache`` when they still have to be built."""
+    need = cache_bytes_needed(prepared, cfg.image_size)
+    if cfg.background != "keep":
+        need += cache_bytes_needed(prepared, cfg.image_size, masks=True)
+    if need:
+        preflight.require_space(prepared / CACHE, need, doing, f"the decoded images at {cfg.image_size} px, "
+                                f"{need / preflight.MB:.0f} MB")
 
 
 def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resume: bool,
@@ -469,6 +530,8 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     seed_everything(cfg.seed, device)
     channels_last = use_channels_last(cfg, device)
 
+    doing = f"training {run_dir}"
+    _check_cache_space(prepared, cfg, doing)
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device), split=cfg.split,
                      fold=cfg.fold)
     labels_np = data.labels.cpu().numpy()
@@ -485,6 +548,8 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
         if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
+    need = checkpoint_bytes(model)
+    preflight.require_space(run_dir, need, doing, f"the checkpoints, {need / preflight.MB:.0f} MB")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
@@ -500,7 +565,9 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     ckpt_dir = run_dir / runs.CHECKPOINTS
     if resume:
         # On the CPU: the generator state must be a CPU tensor; the rest is copied to the device.
-        state = torch.load(ckpt_dir / runs.LAST_CHECKPOINT, map_location="cpu", weights_only=True)
+        state = read_checkpoint_file(ckpt_dir / runs.LAST_CHECKPOINT, (
+            f"nothing was changed, but the run cannot go on from it: {runs.BEST_CHECKPOINT} still serves "
+            f"`python -m engine evaluate {run_dir}` if it is intact; train a new run to train further"))
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -568,5 +635,12 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    with (Path(run_dir) / runs.HISTORY).open(newline="") as handle:
-        return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    """history.csv's rows; DamagedFileError naming it when they are not numbers under its columns."""
+    path = Path(run_dir) / runs.HISTORY
+    with path.open(newline="") as handle:
+        try:
+            return [{k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                    for row in csv.DictReader(handle)]
+        except (ValueError, TypeError, csv.Error) as exc:
+            raise DamagedFileError(path, f"damaged: not the table of epochs it should be ({exc})",
+                                   runs.remake_hint(path)) from None

@@ -6,9 +6,14 @@ The last line a command prints is the sweep folder, so scripts can capture it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -71,33 +76,69 @@ def print_outcome(sweep_dir: Path, best: dict | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The engine's one error path (engine.errors.run_cli): one line and a documented exit status."""
+    from engine.errors import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    doing = "finishing the sweep" if argv[:1] == ["finish"] else "sweeping"
+    return run_cli(_main, argv, doing)
+
+
+def _resume_command(args: argparse.Namespace, sweep_dir: Path) -> str:
+    return (f"`python -m tuning sweep --space {args.space} --out {sweep_dir.parent} --name {sweep_dir.name} "
+            "--resume`")
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from engine.config import ConfigError
+    from engine.errors import Interrupted, interruptible, signal_name
 
-    from .driver import SweepError, exclusive
-    from .finish import FinishError, finish
-    from .resources import ResourceError
-    from .space import SpaceError
+    from .driver import exclusive
+    from .finish import finish
     from .sweep import SweepOptions, run_sweep
 
+    if args.command == "finish":
+        def stopped(signum: int) -> str:
+            return (f"finishing {args.sweep_dir} was stopped by {signal_name(signum)}; the trials are untouched "
+                    f"and best.json is written only at the end: run `python -m tuning finish {args.sweep_dir}` again")
+
+        with interruptible(stopped), exclusive(args.sweep_dir):  # not while the sweep's driver runs
+            best = finish(args.sweep_dir, explain=args.explain)
+        print_outcome(args.sweep_dir, best)
+        print(args.sweep_dir)
+        return 0
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    received: list[int] = []
     try:
-        if args.command == "finish":
-            with exclusive(args.sweep_dir):  # not while the sweep's driver runs (it finishes itself)
-                best = finish(args.sweep_dir, explain=args.explain)
-            print_outcome(args.sweep_dir, best)
-            print(args.sweep_dir)
-            return 0
-        options = {k: v for k, v in vars(args).items() if k != "command"}
-        result = run_sweep(SweepOptions(**options))
-    except (SpaceError, SweepError, ResourceError, FinishError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
+        with interruptible(), _sigterm_as_ctrl_c(received):
+            result = run_sweep(SweepOptions(**options))
+    except Interrupted as exc:
+        signum = received[-1] if received else exc.signum
+        where = f"sweep {exc.where}" if exc.where else "the sweep"
+        advice = (f"finished trials are kept and unfinished ones continue: run {_resume_command(args, exc.where)}"
+                  if exc.where else "run the command again")
+        raise Interrupted(signum, f"{where} was stopped by {signal_name(signum)}; {advice}") from None
     print_outcome(result.sweep_dir, result.best)
-    if result.status != "complete":
-        print(f"sweep interrupted; continue it with --resume --name {result.sweep_dir.name}", file=sys.stderr)
     print(result.sweep_dir)
-    return 0 if result.status == "complete" else 130
+    if result.status != "complete":
+        signum = received[-1] if received else signal.SIGINT
+        print(f"interrupted: sweep {result.sweep_dir} was stopped by {signal_name(signum)}; finished trials are "
+              f"kept and unfinished ones continue: run {_resume_command(args, result.sweep_dir)}", file=sys.stderr)
+        return 128 + signum
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c(received: list[int]) -> Iterator[None]:
+    """SIGTERM does what Ctrl+C does: inside ``Tuner.fit`` Ray Tune saves its state and returns (its own SIGINT
+    handler), elsewhere engine.errors.interruptible unwinds. ``received`` records it for the exit status."""
+    def forward(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

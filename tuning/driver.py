@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from engine import locks, runs
+from engine.errors import EngineError
 
 from . import layout, liveness
 
 log = logging.getLogger(__name__)
 
 
-class SweepError(RuntimeError):
+class SweepError(EngineError, RuntimeError):
     """A sweep that cannot start or resume as asked."""
 
 

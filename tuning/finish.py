@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import runs
+from engine.errors import DamagedFileError, EngineError
 
 from . import recommend as rule
 from .layout import (
@@ -38,16 +39,36 @@ from .layout import (
 log = logging.getLogger(__name__)
 
 
-class FinishError(RuntimeError):
+class FinishError(EngineError, RuntimeError):
     """A sweep folder without a trial that can be evaluated."""
 
 
+# The columns every summary.csv has (tuning/summary.py writes them first); without them it is damaged.
+SUMMARY_REQUIRED = ("trial_id", "status", "run_dir")
+
+
 def read_summary(sweep_dir: Path) -> list[dict[str, str]]:
+    """summary.csv's rows ([] before the first trial); DamagedFileError naming it when it is not that table,
+    so that nothing rewrites a damaged one from a misreading of it."""
     path = Path(sweep_dir) / SUMMARY
     if not path.is_file():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DamagedFileError(path, f"damaged: not the table of trials ({exc})", SUMMARY_ADVICE) from None
+    missing = [c for c in SUMMARY_REQUIRED if c not in columns]
+    if missing or any(None in row for row in rows):
+        what = f"lacks the column(s) {', '.join(missing)}" if missing else "has rows longer than its header"
+        raise DamagedFileError(path, f"damaged: the table of trials {what}", SUMMARY_ADVICE)
+    return rows
+
+
+SUMMARY_ADVICE = ("the trial folders under trials/ are untouched: restore summary.csv from a copy; each trial can "
+                  "still be evaluated with `python -m engine evaluate TRIAL`")
 
 
 def _score(row: dict[str, str]) -> float:
@@ -228,11 +249,17 @@ def _scores(run_dir: Path) -> dict[str, float | None]:
     """REPEAT_SCORES of an evaluated run, from its metrics.json; the run is evaluated first where metrics.json is
     missing or older than its best checkpoint."""
     metrics_file, best = run_dir / runs.METRICS, run_dir / runs.CHECKPOINTS / runs.BEST_CHECKPOINT
-    if not metrics_file.is_file() or metrics_file.stat().st_mtime_ns < best.stat().st_mtime_ns:
+    try:
+        fresh = metrics_file.is_file() and metrics_file.stat().st_mtime_ns >= best.stat().st_mtime_ns
+        metrics = runs.read_json(metrics_file) if fresh else None
+    except DamagedFileError as exc:  # derived from the checkpoint: written again below
+        log.warning("%s; evaluating the trial again", exc)
+        metrics = None
+    if not isinstance(metrics, dict):
         from engine.evaluate import evaluate
 
-        evaluate(run_dir)
-    splits = runs.read_json(metrics_file).get("splits", {})
+        metrics = evaluate(run_dir)
+    splits = metrics.get("splits", {})
     return {f"{split}_{key}": splits.get(split, {}).get(key)
             for split, key in (("test", "accuracy"), ("test", "macro_f1"), ("val", "accuracy"), ("val", "macro_f1"))}
 

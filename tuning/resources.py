@@ -13,10 +13,12 @@ import logging
 import math
 from dataclasses import dataclass
 
+from engine.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
-class ResourceError(ValueError):
+class ResourceError(ConfigError):
     """Resource requests that cannot work on this cluster."""
 
 

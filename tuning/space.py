@@ -57,7 +57,7 @@ MODES = ("max", "min")
 MAX_OBJECTIVES = 2
 
 
-class SpaceError(ValueError):
+class SpaceError(ConfigError):
     """A search-space file that cannot be used; the message names the file and the key."""
 
 

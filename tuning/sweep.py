@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 
 from engine import runs
 from engine.data import MANIFEST
+from engine.errors import DamagedFileError, Interrupted
 
 from . import layout
 from .driver import SweepError, SweepRecord, claim
@@ -74,7 +77,11 @@ def latest_unfinished(out: Path, space_name: str) -> Path | None:
     """The newest sweep of ``space_name`` in ``out`` that did not complete (for --resume without --name)."""
     candidates = []
     for path in Path(out).glob(f"*/{layout.SWEEP_JSON}"):
-        info = runs.read_json(path)
+        try:
+            info = runs.read_json(path)
+        except (OSError, DamagedFileError) as exc:
+            log.warning("skipping %s: %s", path.parent, exc)
+            continue
         if info.get("space") == space_name and info.get("status") != layout.SWEEP_COMPLETE:
             candidates.append((info.get("started_at") or "", path.parent))
     return max(candidates)[1] if candidates else None
@@ -111,6 +118,18 @@ def settings(opts: SweepOptions, space: Space) -> dict[str, Any]:
 
 
 def init_ray(opts: SweepOptions) -> None:
+    """``ray.init``, keeping the driver's own SIGTERM handling: Ray's would exit at once (status 15), before
+    Tune saves its state and the sweep is marked interrupted (tuning/cli.py forwards SIGTERM as Ctrl+C)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if in_main else None
+    try:
+        _init_ray(opts)
+    finally:
+        if in_main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _init_ray(opts: SweepOptions) -> None:
     import ray
 
     # Never phone home; set here too, not only in the Makefile, since tests call main() directly.
@@ -283,6 +302,25 @@ def settle_interrupted(sweep_dir: Path, space: Space) -> None:
     write_summary(sweep_dir, list(space.params), rows)
 
 
+def check_resources(sweep_dir: Path, prepared: Path, space: Space, trials: int) -> None:
+    """Before the first trial (run_sweep has checked that the folder is writable): its disk must hold every
+    trial's checkpoints, and the prepared folder's disk the decoded images still to build
+    (docs/robustness.md#before-long-work); engine.errors.ResourceError in one line otherwise."""
+    from engine import preflight
+    from engine.data import CACHE, cache_bytes_needed
+    from engine.models import ARCHITECTURES, weight_bytes
+    from engine.train import CHECKPOINT_FACTOR
+
+    doing = f"sweeping into {sweep_dir}"
+    models = [m for m in (_values(space, "model") or list(ARCHITECTURES)) if m in ARCHITECTURES]
+    per_trial = CHECKPOINT_FACTOR * max(weight_bytes(m) for m in models or ["densenet121"])
+    preflight.require_space(sweep_dir.parent, trials * per_trial, doing,
+                            f"the checkpoints of {trials} trials, {per_trial / preflight.MB:.0f} MB each")
+    cache = sum(cache_bytes_needed(prepared, size) for size in space.image_sizes())
+    if cache:
+        preflight.require_space(prepared / CACHE, cache, doing, f"the decoded images, {cache / preflight.MB:.0f} MB")
+
+
 def all_trials_ended(sweep_dir: Path, expected: int) -> bool:
     rows = read_summary(sweep_dir)
     return len(rows) >= expected and all(r["status"] in layout.TRIAL_ENDED for r in rows)
@@ -295,6 +333,9 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
     """Run (or resume) a sweep and its finish step; return its folder and outcome."""
     given = load_space(opts.space)  # validate the named space first, even on --resume
     sweep_dir = resolve_folder(opts, given.name)
+    from engine import preflight
+
+    preflight.require_writable(sweep_dir.parent, f"sweeping into {sweep_dir}")  # before reading the data
     data_dir = None
     if not opts.resume:
         if opts.data is None:
@@ -307,10 +348,14 @@ def run_sweep(opts: SweepOptions) -> SweepResult:
         check_objectives(given, chosen["search"], chosen["scheduler"])
         check_probe_data(given, data_dir)
         check_folds(given, data_dir, chosen["scheduler"])
+        check_resources(sweep_dir, data_dir, given, chosen["num_samples"] * given.grid_size(chosen["search"]))
     # Nothing is written into the folder before this: a refused driver leaves the running one's files alone.
     lock = claim(sweep_dir, resume=opts.resume, default_name=opts.name is None)
     try:
         return _drive(opts, given, sweep_dir, data_dir)
+    except Interrupted as exc:
+        exc.where = sweep_dir  # for the command line's advice: which sweep to --resume
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -340,6 +385,9 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
             "storage": opts.storage or str((sweep_dir / layout.RAY_STORAGE).resolve()), "data_dir": str(data_dir),
             "started_at": now(), "finished_at": None, "status": layout.SWEEP_RUNNING,
         }
+    if opts.resume:
+        check_resources(sweep_dir, Path(info["data_dir"]), space,
+                        info["num_samples"] * space.grid_size(info["search"]))
     (sweep_dir / layout.TRIALS).mkdir(exist_ok=True)
     record = SweepRecord(sweep_dir, info)
     record.start()  # writes sweep.json with this driver's host, pid and first heartbeat

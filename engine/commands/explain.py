@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import interruptible
 from ..explain.faithfulness import DEFAULT_PERCENTILES
 from ..explain.methods import METHOD_NAMES
 from ..explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
@@ -89,6 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = _flatten(args.methods, DEFAULT_METHODS)
     layers = _flatten(args.layers, DEFAULT_LAYERS)
+    # SIGINT and SIGTERM abandon the maps under way; explain_run says what was kept.
+    with interruptible():
+        out = _run(args, methods, layers)
+    print(out)
+    return 0
+
+
+def _run(args: argparse.Namespace, methods: list[str], layers: list[str]) -> Path:
     if args.compare is not None:
         out = compare_runs(args.run, args.compare, method=methods[0], layer=layers[0], split=args.split,
                            checkpoint=args.checkpoint, images=args.compare_images, device=args.device,
@@ -101,5 +110,4 @@ def main(argv: list[str] | None = None) -> int:
             road_percentiles=tuple(args.road_percentiles), sanity=args.sanity, sanity_images=args.sanity_images,
             localisation=args.localisation, stages=args.stages, multilayer_images=args.multilayer,
             multilayer_method=args.multilayer_method, seed=args.seed))
-    print(out)
-    return 0
+    return out

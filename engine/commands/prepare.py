@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import preflight
 from ..config import ConfigError
 from ..data import load_cache, prepare
+from ..errors import interruptible, signal_name
 from ..smears import DEFAULT_FOLDS
 
 
@@ -41,9 +43,17 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--split expects three fractions like 0.7,0.15,0.15, got {args.split!r}") from None
     if len(fractions) != 3:
         raise ConfigError(f"--split expects three fractions, got {args.split!r}")
-    report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
-                     derive_masks=args.derived_masks, folds=args.folds)
-    if args.cache_size:
+    doing = f"preparing {args.out}"
+    preflight.require_writable(args.out, doing)  # before decoding the whole folder, not after
+
+    def stopped(signum: int) -> str:
+        # engine.data.prepare writes its masks, manifest and report with signals held back.
+        return (f"{doing} was stopped by {signal_name(signum)}; {args.out} holds a complete manifest and report, "
+                "the previous ones or the new ones: run the command again")
+
+    with interruptible(stopped):
+        report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
+                         derive_masks=args.derived_masks, folds=args.folds)
         for size in args.cache_size:
             load_cache(args.out, size)
     print(f"{report['images']} images ({report['files_found']} files, {len(report['rejected'])} rejected, "

@@ -6,8 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from .. import runs
+from .. import preflight, runs
 from ..config import ConfigError, build_config, config_from_dict, parse_overrides
+from ..errors import interruptible
 from ..train import fit
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run_dir = _train(args)
+        # SIGINT and SIGTERM unwind the current epoch; engine.train.fit says which checkpoint is intact.
+        with interruptible():
+            run_dir = _train(args)
     except runs.RunBusyError as exc:
         raise ConfigError(str(exc)) from None  # the command line prints it as an error, without a traceback
     print(run_dir)
@@ -52,6 +55,7 @@ def _train(args: argparse.Namespace) -> Path:
             raise ConfigError("--data is required (the folder written by `python -m engine prepare`)")
         cfg = build_config(args.preset, parse_overrides(args.overrides))
         run_dir = args.out / (args.name or runs.new_run_id())
+        preflight.require_writable(args.out, f"training {run_dir}")  # before reading anything of the folder
         # The lock file alone is what a training killed before writing anything leaves.
         if run_dir.exists() and any(p.name != runs.TRAIN_LOCK for p in run_dir.iterdir()):
             raise ConfigError(f"{run_dir} already exists and is not empty; choose another --name")

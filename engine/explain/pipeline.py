@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 import shutil
@@ -22,9 +21,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import locks, modelcard, runs
+from .. import locks, modelcard, preflight, runs
 from ..data import has_masks, load_mask_cache
-from ..inference import Data, load_checkpoint, predict_proba, resolve_device, to_input
+from ..errors import Interrupted, deferred_signals, needs_space, resource_error, signal_name
+from ..inference import (
+    Data,
+    damaged_checkpoint_advice,
+    load_checkpoint,
+    parse_checkpoint,
+    predict_proba,
+    resolve_device,
+    to_input,
+)
 from ..models import CAM_LAYERS
 from ..runs import CLASSES, COMPARE_COLUMNS, FAITHFULNESS_COLUMNS, INDEX_COLUMNS, TARGETS
 from . import figures, localisation
@@ -77,8 +85,9 @@ class LoadedRun:
 def checkpoint_info(run_dir: Path, which: str = "best") -> dict[str, Any]:
     """The checkpoint's name, epoch and the sha256 of its file: what a map was made from."""
     path = Path(run_dir) / runs.CHECKPOINTS / f"{which}.pt"
-    data = path.read_bytes()
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    advice = damaged_checkpoint_advice(which)
+    data = runs.verified_bytes(path, advice)
+    state = parse_checkpoint(data, path, advice)
     return {"checkpoint": which, "checkpoint_epoch": int(state["epoch"]),
             "checkpoint_sha256": hashlib.sha256(data).hexdigest()}
 
@@ -182,6 +191,8 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
     """
     options = dataclasses.replace(options or ExplainOptions(), **overrides)
     run_dir = Path(run_dir)
+    doing = f"explaining {run_dir}"
+    preflight.require_writable(run_dir, doing)
     run = load_run(run_dir, checkpoint=options.checkpoint, device=options.device, split=options.split,
                    limit=options.limit, seed=options.seed)
     final = run_dir / runs.CAMS
@@ -193,8 +204,12 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
     except locks.LockUnsupported as exc:
         log.warning("%s: if this explain is killed, its work folder is removed a day later", exc)
         lock = None
+    swapped = False
     try:
         remove_abandoned_work(run_dir)
+        need = cams_bytes(len(run.rows), run.image_size, options)
+        preflight.require_space(run_dir, need, doing,
+                                f"the maps of {len(run.rows)} images, {need / preflight.MB:.0f} MB")
         images_per_s = _write_cams(run, work, options)
         runs.write_json(work / runs.CAMS_META, {
             **run.checkpoint, **{k: list(v) if isinstance(v, tuple) else v
@@ -204,13 +219,38 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(run.device),
         })
         _swap_in(work, final)
+        swapped = True
         modelcard.write(run_dir)  # again, now with the localisation, faithfulness and sanity check
+    except Interrupted as exc:
+        raise Interrupted(exc.signum, f"{doing} was stopped by {signal_name(exc.signum)}; "
+                          f"{_explain_kept(run_dir, swapped)}") from None
+    except OSError as exc:
+        raise resource_error(exc, doing, _explain_kept(run_dir, swapped, exc)) from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if lock is not None:
             lock.release()
     log.info("explanations of %d images -> %s", len(run.rows), final)
     return final
+
+
+def cams_bytes(images: int, size: int, options: ExplainOptions) -> int:
+    """The estimate of docs/robustness.md#before-long-work for ``cams/``: per image, the input and one overlay
+    per method x layer x target as uncompressed RGB and each map as float16, times 1.5 for the pairs, stage
+    panels, masks and tables."""
+    maps = len(options.methods) * len(options.layers) * len(options.targets)
+    pixels = size * size
+    return int(1.5 * images * (pixels * 3 * (1 + maps) + (pixels * 2 + 128) * maps))
+
+
+def _explain_kept(run_dir: Path, swapped: bool, exc: OSError | None = None) -> str:
+    """What a stopped explain kept and how to go on, for its one-line message."""
+    fix = "free space and " if exc is not None and needs_space(exc) else ""
+    if swapped:
+        return (f"the new {runs.CAMS}/ is complete but {runs.MODEL_CARD} was not rewritten: {fix}run "
+                f"`python -m engine card {run_dir}`")
+    return (f"the previous {runs.CAMS}/ (if any) and the rest of the run are untouched and the unfinished maps were "
+            f"removed: {fix}run `python -m engine explain {run_dir}` again")
 
 
 # A work folder without a lock file comes from an engine older than these locks; one untouched this long
@@ -274,9 +314,10 @@ def _swap_in(work: Path, final: Path) -> None:
     if (final / runs.CAMS_COMPARE).is_dir() and not (work / runs.CAMS_COMPARE).exists():
         shutil.copytree(final / runs.CAMS_COMPARE, work / runs.CAMS_COMPARE)
     old = final.with_name(f"{runs.CAMS_OLD_PREFIX}{time.time_ns()}")
-    if final.exists():
-        final.rename(old)
-    work.rename(final)
+    with deferred_signals():  # a signal between the two renames would leave no cams/ at all
+        if final.exists():
+            final.rename(old)
+        work.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
 
