@@ -18,6 +18,13 @@ MARGIN_BYTES = 32 * 2**20  # logs, small JSON and CSV files, and room for the fi
 MB = 2**20
 
 
+def size_words(n: int) -> str:
+    """Bytes as people read them in a message: "0.4 MB", "38 MB", "2.1 GB"."""
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GB"
+    return f"{n / MB:.1f} MB" if n < 10 * MB else f"{n / MB:.0f} MB"
+
+
 def _existing(folder: Path) -> Path:
     """``folder`` or its nearest ancestor that exists (the one whose file system will hold it)."""
     folder = Path(folder).absolute()
@@ -58,6 +65,6 @@ def require_space(folder: Path, need: int, doing: str, what: str) -> None:
         return  # cannot tell (a network file system without statvfs): the write itself will say
     wanted = need + MARGIN_BYTES
     if free < wanted:
-        raise ResourceError(doing, folder, f"the disk is nearly full: {free / MB:.0f} MB free, about "
-                            f"{wanted / MB:.0f} MB needed ({what}, plus {MARGIN_BYTES // MB} MB to spare)",
+        raise ResourceError(doing, folder, f"the disk is nearly full: {size_words(free)} free, about "
+                            f"{size_words(wanted)} needed ({what}, plus {MARGIN_BYTES // MB} MB to spare)",
                             "nothing was written: free space, or choose a folder on another disk")

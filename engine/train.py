@@ -509,7 +509,7 @@ def _check_cache_space(prepared: Path, cfg: Config, doing: str) -> None:
         need += cache_bytes_needed(prepared, cfg.image_size, masks=True)
     if need:
         preflight.require_space(prepared / CACHE, need, doing, f"the decoded images at {cfg.image_size} px, "
-                                f"{need / preflight.MB:.0f} MB")
+                                f"{preflight.size_words(need)}")
 
 
 def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resume: bool,
@@ -549,7 +549,7 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
 
     model = create_model(cfg, len(CLASSES)).to(device)
     need = checkpoint_bytes(model)
-    preflight.require_space(run_dir, need, doing, f"the checkpoints, {need / preflight.MB:.0f} MB")
+    preflight.require_space(run_dir, need, doing, f"the checkpoints, {preflight.size_words(need)}")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)

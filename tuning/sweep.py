@@ -315,10 +315,10 @@ def check_resources(sweep_dir: Path, prepared: Path, space: Space, trials: int) 
     models = [m for m in (_values(space, "model") or list(ARCHITECTURES)) if m in ARCHITECTURES]
     per_trial = CHECKPOINT_FACTOR * max(weight_bytes(m) for m in models or ["densenet121"])
     preflight.require_space(sweep_dir.parent, trials * per_trial, doing,
-                            f"the checkpoints of {trials} trials, {per_trial / preflight.MB:.0f} MB each")
+                            f"the checkpoints of {trials} trials, {preflight.size_words(per_trial)} each")
     cache = sum(cache_bytes_needed(prepared, size) for size in space.image_sizes())
     if cache:
-        preflight.require_space(prepared / CACHE, cache, doing, f"the decoded images, {cache / preflight.MB:.0f} MB")
+        preflight.require_space(prepared / CACHE, cache, doing, f"the decoded images, {preflight.size_words(cache)}")
 
 
 def all_trials_ended(sweep_dir: Path, expected: int) -> bool:

@@ -209,7 +209,7 @@ def explain_run(run_dir: Path, options: ExplainOptions | None = None, **override
         remove_abandoned_work(run_dir)
         need = cams_bytes(len(run.rows), run.image_size, options)
         preflight.require_space(run_dir, need, doing,
-                                f"the maps of {len(run.rows)} images, {need / preflight.MB:.0f} MB")
+                                f"the maps of {len(run.rows)} images, {preflight.size_words(need)}")
         images_per_s = _write_cams(run, work, options)
         runs.write_json(work / runs.CAMS_META, {
             **run.checkpoint, **{k: list(v) if isinstance(v, tuple) else v
