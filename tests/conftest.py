@@ -115,6 +115,17 @@ def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_subset_prepared(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``real_subset`` prepared once per test run (seed 0, masks from its Segmented/ copies): folder, report."""
+    from engine.data import prepare
+    from tests.support.shared import built_once
+
+    folder, report = built_once(tmp_path_factory, "real-subset-prepared",
+                                lambda out: [str(out / "prepared"), prepare(real_subset, out / "prepared", seed=0)])
+    return Path(folder), report
+
+
+@pytest.fixture(scope="session")
 def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The whole shared ALL data set prepared once per test run (seed 0, masks from Segmented/): folder, report."""
     from engine.data import prepare
@@ -125,3 +136,25 @@ def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     folder, report = built_once(tmp_path_factory, "real-prepared",
                                 lambda out: [str(out / "prepared"), prepare(REAL_DATA, out / "prepared", seed=0)])
     return Path(folder), report
+
+
+# ----------------------------------------------------------------------------- where the time goes
+
+
+def pytest_runtest_logstart(nodeid: str, location: tuple) -> None:
+    """With TEST_TIMELINE=FILE, each test's start (and, below, its end) is appended to FILE with the worker and
+    the wall clock: `python -m tests.support.timeline FILE` then shows when each worker was busy, and on what."""
+    _timeline("start", nodeid)
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple) -> None:
+    _timeline("end", nodeid)
+
+
+def _timeline(event: str, nodeid: str) -> None:
+    path = os.environ.get("TEST_TIMELINE")
+    if path:
+        import time
+
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(f"{time.time():.2f}\t{os.environ.get('PYTEST_XDIST_WORKER', 'main')}\t{event}\t{nodeid}\n")

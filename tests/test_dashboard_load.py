@@ -32,7 +32,7 @@ def test_concurrent_sessions_get_the_same_answers_without_errors(request: pytest
     for k, image in enumerate(images):
         Image.fromarray(synthetic.cell_image(image.stem, np.random.default_rng(3 + k), 128)).save(image)
     with load.serve(dashboard_outputs["root"], tmp_path / "server.log") as (url, pid):
-        result = load.run_load(url, pid, str(executable), images, sessions=3, seconds=60)
+        result = load.run_load(url, pid, str(executable), images, sessions=3, seconds=20)
     assert result["errors"] == []
     assert result["predictions"] >= 3  # every session predicted at least once, all alike
     assert result["page_views"] >= 3 * len(load.PAGES)  # every session went through every page

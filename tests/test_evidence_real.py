@@ -25,11 +25,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 
 
 @pytest.fixture(scope="module")
-def real_run(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_run(real_subset_prepared: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny DenseNet on 40 real images per class (with their Segmented/ copies), evaluated and explained."""
     out = tmp_path_factory.mktemp("evidence-real")
-    assert main(["prepare", "--data-dir", str(real_subset), "--out", str(out / "prepared")]) == 0
-    assert main(["train", "--data", str(out / "prepared"), "--preset", "tiny", "--set", "epochs=3",
+    prepared, _ = real_subset_prepared
+    assert main(["train", "--data", str(prepared), "--preset", "tiny", "--set", "epochs=3",
                  "--set", "image_size=96", "--out", str(out / "runs"), "--name", "real"]) == 0
     run = out / "runs" / "real"
     assert main(["evaluate", str(run), "--bootstrap", "100"]) == 0

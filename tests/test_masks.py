@@ -128,10 +128,10 @@ def test_an_explicit_mask_folder_that_does_not_exist_is_an_error(image_folder, t
 
 
 @pytest.mark.slow
-def test_real_masks_pair_with_every_real_image(real_subset, tmp_path):
+def test_real_masks_pair_with_every_real_image(real_subset_prepared):
     """On real images and their real Segmented copies: every image gets a mask, and each Pro one the
     segmented copy fails on is derived from the stain instead."""
-    report = prepare(real_subset, tmp_path / "prepared")
+    _, report = real_subset_prepared
     per_class = report["masks"]["per_class"]
     assert all(c["none"] == 0 for c in per_class.values())
     assert per_class["pro"]["derived"] > per_class["pro"]["segmented"]  # the authors' segmentation fails on Pro
