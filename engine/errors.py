@@ -208,9 +208,12 @@ def interruptible(message: Callable[[int], str] | None = None) -> Iterator[None]
         yield
         return
 
+    received: list[int] = []
+
     def handler(signum: int, frame: FrameType | None) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        received.append(signum)
         logging.getLogger(__name__).info("%s received: stopping", signal_name(signum))
         raise Interrupted(signum, message(signum) if message else "")
 
@@ -220,6 +223,10 @@ def interruptible(message: Callable[[int], str] | None = None) -> Iterator[None]
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+    if received:
+        # The exception can land where Python swallows it (a __del__, logging's lock release) and the work
+        # then ran on to its end: the user asked to stop, so the command still ends as interrupted.
+        raise Interrupted(received[0], message(received[0]) if message else "")
 
 
 @contextlib.contextmanager

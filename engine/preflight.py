@@ -34,13 +34,14 @@ def _existing(folder: Path) -> Path:
 
 
 def require_writable(folder: Path, doing: str) -> None:
-    """Create ``folder`` (with its parents) and a file in it, or raise ResourceError naming it.
+    """Write a file in ``folder``, or in its nearest existing ancestor when it is not there yet (which the work
+    will create it in), or raise ResourceError naming it. Nothing is created: a command refused later for
+    another reason leaves no empty folder behind.
 
     Trying is the only sure test: permissions, ACLs, read-only mounts and root squash all answer it.
     """
-    folder = Path(folder)
+    folder = _existing(Path(folder))
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
             pass
     except OSError as exc:
