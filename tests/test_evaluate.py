@@ -3,12 +3,37 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 from sklearn import metrics as skm
 
-from engine.metrics import calibration, classification_metrics
+from engine.metrics import bootstrap_ci, calibration, classification_metrics, resampled_statistic
 from engine.runs import CLASSES
 
 pytestmark = pytest.mark.numerics
+
+
+def test_resampled_statistics_are_sklearns_scores_row_by_row():
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 4):
+        true, pred = rng.integers(0, k, (200, 17)), rng.integers(0, k + 1, (200, 17))  # a label never true, too
+        labels = np.unique(true)
+        f1 = resampled_statistic("macro_f1", true, pred, labels)
+        accuracy = resampled_statistic("accuracy", true.T, pred.T, labels, axis=0)
+        for i in range(len(true)):
+            assert f1[i] == skm.f1_score(true[i], pred[i], labels=labels, average="macro", zero_division=0)
+            assert accuracy[i] == skm.accuracy_score(true[i], pred[i])
+
+
+def test_bootstrap_interval_is_scipys_over_sklearns_scorers():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.7, true, rng.integers(0, 4, 60))
+    scorers = {"accuracy": skm.accuracy_score,
+               "macro_f1": lambda t, p: skm.f1_score(t, p, labels=np.unique(true), average="macro", zero_division=0)}
+    for name, scorer in scorers.items():
+        reference = stats.bootstrap((true, pred), scorer, paired=True, vectorized=False, n_resamples=300,
+                                    method="percentile", random_state=np.random.default_rng(0)).confidence_interval
+        assert bootstrap_ci(true, pred, name, n_resamples=300, seed=0) == (reference.low, reference.high)
 
 
 def test_metrics_json_is_exactly_what_sklearn_computes_from_predictions(trained_tiny_run):
