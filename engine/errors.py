@@ -27,6 +27,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -217,12 +218,21 @@ def interruptible(message: Callable[[int], str] | None = None) -> Iterator[None]
         logging.getLogger(__name__).info("%s received: stopping", signal_name(signum))
         raise Interrupted(signum, message(signum) if message else "")
 
+    def unraisable(info: Any) -> None:
+        # The exception landed where Python cannot raise it (a __del__, an at-fork callback such as
+        # logging's lock release) and would print as "Exception ignored"; it is re-raised below instead.
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable
     saved = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for sig, previous in saved.items():
             signal.signal(sig, previous)
+        sys.unraisablehook = previous_hook
     if received:
         # The exception can land where Python swallows it (a __del__, logging's lock release) and the work
         # then ran on to its end: the user asked to stop, so the command still ends as interrupted.

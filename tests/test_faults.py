@@ -394,6 +394,21 @@ def test_prepare_stopped_while_decoding_keeps_the_prepared_folder(prepared_tiny:
     assert snapshot(out) == before
 
 
+def test_a_signal_landing_where_python_cannot_raise_still_stops_quietly(monkeypatch) -> None:
+    ignored: list[BaseException | None] = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: ignored.append(info.exc_value))
+
+    class Stops:
+        def __del__(self) -> None:  # the handler runs in here, where an exception is "ignored"
+            signal.raise_signal(signal.SIGTERM)
+
+    finished = False
+    with pytest.raises(errors.Interrupted) as stopped, errors.interruptible(lambda signum: "resume"):
+        Stops()
+        finished = True  # the work ran on: the stop is reported when the block ends
+    assert finished and stopped.value.signum == signal.SIGTERM and ignored == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_train_stopped_says_how_to_resume(prepared_tiny: Path, tmp_path: Path, sig: int) -> None:
     run = tmp_path / "r"
