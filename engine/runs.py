@@ -53,9 +53,9 @@ import json
 import logging
 import os
 import platform
+import secrets
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -231,22 +231,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     names ``path`` (the temporary file's own name would mean nothing to a user) and keeps its errno.
     """
     path = Path(path)
+    # The temporary name is known before the file exists, so that a signal landing anywhere, even
+    # between its creation and the next line, still removes it.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(exc.filename or path)) from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with open(tmp, "xb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
