@@ -1,8 +1,9 @@
 """The CAM methods by name, and batched map computation over pytorch-grad-cam.
 
-Each method is one ``Method`` entry in ``METHODS``: its CLI name, the pytorch-grad-cam
-class, and whether it costs one forward pass per channel. ``compute_maps`` runs any of
-them over a batch of images for given target classes; ``cam_throughput`` times it.
+Each method is one ``Method`` entry in the table ``METHODS``: its CLI name, title, the pytorch-grad-cam
+class, whether it costs one forward pass per channel, and how its class is built where that differs.
+``compute_maps`` runs any of them over a batch of images for given target classes; ``cam_throughput``
+times it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,59 +26,76 @@ from ..progress import progress
 log = logging.getLogger(__name__)
 
 
+def _plain(cam_class: type, model: nn.Module, layers: list[nn.Module], batch_size: int) -> Any:
+    return cam_class(model, layers)
+
+
+def _fresh_ablation_layer(cam_class: type, model: nn.Module, layers: list[nn.Module], batch_size: int) -> Any:
+    from pytorch_grad_cam import AblationLayer
+
+    # A new AblationLayer each time: the library's default argument is one shared instance that keeps the
+    # state of the last ablation.
+    return cam_class(model, layers, ablation_layer=AblationLayer(), batch_size=batch_size)
+
+
+def _batched(cam_class: type, model: nn.Module, layers: list[nn.Module], batch_size: int) -> Any:
+    cam = cam_class(model, layers)
+    cam.batch_size = batch_size  # masked copies scored per forward pass
+    return cam
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One CAM method: how to build it, and what it costs."""
 
-    name: str
-    title: str
-    cam_class: type
+    name: str  # the CLI name, and the folder its maps are written to (cams/<name>/...)
+    title: str  # as figures and pages show it
+    cam_class: type | str  # the pytorch-grad-cam class, or its name in pytorch_grad_cam (resolved on use)
     expensive: bool = False  # one forward pass per channel of the target layer
     uses_gradients: bool = True  # as the class passes to BaseCAM.__init__
+    construct: Callable[[type, nn.Module, list[nn.Module], int], Any] = _plain  # (class, model, layers, batch)
 
     def build(self, model: nn.Module, layers: list[nn.Module], batch_size: int) -> Any:
         """A fresh pytorch-grad-cam object with its hooks registered on ``layers``."""
-        if self.name == "ablationcam":
-            from pytorch_grad_cam import AblationLayer
-
-            # A new AblationLayer each time: the library's default argument is one shared
-            # instance that keeps the state of the last ablation.
-            return self.cam_class(model, layers, ablation_layer=AblationLayer(), batch_size=batch_size)
-        cam = self.cam_class(model, layers)
-        if self.name == "scorecam":
-            cam.batch_size = batch_size  # masked copies scored per forward pass
-        return cam
+        return self.construct(_resolved(self.cam_class), model, layers, batch_size)
 
 
-def _registry() -> dict[str, Method]:
-    import pytorch_grad_cam as pgc
+def _resolved(cam_class: type | str) -> type:
+    if isinstance(cam_class, str):
+        import pytorch_grad_cam
 
-    return {m.name: m for m in (
-        Method("gradcam", "Grad-CAM", pgc.GradCAM),
-        Method("gradcam++", "Grad-CAM++", pgc.GradCAMPlusPlus),
-        Method("xgradcam", "XGrad-CAM", pgc.XGradCAM),
-        Method("hirescam", "HiResCAM", pgc.HiResCAM),
-        Method("layercam", "LayerCAM", pgc.LayerCAM),
-        Method("eigencam", "Eigen-CAM", pgc.EigenCAM, uses_gradients=False),
-        Method("eigengradcam", "Eigen-Grad-CAM", pgc.EigenGradCAM),
-        Method("ablationcam", "Ablation-CAM", pgc.AblationCAM, expensive=True, uses_gradients=False),
-        Method("scorecam", "Score-CAM", pgc.ScoreCAM, expensive=True, uses_gradients=False),
-    )}
+        return getattr(pytorch_grad_cam, cam_class)
+    return cam_class
 
 
-METHOD_NAMES = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
-                "eigencam", "eigengradcam", "ablationcam", "scorecam")
-CHEAP_METHODS = METHOD_NAMES[:7]
+# The methods ``explain`` offers, in the order the CLI lists them. A new method is one entry here (with a
+# ``construct`` function when its class needs more than (model, layers)); the names, the cheap methods and
+# the CLI's choices follow from this table.
+METHODS = (
+    Method("gradcam", "Grad-CAM", "GradCAM"),
+    Method("gradcam++", "Grad-CAM++", "GradCAMPlusPlus"),
+    Method("xgradcam", "XGrad-CAM", "XGradCAM"),
+    Method("hirescam", "HiResCAM", "HiResCAM"),
+    Method("layercam", "LayerCAM", "LayerCAM"),
+    Method("eigencam", "Eigen-CAM", "EigenCAM", uses_gradients=False),
+    Method("eigengradcam", "Eigen-Grad-CAM", "EigenGradCAM"),
+    Method("ablationcam", "Ablation-CAM", "AblationCAM", expensive=True, uses_gradients=False,
+           construct=_fresh_ablation_layer),
+    Method("scorecam", "Score-CAM", "ScoreCAM", expensive=True, uses_gradients=False, construct=_batched),
+)
+METHOD_NAMES = tuple(m.name for m in METHODS)
+CHEAP_METHODS = tuple(m.name for m in METHODS if not m.expensive)
 
 
 def get_method(method: str | Method) -> Method:
     """A registered method by CLI name (a ``Method`` passes through, for custom methods)."""
     if isinstance(method, Method):
-        return method
-    methods = _registry()
-    if method not in methods:
-        raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHOD_NAMES)}")
-    return methods[method]
+        found = method
+    else:
+        found = next((m for m in METHODS if m.name == method), None)
+        if found is None:
+            raise ValueError(f"unknown CAM method {method!r}; choose from {', '.join(METHOD_NAMES)}")
+    return dataclasses.replace(found, cam_class=_resolved(found.cam_class))
 
 
 def check_layer(name: str) -> str:
