@@ -15,20 +15,11 @@ if str(REPO) not in sys.path:  # `streamlit run` puts only dashboard/ on the pat
 import streamlit as st  # noqa: E402
 
 from dashboard import loaders, ui  # noqa: E402
+from dashboard.pages import DEFAULT, PAGES  # noqa: E402
 
 st.set_page_config(page_title="ALL stages · DenseNet dashboard", page_icon=":material/biotech:", layout="wide")
 
-pages = [
-    st.Page("views/data.py", title="Data", icon=":material/database:", url_path="data", default=True),
-    st.Page("views/sweeps.py", title="Sweeps", icon=":material/tune:", url_path="sweeps"),
-    st.Page("views/run.py", title="Run", icon=":material/analytics:", url_path="run"),
-    st.Page("views/gallery.py", title="Grad-CAM gallery", icon=":material/photo_library:", url_path="gallery"),
-    st.Page("views/features.py", title="Feature map", icon=":material/scatter_plot:", url_path="features"),
-    st.Page("views/evidence.py", title="Evidence", icon=":material/fact_check:", url_path="evidence"),
-    st.Page("views/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
-    st.Page("views/predict.py", title="Predict", icon=":material/upload_file:", url_path="predict"),
-    st.Page("views/present.py", title="Present", icon=":material/slideshow:", url_path="present"),
-]
+pages = [st.Page(p.file, title=p.title, icon=p.icon, url_path=p.slug, default=p == DEFAULT) for p in PAGES]
 navigation = st.navigation(pages)
 
 with st.sidebar:

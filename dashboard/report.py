@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from engine import modelcard, runs
+from engine.metrics import HEADLINE_METRICS
 
 from . import evidence, figures, loaders, paths, reviews, story
 from .escape import html_text, mpl, plain
@@ -339,13 +340,7 @@ def metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str]]:
     def ci(v: Any) -> str:
         return f"{v[0]:.3f} – {v[1]:.3f}" if isinstance(v, list) and len(v) == 2 and None not in v else ""
 
-    cal = m.get("calibration") or {}
-    return [("Accuracy", f(m.get("accuracy")), ci(m.get("accuracy_ci95"))),
-            ("Macro-F1", f(m.get("macro_f1")), ci(m.get("macro_f1_ci95"))),
-            ("Balanced accuracy", f(m.get("balanced_accuracy")), ""),
-            ("Weighted F1", f(m.get("weighted_f1")), ""),
-            ("ROC-AUC (macro, one-vs-rest)", f(m.get("roc_auc_ovr_macro")), ""),
-            ("ECE / Brier", f"{f(cal.get('ece'))} / {f(cal.get('brier'))}", "")]
+    return [(h.label, f(h.value(m)), ci(h.interval(m))) for h in HEADLINE_METRICS]
 
 
 def per_stage_rows(m: dict[str, Any]) -> list[list[str]]:

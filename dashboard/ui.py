@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from engine import runs
+from engine.metrics import HEADLINE_METRICS
 from tuning import layout
 
 from . import loaders, overlay, paths, reviews
@@ -22,10 +23,6 @@ from .paths import OutsideOutputs, inside, outputs_dir
 
 log = logging.getLogger(__name__)
 
-PAGES = {
-    "data": "views/data.py", "sweeps": "views/sweeps.py", "run": "views/run.py", "gallery": "views/gallery.py",
-    "compare": "views/compare.py", "predict": "views/predict.py", "present": "views/present.py",
-}
 # Trials' statuses (tuning.layout) and runs' (loaders.RUN_STATUSES) share complete, running and stopped.
 STATUS_ICONS = {layout.TRIAL_COMPLETE: "✓", layout.TRIAL_RUNNING: "▶", layout.TRIAL_PENDING: "…",
                 layout.TRIAL_STOPPED: "■", layout.TRIAL_ERROR: "✗", loaders.RUN_INTERRUPTED: "!",
@@ -95,6 +92,18 @@ def in_url(key: str, default: Any, options: Sequence[Any] | None = None,
         st.query_params[key] = text
 
 
+def url_widget(widget: Callable[..., Any], label: str, key: str, default: Any, options: Sequence[Any] | None = None,
+               bounds: tuple[float, float] | None = None, **kwargs: Any) -> Any:
+    """``widget`` (``st.selectbox``, a column's ``slider``, ...) with its value kept in the URL (:func:`in_url`).
+
+    The options (or the bounds) are written once, for both: ``options`` become the widget's options, ``bounds``
+    its minimum and maximum; a toggle or checkbox takes neither. ``kwargs`` go to the widget. Returns its value.
+    """
+    in_url(key, default, options, bounds)
+    args = (list(options),) if options is not None else tuple(bounds) if bounds is not None else ()
+    return widget(label, *args, key=key, **kwargs)
+
+
 def _from_url(key: str, default: Any) -> Any:
     """``?key=`` decoded as the type of ``default``, or None when absent or not of that type."""
     values = st.query_params.get_all(key)
@@ -135,9 +144,9 @@ def pick_run(runs: Sequence[RunInfo], key: str, label: str = "Run", index: int =
     if not runs:
         return None
     labels = [r.label for r in runs]
-    in_url(key, labels[min(index, len(labels) - 1)], labels)
     by_label = {r.label: r for r in runs}
-    chosen = st.selectbox(label, labels, key=key, format_func=lambda x: by_label[x].display, help=help)
+    chosen = url_widget(st.selectbox, label, key, labels[min(index, len(labels) - 1)], labels,
+                        format_func=lambda x: by_label[x].display, help=help)
     return by_label[chosen]
 
 
@@ -201,16 +210,15 @@ def image(path: Path | str | None, caption: str | None = None, width: int | str 
 def overlay_controls(key: str) -> overlay.OverlayStyle:
     """The page's overlay style: whether maps are drawn, their opacity, colour map and threshold."""
     default = overlay.OverlayStyle()
-    in_url(f"{key}_show", default.show)
-    in_url(f"{key}_opacity", default.opacity, bounds=(0.0, 1.0))
-    in_url(f"{key}_cmap", default.colormap, overlay.COLORMAPS)
-    in_url(f"{key}_threshold", default.threshold, bounds=(0.0, 0.95))
     cols = st.columns([1.2, 2, 1.6, 2])
-    show = cols[0].toggle("Overlay", key=f"{key}_show", help="Off: the input images alone.")
-    opacity = cols[1].slider("Opacity", 0.0, 1.0, step=0.05, key=f"{key}_opacity", disabled=not show)
-    colormap = cols[2].selectbox("Colour map", overlay.COLORMAPS, key=f"{key}_cmap", disabled=not show)
-    threshold = cols[3].slider("Threshold", 0.0, 0.95, step=0.05, key=f"{key}_threshold", disabled=not show,
-                               help="Map values below it are not coloured: only what the map ranks highest shows.")
+    show = url_widget(cols[0].toggle, "Overlay", f"{key}_show", default.show, help="Off: the input images alone.")
+    opacity = url_widget(cols[1].slider, "Opacity", f"{key}_opacity", default.opacity, bounds=(0.0, 1.0), step=0.05,
+                         disabled=not show)
+    colormap = url_widget(cols[2].selectbox, "Colour map", f"{key}_cmap", default.colormap, overlay.COLORMAPS,
+                          disabled=not show)
+    threshold = url_widget(cols[3].slider, "Threshold", f"{key}_threshold", default.threshold, bounds=(0.0, 0.95),
+                           step=0.05, disabled=not show,
+                           help="Map values below it are not coloured: only what the map ranks highest shows.")
     return overlay.OverlayStyle(show=show, opacity=opacity, colormap=colormap, threshold=threshold)
 
 
@@ -290,14 +298,7 @@ def fmt_param(value: Any) -> str:
 
 def metric_cards(m: dict[str, Any]) -> None:
     """The headline metrics of one split, with 95% bootstrap intervals where the engine computed them."""
-    cards = [
-        ("Accuracy", m.get("accuracy"), m.get("accuracy_ci95")),
-        ("Macro-F1", m.get("macro_f1"), m.get("macro_f1_ci95")),
-        ("Balanced accuracy", m.get("balanced_accuracy"), None),
-        ("Weighted F1", m.get("weighted_f1"), None),
-        ("ROC-AUC (macro, OvR)", m.get("roc_auc_ovr_macro"), None),
-        ("ECE", (m.get("calibration") or {}).get("ece"), None),
-    ]
+    cards = [(h.label, h.value(m), h.interval(m) if h.ci else None) for h in HEADLINE_METRICS]
     columns = st.columns(len(cards))
     for column, (name, value, ci) in zip(columns, cards, strict=False):
         with column:

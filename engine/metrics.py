@@ -7,6 +7,7 @@ bootstrap resample, computed for all resamples at once with the values scikit-le
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +17,36 @@ from scipy import stats
 from sklearn import metrics as skm
 
 CALIBRATION_BINS = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class Headline:
+    """A headline metric of one split of metrics.json, as every page, deck and comparison shows it."""
+
+    key: str  # its key in the split (in the split's ``section`` when there is one)
+    label: str
+    ci: str | None = None  # the key of its 95% bootstrap interval, where ``classification_metrics`` gives one
+    section: str | None = None  # e.g. "calibration"
+    lower_is_better: bool = False
+
+    def value(self, split: dict[str, Any]) -> Any:
+        return (split.get(self.section) or {}).get(self.key) if self.section else split.get(self.key)
+
+    def interval(self, split: dict[str, Any]) -> Any:
+        return split.get(self.ci) if self.ci else None
+
+
+# The headline metrics, in the order they are shown; a new one is an entry here plus its value in
+# ``classification_metrics``.
+HEADLINE_METRICS = (
+    Headline("accuracy", "Accuracy", ci="accuracy_ci95"),
+    Headline("macro_f1", "Macro-F1", ci="macro_f1_ci95"),
+    Headline("balanced_accuracy", "Balanced accuracy"),
+    Headline("weighted_f1", "Weighted F1"),
+    Headline("roc_auc_ovr_macro", "ROC-AUC (macro, one-vs-rest)"),
+    Headline("ece", "ECE", section="calibration", lower_is_better=True),
+    Headline("brier", "Brier", section="calibration", lower_is_better=True),
+)
 
 
 def _clean(value: float) -> float | None:

@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import figures, loaders, ui
 from dashboard.escape import code, html_text, md
+from engine.metrics import HEADLINE_METRICS
 
 st.title("Compare runs")
 runs = sorted((r for r in ui.found()["runs"] if r.evaluated), key=lambda r: (not r.explained, r.label))
@@ -29,8 +30,7 @@ with top[0]:
     a = ui.pick_run(runs, key="cmp_a", label="Run A", index=0)
 with top[1]:
     b = ui.pick_run(runs, key="cmp_b", label="Run B", index=1)
-ui.in_url("cmp_split", "test", ["test", "val"])
-split = top[2].radio("Split", ["test", "val"], key="cmp_split")
+split = ui.url_widget(top[2].radio, "Split", "cmp_split", "test", ["test", "val"])
 if a.label == b.label:
     st.info("Pick two different runs.")
 
@@ -46,17 +46,12 @@ if ma is None or mb is None:
 
 with ui.section("Metric deltas"):
     rows = []
-    for name, key, ci in (("accuracy", "accuracy", "accuracy_ci95"), ("macro-F1", "macro_f1", "macro_f1_ci95"),
-                          ("balanced accuracy", "balanced_accuracy", None), ("weighted F1", "weighted_f1", None),
-                          ("ROC-AUC macro", "roc_auc_ovr_macro", None)):
-        va, vb = ma.get(key), mb.get(key)
-        rows.append({"metric": name, "A": va, "A 95% CI": ui.ci_text(ma.get(ci)) if ci else "",
-                     "B": vb, "B 95% CI": ui.ci_text(mb.get(ci)) if ci else "",
+    for h in HEADLINE_METRICS:
+        va, vb = h.value(ma), h.value(mb)
+        rows.append({"metric": h.label + (" (lower is better)" if h.lower_is_better else ""),
+                     "A": va, "A 95% CI": ui.ci_text(h.interval(ma)) if h.ci else "",
+                     "B": vb, "B 95% CI": ui.ci_text(h.interval(mb)) if h.ci else "",
                      "Δ (B − A)": None if va is None or vb is None else vb - va})
-    for name in ("ece", "brier"):
-        va, vb = (ma.get("calibration") or {}).get(name), (mb.get("calibration") or {}).get(name)
-        rows.append({"metric": f"{name.upper() if name == 'ece' else 'Brier'} (lower is better)", "A": va, "B": vb,
-                     "A 95% CI": "", "B 95% CI": "", "Δ (B − A)": None if va is None or vb is None else vb - va})
     for cls in loaders.CLASSES:
         va = (ma.get("per_class") or {}).get(cls, {}).get("f1")
         vb = (mb.get("per_class") or {}).get(cls, {}).get("f1")
@@ -75,8 +70,7 @@ NO_CELL = ("", "", "")
 ui.in_url("cmp_cell", NO_CELL, [NO_CELL, *((n, t, p) for n in "AB" for t in loaders.CLASSES for p in loaders.CLASSES)])
 cell = st.session_state["cmp_cell"] if st.session_state["cmp_cell"] != NO_CELL else None
 with ui.section("Confusion matrices"):
-    ui.in_url("cmp_mode", "counts", ["counts", "row-normalised"])
-    mode = st.radio("Matrix", ["counts", "row-normalised"], horizontal=True, key="cmp_mode")
+    mode = ui.url_widget(st.radio, "Matrix", "cmp_mode", "counts", ["counts", "row-normalised"], horizontal=True)
     cols = st.columns(2)
     for col, run, m, name in ((cols[0], a, ma, "A"), (cols[1], b, mb, "B")):
         with col:
@@ -107,11 +101,9 @@ with ui.section("Maps"):
             st.info("The two runs share no Grad-CAM method and layer.")
         else:
             f = st.columns([2, 2, 2, 2])
-            ui.in_url("cmp_method", methods[0], methods)
+            method = ui.url_widget(f[0].selectbox, "Method", "cmp_method", methods[0], methods)
             first = ui.first_explained(ia, "layer")
-            ui.in_url("cmp_layer", first if first in layers else layers[0], layers)
-            method = f[0].selectbox("Method", methods, key="cmp_method")
-            layer = f[1].selectbox("Layer", layers, key="cmp_layer")
+            layer = ui.url_widget(f[1].selectbox, "Layer", "cmp_layer", first if first in layers else layers[0], layers)
             if cell:
                 f[2].markdown(f"**Cell of run {cell[0]}**  \ntrue {cell[1]} → predicted {cell[2]}")
                 if f[2].button("Show all cells", key="cmp_clear_cell"):
@@ -119,10 +111,8 @@ with ui.section("Maps"):
                     st.rerun()
                 stage, only = cell[1], False
             else:
-                ui.in_url("cmp_stage", "all", ["all", *loaders.CLASSES])
-                ui.in_url("cmp_disagree", True)
-                stage = f[2].selectbox("Stage", ["all", *loaders.CLASSES], key="cmp_stage")
-                only = f[3].checkbox("Only where the runs disagree", key="cmp_disagree")
+                stage = ui.url_widget(f[2].selectbox, "Stage", "cmp_stage", "all", ["all", *loaders.CLASSES])
+                only = ui.url_widget(f[3].checkbox, "Only where the runs disagree", "cmp_disagree", True)
 
             def pick(index: pd.DataFrame) -> pd.DataFrame:
                 return index[(index["method"] == method) & (index["layer"] == layer) & (index["target"] == "pred")]

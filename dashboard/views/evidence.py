@@ -76,8 +76,8 @@ with ui.section("Localisation (cams/localisation.json)"):
     else:
         pairs = [(r["method"], r["layer"]) for r in localised.get("ranking", [])]
         labels = [f"{m} at {layer}" for m, layer in pairs]
-        ui.in_url("evidence_pair", labels[0] if labels else "", labels)
-        choice = st.selectbox("Method and layer (best localising first)", labels, key="evidence_pair")
+        choice = ui.url_widget(st.selectbox, "Method and layer (best localising first)", "evidence_pair",
+                               labels[0] if labels else "", labels)
         method, layer = pairs[labels.index(choice)]
         result = evidence.find_result(localised, method, layer)
         baselines = localised.get("baselines") or {}

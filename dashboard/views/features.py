@@ -38,24 +38,23 @@ for problem in problems:
 
 splits = [s for s in SPLITS if s in set(points["split"])]
 with top[1]:
-    ui.in_url("fm_splits", ["test"] if "test" in splits else splits[:1], splits)
-    shown = st.multiselect("Splits", splits, key="fm_splits",
-                           help="One map of all the images: positions are comparable across splits.")
+    shown = ui.url_widget(st.multiselect, "Splits", "fm_splits", ["test"] if "test" in splits else splits[:1], splits,
+                          help="One map of all the images: positions are comparable across splits.")
 located = loaders.localisation_table(root, run.path)
 colours = ["true", "pred", "correct", "confidence", "out_of_distribution"]
 if located is not None and not located.empty:
     colours += ["concentration", "pointing"]
 with top[2]:
-    ui.in_url("fm_colour", colours[0], colours)
-    colour = st.selectbox("Colour by", colours, key="fm_colour", format_func=figures.FEATURE_MAP_COLOURS.get)
+    colour = ui.url_widget(st.selectbox, "Colour by", "fm_colour", colours[0], colours,
+                           format_func=figures.FEATURE_MAP_COLOURS.get)
 index = ui.cams_index(run)
 methods = sorted(index["method"].unique()) if index is not None else []
 layers = sorted(index["layer"].unique()) if index is not None else []
 pick = st.columns([2, 2, 4])
-ui.in_url("fm_method", ui.first_explained(index, "method") if methods else "(none)", methods or ["(none)"])
-ui.in_url("fm_layer", ui.first_explained(index, "layer") if layers else "(none)", layers or ["(none)"])
-method = pick[0].selectbox("Grad-CAM method", methods or ["(none)"], key="fm_method")
-layer = pick[1].selectbox("Layer", layers or ["(none)"], key="fm_layer")
+method = ui.url_widget(pick[0].selectbox, "Grad-CAM method", "fm_method",
+                       ui.first_explained(index, "method") if methods else "(none)", methods or ["(none)"])
+layer = ui.url_widget(pick[1].selectbox, "Layer", "fm_layer",
+                      ui.first_explained(index, "layer") if layers else "(none)", layers or ["(none)"])
 pick[2].caption("The maps shown for selected images, and the localisation scores the map is coloured by "
                 "(cams/localisation.csv: test images with a leukocyte mask).")
 scores = None if located is None else located[(located["method"] == method) & (located["layer"] == layer)]

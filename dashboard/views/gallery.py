@@ -36,33 +36,25 @@ layers = sorted(index["layer"].unique())
 WHICH = ["all", "correct", "misclassified"]
 ORDERS = ["misclassified first", "concentration: lowest first", "concentration: highest first",
           "missed the cells first"]
-ui.in_url("g_method", ui.first_explained(index, "method"), methods)
-ui.in_url("g_layer", ui.first_explained(index, "layer"), layers)
-ui.in_url("g_which", "all", WHICH)
-ui.in_url("g_conf", (0.0, 1.0), bounds=(0.0, 1.0))
-ui.in_url("g_limit", 12, bounds=(6, 60))
-ui.in_url("g_stage", loaders.CLASSES[0], loaders.CLASSES)
-ui.in_url("g_marked", "all", list(ui.REVIEW_FILTERS))
 f = st.columns([2, 2, 2, 3, 2])
-method = f[0].selectbox("Method", methods, key="g_method")
-layer = f[1].selectbox("Layer", layers, key="g_layer")
-which = f[2].radio("Images", WHICH, key="g_which")
-conf = f[3].slider("Confidence", 0.0, 1.0, step=0.05, key="g_conf")
-limit = f[4].number_input("Per page", 6, 60, step=6, key="g_limit")
+method = ui.url_widget(f[0].selectbox, "Method", "g_method", ui.first_explained(index, "method"), methods)
+layer = ui.url_widget(f[1].selectbox, "Layer", "g_layer", ui.first_explained(index, "layer"), layers)
+which = ui.url_widget(f[2].radio, "Images", "g_which", "all", WHICH)
+conf = ui.url_widget(f[3].slider, "Confidence", "g_conf", (0.0, 1.0), bounds=(0.0, 1.0), step=0.05)
+limit = ui.url_widget(f[4].number_input, "Per page", "g_limit", 12, bounds=(6, 60), step=6)
 s = st.columns([4, 1])
-stage = s[0].radio("Stage (true class)", list(loaders.CLASSES), horizontal=True, key="g_stage")
-marked = s[1].selectbox("Marked", list(ui.REVIEW_FILTERS), format_func=ui.REVIEW_FILTERS.get, key="g_marked",
-                        help="Review marks set with each image's Review button (kept in the run's reviews.json).")
+stage = ui.url_widget(s[0].radio, "Stage (true class)", "g_stage", loaders.CLASSES[0], loaders.CLASSES, horizontal=True)
+marked = ui.url_widget(s[1].selectbox, "Marked", "g_marked", "all", list(ui.REVIEW_FILTERS),
+                       format_func=ui.REVIEW_FILTERS.get,
+                       help="Review marks set with each image's Review button (kept in the run's reviews.json).")
 marks = ui.review_marks(run)
 located = loaders.localisation_table(root, run.path)
 if located is not None:
     located = located[(located["method"] == method) & (located["layer"] == layer)].set_index("sha256")
-    ui.in_url("g_outline", True)
-    ui.in_url("g_order", ORDERS[0], ORDERS)
     o = st.columns([2, 3, 5])
-    outline = o[0].toggle("Leukocyte outline", key="g_outline",
-                          help="The leukocyte mask's outline (from the data set's segmented copy) on each map.")
-    order = o[1].selectbox("Order", ORDERS, key="g_order")
+    outline = ui.url_widget(o[0].toggle, "Leukocyte outline", "g_outline", True,
+                            help="The leukocyte mask's outline (from the data set's segmented copy) on each map.")
+    order = ui.url_widget(o[1].selectbox, "Order", "g_order", ORDERS[0], ORDERS)
     o[2].caption("Concentration: share of the map's mass on the leukocytes over their share of the image "
                  "(1 = no better than a uniform map). Pointing: the map's maximum falls on a leukocyte.")
 else:

@@ -23,8 +23,8 @@ with top[0]:
     run = ui.pick_run(ordered, key="predict_run", help=f"Any run with {BEST}.")
 ui.run_problems(run)
 with top[1]:
-    ui.in_url("predict_target", "predicted stage", ["predicted stage", *loaders.CLASSES])
-    target = st.selectbox("Map for", ["predicted stage", *loaders.CLASSES], key="predict_target")
+    target = ui.url_widget(st.selectbox, "Map for", "predict_target", "predicted stage",
+                           ["predicted stage", *loaders.CLASSES])
 
 upload = st.file_uploader("Blood smear image (JPEG, PNG, BMP or TIFF)", key="upload",
                           type=["jpg", "jpeg", "png", "bmp", "tif", "tiff"])

@@ -22,8 +22,7 @@ st.caption("Decks are written to `exports/` in the outputs folder and offered fo
 top = st.columns([3, 1, 2])
 with top[0]:
     run = ui.pick_run(runs, key="present_run")
-ui.in_url("present_split", "test", ["test", "val"])
-split = top[1].radio("Split", ["test", "val"], key="present_split")
+split = ui.url_widget(top[1].radio, "Split", "present_split", "test", ["test", "val"])
 title = top[2].text_input("Title", "ALL stage classifier: findings", key="present_title")
 
 index = ui.cams_index(run)

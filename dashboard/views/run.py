@@ -29,11 +29,10 @@ metrics = data["metrics"]
 splits = list(metrics["splits"]) if metrics else []
 MODES = ["counts", "row-normalised"]
 with top[1]:
-    ui.in_url("run_split", "test" if "test" in splits or not splits else splits[0], splits or ["test"])
-    split = st.radio("Split", splits or ["test"], horizontal=True, key="run_split", disabled=not splits, format_func=md)
+    split = ui.url_widget(st.radio, "Split", "run_split", "test" if "test" in splits or not splits else splits[0],
+                          splits or ["test"], horizontal=True, disabled=not splits, format_func=md)
 with top[2]:
-    ui.in_url("cm_mode", MODES[0], MODES)
-    mode = st.radio("Matrix", MODES, horizontal=True, key="cm_mode")
+    mode = ui.url_widget(st.radio, "Matrix", "cm_mode", MODES[0], MODES, horizontal=True)
 
 ui.run_problems(run)
 cfg = data["config"] or {}
@@ -136,10 +135,10 @@ if metrics is not None and split in metrics["splits"]:
         index = ui.cams_index(run)
         methods = sorted(index["method"].unique()) if index is not None else []
         layers = sorted(index["layer"].unique()) if index is not None else []
-        ui.in_url("cell_method", ui.first_explained(index, "method") if methods else "(none)", methods or ["(none)"])
-        ui.in_url("cell_layer", ui.first_explained(index, "layer") if layers else "(none)", layers or ["(none)"])
-        method = pick[2].selectbox("Grad-CAM method", methods or ["(none)"], key="cell_method")
-        layer = pick[3].selectbox("Layer", layers or ["(none)"], key="cell_layer")
+        method = ui.url_widget(pick[2].selectbox, "Grad-CAM method", "cell_method",
+                               ui.first_explained(index, "method") if methods else "(none)", methods or ["(none)"])
+        layer = ui.url_widget(pick[3].selectbox, "Layer", "cell_layer",
+                              ui.first_explained(index, "layer") if layers else "(none)", layers or ["(none)"])
         pred_rows = data["predictions"]
         if pred_rows is None:
             st.warning("predictions.csv is missing: cannot list the cell's images.", icon=":material/warning:")

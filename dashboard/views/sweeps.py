@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import figures, importance, loaders, ui
+from dashboard import figures, importance, loaders, pages, ui
 from dashboard.escape import code, md
 from dashboard.paths import OutsideOutputs
 from engine.runs import HISTORY
@@ -53,8 +53,7 @@ def shown_status(info: dict, recorded: str) -> str:
     return liveness.shown_status(info) if info else recorded
 
 
-ui.in_url("sweep", next(iter(by_label)), list(by_label))
-label = st.selectbox("Sweep", list(by_label), key="sweep",
+label = ui.url_widget(st.selectbox, "Sweep", "sweep", next(iter(by_label)), list(by_label),
                      format_func=lambda x: f"{by_label[x].name} · "
                                            f"{shown_status(read_info(by_label[x].path), by_label[x].status)} ({x})")
 sweep = by_label[label]
@@ -214,11 +213,10 @@ def what_mattered(shown: pd.DataFrame, filtered: bool, params: list[str], best_i
         st.caption("No searched parameter with a metric to relate it to yet.")
         return
     left, right = st.columns([1, 1])
-    ui.in_url(f"imp_metric_{label}", metrics[0], metrics)
-    ui.in_url(f"imp_eval_{label}", next(iter(importance.EVALUATORS)), list(importance.EVALUATORS))
-    metric = left.selectbox("Metric", metrics, format_func=IMPORTANCE_METRICS.get, key=f"imp_metric_{label}")
-    evaluator = right.radio("Importance by", list(importance.EVALUATORS), format_func=EVALUATOR_NAMES.get,
-                            horizontal=True, key=f"imp_eval_{label}")
+    metric = ui.url_widget(left.selectbox, "Metric", f"imp_metric_{label}", metrics[0], metrics,
+                           format_func=IMPORTANCE_METRICS.get)
+    evaluator = ui.url_widget(right.radio, "Importance by", f"imp_eval_{label}", next(iter(importance.EVALUATORS)),
+                              list(importance.EVALUATORS), format_func=EVALUATOR_NAMES.get, horizontal=True)
     scope = f"the {len(shown)} trials the filters keep" if filtered else "this sweep's trials"
     done = importance.finished(shown, metric)
     if len(done) < importance.MIN_TRIALS:
@@ -260,11 +258,9 @@ def curves_across(current: pd.DataFrame) -> None:
     picked, total = importance.curve_trials(frames, MAX_CURVES)
     names = sorted({c.removeprefix(layout.PARAM_PREFIX) for f in frames.values() for c in loaders.param_columns(f)})
     left, right = st.columns([1, 1])
-    ui.in_url(f"across_metric_{label}", CURVE_METRICS[0], CURVE_METRICS)
-    ui.in_url(f"across_colour_{label}", "", ["", *names])  # "": each setting its own colour
-    metric = left.selectbox("Metric", CURVE_METRICS, key=f"across_metric_{label}")
-    colour_by = right.selectbox("Group and colour by", ["", *names], key=f"across_colour_{label}",
-                                format_func=lambda x: x or "each setting") or None
+    metric = ui.url_widget(left.selectbox, "Metric", f"across_metric_{label}", CURVE_METRICS[0], CURVE_METRICS)
+    colour_by = ui.url_widget(right.selectbox, "Group and colour by", f"across_colour_{label}", "", ["", *names],
+                              format_func=lambda x: x or "each setting") or None  # "": each setting its own colour
     used = picked[["key", "run_path", *[c for c in picked if c.startswith(layout.PARAM_PREFIX)]]]
     stamps = tuple(loaders.stamp(Path(p) / HISTORY) for p in used["run_path"])
     figure, counts = across_curves(str(root), used, stamps, metric, colour_by)
@@ -403,7 +399,7 @@ def sweep_view() -> None:
         st.caption(f"⚠ {problem} (not started, errored or partial)")
     if best_id and best_id in paths:
         run_label = Path(paths[best_id]).resolve().relative_to(root).as_posix()
-        st.page_link(ui.PAGES["run"], label=f"Open the best trial ({md(best_id)}) on the Run page",
+        st.page_link(pages.page("run").file, label=f"Open the best trial ({md(best_id)}) on the Run page",
                      icon=":material/analytics:", query_params={"run": run_label})
     curves_across(frame)
 
