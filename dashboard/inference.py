@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.data import load_image
+from engine.decoding import load_image
 from engine.explain.figures import overlay as draw_overlay
 from engine.predict import Predictor
 from engine.runs import CLASSES

@@ -4,8 +4,8 @@ Every reader is cached with ``st.cache_data`` on (path, mtime, size), so a file 
 is read again on the next rerun, and an unchanged one costs one ``stat``. Discovery is cached
 for a few seconds. Readers raise :class:`LoadError` with a readable reason for missing,
 partial or corrupt files; pages turn that into a warning. Nothing here imports torch or ray:
-the file and column names come from the contract modules (engine.runs for run folders,
-tuning.layout for sweep folders, engine.data for prepared data), which need neither.
+the file and column names come from the contract modules (engine.runs for run folders
+and prepared data, tuning.layout for sweep folders), which need neither.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pandas as pd
 import streamlit as st
 
 from engine import modelcard, runs
-from engine.data import CACHE, MANIFEST, REPORT, DataError
-from engine.runs import CLASSES, SPLITS
+from engine.errors import DataError
+from engine.runs import CACHE, CLASSES, MANIFEST, REPORT, SPLITS
 from tuning import layout
 
 from . import paths
@@ -33,7 +33,7 @@ from .evidence import shape_problem as evidence_shape_problem
 from .paths import OutsideOutputs, inside, relative
 
 EXPORTS = "exports"  # the dashboard's own folder: decks written by the Present page
-SAMPLES = "samples"  # prepared data: samples/<stage>/*.png (engine.data)
+SAMPLES = "samples"  # prepared data: samples/<stage>/*.png (engine.runs.SAMPLES)
 # Folders that never hold runs, sweeps or prepared data (and can be large).
 PRUNE = {layout.RAY_STORAGE, runs.CAMS, runs.CHECKPOINTS, EXPORTS, "screenshots", "cache", SAMPLES, "__pycache__"}
 # A run's status as the pages show it, read from COMPLETE (engine.runs), trial.json (tuning.layout)

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 
 from . import fastpath, runs
-from .data import class_root, find_class_dirs, read_manifest
+from .discover import class_root, find_class_dirs
 from .inference import Data, predict_proba, switch, to_input, use_channels_last
+from .manifest import read_manifest
 from .models import create_model
 from .progress import progress
 from .runs import CLASSES

@@ -21,7 +21,7 @@ SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 SWITCHES = ("auto", "on", "off")
 BACKGROUNDS = ("keep", "random", "black")  # engine.background.MODES, kept here so configs load without torch
-# Which images a run trains, validates and tests on (engine.data.effective_split): "image", the prepared
+# Which images a run trains, validates and tests on (engine.runs.effective_split): "image", the prepared
 # manifest's split; "smear", whole smear groups held out: test = smear fold `fold`, val = the next fold.
 SPLIT_MODES = ("image", "smear")
 COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")

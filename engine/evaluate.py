@@ -21,7 +21,7 @@ import torch
 
 from . import baselines, context, modelcard, ood, runs
 from . import features as feature_space
-from .data import has_masks, load_mask_cache, read_manifest
+from .cache import load_mask_cache
 from .inference import (
     Data,
     model_from_checkpoint,
@@ -31,6 +31,7 @@ from .inference import (
     switch,
     use_channels_last,
 )
+from .manifest import has_masks, read_manifest
 from .metrics import classification_metrics
 from .runs import CLASSES, PREDICTION_COLUMNS
 

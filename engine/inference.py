@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from . import runs
+from .cache import load_cache
 from .config import Config, ConfigError, config_from_dict
-from .data import load_cache, read_manifest
 from .errors import DamagedFileError
+from .manifest import read_manifest
 from .models import load_trained_model
 from .progress import progress
 from .runs import CLASSES
@@ -76,7 +77,7 @@ class Data:
     def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool, *, split: str = "image",
              fold: int = 0) -> Data:
         """The prepared images at ``size`` px, split as a run with ``split`` and ``fold`` (its Config's) is:
-        ``engine.data.read_manifest`` applies the one split rule."""
+        ``engine.manifest.read_manifest`` applies the one split rule."""
         rows = read_manifest(prepared, split, fold)
         array = np.array(load_cache(prepared, size))  # one copy out of the memory map
         images = torch.from_numpy(array)

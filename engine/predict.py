@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import ood
-from .data import load_image
+from .decoding import load_image
 from .inference import load_checkpoint, resolve_device, to_input
 from .runs import CLASSES
 

@@ -62,7 +62,8 @@ from pathlib import Path
 from typing import Any
 
 from . import locks
-from .errors import DamagedFileError
+from .config import SPLIT_MODES
+from .errors import DamagedFileError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ REVIEWS_LOCK = ".reviews.lock"
 # config.json keys: what the run was trained on. The sha256 of the prepared manifest.csv's bytes, and
 # of its sorted (sha256, class, split) rows, which stays the same when only paths, row order or mask
 # columns change (the split the run trained on is still there). The split is the run's effective one
-# (config keys "split" and "fold", engine.data.effective_split): with split=smear, its smear folds.
+# (config keys "split" and "fold", effective_split): with split=smear, its smear folds.
 MANIFEST_SHA256 = "manifest_sha256"
 SPLIT_SHA256 = "split_sha256"
 
@@ -465,6 +466,67 @@ def training_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+# ----------------------------------------------------------------------------- the prepared data folder
+# ``python -m engine prepare`` (engine.prepare) writes it; training, evaluation, sweeps and the dashboard read
+# it (engine.manifest, engine.cache). Paths inside it are relative to it.
+MANIFEST = "manifest.csv"  # one row per usable image: MANIFEST_COLUMNS, then MASK_COLUMNS and SMEAR_COLUMNS
+REPORT = "data_report.json"  # what prepare found, refused and decided, and the data folder it read
+MANIFEST_COLUMNS = ("path", "class", "sha256", "group", "split", "width", "height")
+# Leukocyte mask of each image (engine.masks): a PNG in the prepared folder, its source and area.
+# Empty for an image without a usable mask, and absent from manifests prepared without masks.
+MASK_COLUMNS = ("mask", "mask_source", "mask_fraction")
+# Acquisition ("smear") groups (engine.smears): images that probably share one smear, and the fold (0..K-1)
+# each whole group is held out in by a run with split=smear (``effective_split``). Absent from manifests
+# prepared before them, or where the data cannot fill the folds (data_report.json's "smear" says why).
+SMEAR_GROUP = "smear_group"
+SMEAR_FOLD = "smear_fold"
+SMEAR_COLUMNS = (SMEAR_GROUP, SMEAR_FOLD)
+MIN_FOLDS = 3  # smear folds: test, validation and at least one training fold
+MASKS = "masks"  # masks/<sha256[:16]>.png: the MASK_COLUMNS "mask" files
+SAMPLES = "samples"  # samples/<stage>/<nn>.png: a few thumbnails per stage, for the dashboard
+CACHE = "cache"  # decoded images: cache/<size>px.<key>.npy, cache/<size>px-masks.<key>.npy (engine.cache)
+CACHE_KEY_CHARS = 16  # of the manifest's SHA-256 in a cache file's name
+
+
+def smear_folds(rows: list[dict[str, Any]], source: str = MANIFEST) -> int:
+    """How many smear folds the manifest's rows hold (SMEAR_FOLD is 0..K-1); DataError where it has none."""
+    if not rows or SMEAR_FOLD not in rows[0]:
+        raise DataError(f"{source} has no smear folds (no {SMEAR_FOLD} column), which split=smear needs: run "
+                        "`python -m engine prepare` again to add them (data_report.json's \"smear\" says why a "
+                        "prepared folder has none)")
+    try:
+        found = {int(r[SMEAR_FOLD]) for r in rows}
+    except (TypeError, ValueError):
+        raise DataError(f"{source}: {SMEAR_FOLD} holds a value that is not a fold number: run "
+                        "`python -m engine prepare` again") from None
+    count = max(found) + 1
+    if found != set(range(count)) or count < MIN_FOLDS:
+        raise DataError(f"{source}: smear folds {sorted(found)} are not 0..K-1 with K >= {MIN_FOLDS}: run "
+                        "`python -m engine prepare` again")
+    return count
+
+
+def effective_split(rows: list[dict[str, Any]], split: str = "image", fold: int = 0, *,
+                    source: str = MANIFEST) -> list[str]:
+    """The split of each manifest row for a run's ``split`` and ``fold``: the one rule, used by every reader.
+
+    ``split="image"``: the manifest's own ``split`` column (the 70/15/15 split by exact-duplicate group).
+    ``split="smear"``: whole smear groups held out: test is smear fold ``fold``, validation fold
+    ``(fold + 1) % K``, training the other K - 2 folds. DataError (naming ``source``) for a manifest
+    without smear folds or a fold out of range.
+    """
+    if split == "image":
+        return [r["split"] for r in rows]
+    if split not in SPLIT_MODES:
+        raise DataError(f"split={split!r}: one of {', '.join(SPLIT_MODES)}")
+    count = smear_folds(rows, source)
+    if not 0 <= fold < count:
+        raise DataError(f"fold={fold} is out of range: {source} has {count} smear folds, 0 to {count - 1} (prepare "
+                        "with --folds to change how many)")
+    val = (fold + 1) % count
+    return ["test" if f == fold else "val" if f == val else "train" for f in (int(r[SMEAR_FOLD]) for r in rows)]
+
+
 # ----------------------------------------------------------------------------- the data a run trained on
 
 # (path, device, inode, size, mtime_ns) -> (manifest sha256, {(split, fold): split sha256} as needed): the
@@ -473,14 +535,12 @@ _DIGESTS: dict[tuple[str, int, int, int, int], tuple[str, dict[tuple[str, int], 
 
 
 def _manifest_path(prepared: Path) -> Path:
-    from .data import MANIFEST  # the prepared folder's names live in engine.data (imported late: it imports us)
-
     return Path(prepared) / MANIFEST
 
 
 def _digests(manifest: Path, *, split: tuple[str, int] | None) -> tuple[str, str | None]:
     """The manifest's byte sha256 and, for ``split`` = (split, fold), the split sha256 of that effective split
-    (see SPLIT_SHA256); OSError if unreadable, engine.data.DataError if the manifest cannot hold that split."""
+    (see SPLIT_SHA256); OSError if unreadable, engine.errors.DataError if the manifest cannot hold that split."""
     info = manifest.stat()
     key = (str(manifest), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
     cached = _DIGESTS.get(key)
@@ -502,8 +562,8 @@ def _digests(manifest: Path, *, split: tuple[str, int] | None) -> tuple[str, str
 
 def split_digest(manifest: bytes, split: str = "image", fold: int = 0, *, source: str = "manifest.csv") -> str:
     """SPLIT_SHA256 of a manifest's bytes: the sha256 of its sorted ``sha256, class, split`` rows, with each
-    row's split the effective one of a run's ``split`` and ``fold`` (engine.data.effective_split; "image":
-    the manifest's own column). engine.data.DataError, naming ``source``, where the manifest lacks that split."""
+    row's split the effective one of a run's ``split`` and ``fold`` (effective_split; "image":
+    the manifest's own column). engine.errors.DataError, naming ``source``, where the manifest lacks that split."""
     try:
         rows = list(csv.DictReader(io.StringIO(manifest.decode())))
         if rows and not {"sha256", "class", "split"} <= rows[0].keys():
@@ -512,8 +572,6 @@ def split_digest(manifest: bytes, split: str = "image", fold: int = 0, *, source
         raise DamagedFileError(source, f"damaged: not a CSV manifest ({exc})",
                                "run `python -m engine prepare` again to write it") from None
     if split != "image":
-        from .data import effective_split  # imported late: engine.data imports this module
-
         for row, effective in zip(rows, effective_split(rows, split, fold, source=source), strict=True):
             row["split"] = effective
     lines = sorted(f"{r['sha256']},{r['class']},{r['split']}" for r in rows)
@@ -553,8 +611,6 @@ def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
     except (OSError, ValueError, KeyError, TypeError):
         return None, None  # no run, or one trained before the record existed: nothing to compare
     manifest = _manifest_path(prepared)
-    from .data import DataError  # imported late: engine.data imports this module
-
     try:
         current, _ = _digests(manifest, split=None)
         if current == recorded:
@@ -588,14 +644,12 @@ def manifest_problem(run_dir: Path) -> str | None:
 
 
 def require_same_split(run_dir: Path) -> None:
-    """Raise ``engine.data.DataError`` (``manifest_problem``) when the run's prepared data no longer holds
+    """Raise ``engine.errors.DataError`` (``manifest_problem``) when the run's prepared data no longer holds
     the split it was trained on: its validation and test images could then include training images, and
     every score would look better than it is, silently. A run from before the record passes with a warning.
     """
     problem = manifest_problem(run_dir)
     if problem:
-        from .data import DataError
-
         raise DataError(problem)
     if manifest_matches(run_dir) is None and (Path(run_dir) / CONFIG).is_file():
         log.warning("%s does not record the manifest it was trained on: whether its prepared data still holds "

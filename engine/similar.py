@@ -108,20 +108,18 @@ def cached_images(prepared: Path, size: int, sha256s: list[str]) -> dict[str, np
     """The images with these sha256 as the model saw them (uint8 HWC), from the prepared folder's decoded cache.
 
     Readers such as the dashboard may not reach the raw data folder, but the cache
-    (``cache/<size>px.<key>.npy``, engine.data) lies in the prepared folder. Only images found there
+    (``cache/<size>px.<key>.npy``, engine.cache) lies in the prepared folder. Only images found there
     are returned: nothing is decoded or built here, and a cache of another manifest is never used.
     """
-    from .data import CACHE, _cache_file, _read_manifest
+    from .cache import built_images
+    from .manifest import manifest_rows
 
-    key, rows = _read_manifest(Path(prepared))
-    path = _cache_file(Path(prepared) / CACHE, f"{size}px", key)
+    key, rows = manifest_rows(Path(prepared))
     where = {}
     for i, row in enumerate(rows):
         where.setdefault(row["sha256"], i)
     wanted = [s for s in dict.fromkeys(sha256s) if s in where]
-    if not wanted or not path.is_file():
-        return {}
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
-    if array.shape != (len(rows), size, size, 3) or array.dtype != np.uint8:
+    array = built_images(prepared, size, key, len(rows)) if wanted else None
+    if array is None:
         return {}
     return {s: np.array(array[where[s]]) for s in wanted}

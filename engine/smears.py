@@ -70,7 +70,6 @@ MIN_MEAN_GROUP = 3
 # image or a few) and joins its nearest group: alone it could be all a test or validation fold sees of a stage.
 MIN_FOLD_SHARE = 0.25
 DEFAULT_FOLDS = 5
-MIN_FOLDS = 3  # test, validation and at least one training fold
 FOREST_TREES = 100
 METHOD = ("exact duplicates and near-duplicate pairs joined first (union-find), each such unit one point (its "
           "mean statistics) in the stage most of its images carry; per stage Ward agglomerative clustering "

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import background, fastpath, preflight, runs, stain
+from .cache import cache_bytes_needed, load_mask_cache
 from .config import GRAPHING_COMPILE_MODES, Config, ConfigError
-from .data import CACHE, cache_bytes_needed, has_masks, load_mask_cache, read_manifest
 from .errors import DamagedFileError, Interrupted, needs_space, resource_error, signal_name
 from .inference import (
     Data,
@@ -42,9 +42,10 @@ from .inference import (
     to_input,
     use_channels_last,
 )
+from .manifest import has_masks, read_manifest
 from .models import create_model
 from .progress import progress
-from .runs import CLASSES
+from .runs import CACHE, CLASSES
 
 log = logging.getLogger(__name__)
 

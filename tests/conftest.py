@@ -65,7 +65,7 @@ def image_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared (manifest + report) folder of 40 generated images per class, with leukocyte masks."""
-    from engine.data import prepare
+    from engine.prepare import prepare
 
     root = tmp_path_factory.mktemp("tiny-data")
     write_image_folder(root / "raw" / "Original", per_class=40, seed=1)
@@ -117,7 +117,7 @@ def real_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def real_subset_prepared(real_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """``real_subset`` prepared once per test run (seed 0, masks from its Segmented/ copies): folder, report."""
-    from engine.data import prepare
+    from engine.prepare import prepare
     from tests.support.shared import built_once
 
     folder, report = built_once(tmp_path_factory, "real-subset-prepared",
@@ -128,7 +128,7 @@ def real_subset_prepared(real_subset: Path, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="session")
 def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The whole shared ALL data set prepared once per test run (seed 0, masks from Segmented/): folder, report."""
-    from engine.data import prepare
+    from engine.prepare import prepare
     from tests.support.shared import built_once
 
     if not (REAL_DATA / "Original").is_dir():

@@ -38,7 +38,7 @@ def test_plain_loop_trains_on_the_train_split_and_scores_the_val_split(prepared_
     from engine import runs
     from engine.bench import plain_accuracy
     from engine.config import build_config
-    from engine.data import read_manifest
+    from engine.manifest import read_manifest
 
     cfg = build_config("tiny", {"epochs": 2, "batch_size": 16})
     data_dir = Path(runs.read_json(prepared_tiny / "data_report.json")["data_dir"])

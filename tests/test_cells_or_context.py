@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 from engine.commands import evaluate, train
-from engine.data import prepare
 from engine.explain.pipeline import ExplainOptions, explain_run
+from engine.prepare import prepare
 from tests.conftest import CLASS_FOLDERS
 
 pytestmark = pytest.mark.numerics

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from engine.data import (
-    SMEAR_COLUMNS,
-    DataError,
-    decode,
-    find_class_dirs,
-    load_cache,
-    load_image,
-    open_rgb,
-    prepare,
-    read_manifest,
-    read_regular,
-    resize_square,
-)
+from engine.cache import load_cache
+from engine.decoding import decode, load_image, open_rgb, read_regular, resize_square
+from engine.discover import find_class_dirs
+from engine.errors import DataError
+from engine.manifest import read_manifest
+from engine.prepare import prepare
+from engine.runs import SMEAR_COLUMNS
 from tests.conftest import add_segmented, write_image_folder
 
 

@@ -65,8 +65,9 @@ def test_localisation_csv_recomputes_from_the_stored_maps_and_masks(real_run: Pa
 
 
 def test_context_json_recomputes_from_the_model_images_and_masks(real_run: Path):
-    from engine.data import load_cache, load_mask_cache, read_manifest
+    from engine.cache import load_cache, load_mask_cache
     from engine.inference import load_checkpoint
+    from engine.manifest import read_manifest
 
     context = json.loads((real_run / "context.json").read_text())
     prepared = Path(json.loads((real_run / "config.json").read_text())["data_dir"])

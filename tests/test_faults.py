@@ -240,7 +240,8 @@ def test_damaged_json_and_manifest_are_named(run_copy: Path, prepared_tiny: Path
 
 
 def test_a_damaged_decoded_cache_is_named_and_rebuilt(prepared_tiny: Path, tmp_path: Path, caplog) -> None:
-    from engine.data import CACHE, load_cache
+    from engine.cache import load_cache
+    from engine.runs import CACHE
 
     prepared = Path(shutil.copytree(prepared_tiny, tmp_path / "prepared", ignore=shutil.ignore_patterns("cache")))
     good = load_cache(prepared, 32).copy()

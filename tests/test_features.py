@@ -84,7 +84,7 @@ def test_nearest_training_image_of_a_training_image_is_itself(trained_tiny_run):
 
 
 def test_stored_and_uploaded_vectors_agree(trained_tiny_run):
-    from engine.data import data_root
+    from engine.manifest import data_root
     from engine.predict import Predictor
 
     test = feature_space.load(trained_tiny_run / runs.FEATURES)["test"]
@@ -99,7 +99,7 @@ def test_stored_and_uploaded_vectors_agree(trained_tiny_run):
 
 
 def test_cached_images_are_the_training_images_as_the_model_saw_them(trained_tiny_run):
-    from engine.data import load_cache
+    from engine.cache import load_cache
 
     config = runs.read_json(trained_tiny_run / runs.CONFIG)
     prepared, size = Path(config["data_dir"]), config["image_size"]

@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from engine import masks
-from engine.data import MASK_COLUMNS, has_masks, load_mask_cache, prepare, read_manifest
+from engine.cache import load_mask_cache
+from engine.manifest import has_masks, read_manifest
+from engine.prepare import prepare
+from engine.runs import MASK_COLUMNS
 from tests.conftest import add_segmented, write_image_folder
 
 
@@ -121,7 +124,7 @@ def test_prepare_without_segmented_copies_still_works(image_folder, tmp_path):
 
 
 def test_an_explicit_mask_folder_that_does_not_exist_is_an_error(image_folder, tmp_path):
-    from engine.data import DataError
+    from engine.errors import DataError
 
     with pytest.raises(DataError, match="mask folder not found"):
         prepare(image_folder, tmp_path / "prepared", masks=tmp_path / "nowhere")

@@ -31,7 +31,7 @@ def test_predict_answers_good_files_and_explains_bad_ones(trained_tiny_run, tmp_
 def test_predict_matches_evaluation(trained_tiny_run, capsys):
     import csv
 
-    from engine.data import data_root
+    from engine.manifest import data_root
 
     with (trained_tiny_run / "predictions.csv").open() as handle:
         row = next(csv.DictReader(handle))
@@ -78,7 +78,7 @@ def test_predict_refuses_hostile_files_with_reasons_and_never_blocks(tmp_path):
 
 def test_predict_and_the_dashboard_decode_like_prepare(tmp_path):
     from dashboard import inference
-    from engine.data import load_image
+    from engine.decoding import load_image
 
     deep = tmp_path / "deep.tiff"
     Image.fromarray(np.full((40, 40), 257 * 90, np.uint16)).save(deep)  # 16-bit grey

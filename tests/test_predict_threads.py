@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data import load_image, read_manifest
+from engine.decoding import load_image
+from engine.manifest import read_manifest
 from engine.predict import Predictor
 
 

@@ -21,8 +21,10 @@ import pytest
 
 from engine import cli, runs
 from engine.config import build_config
-from engine.data import MANIFEST, DataError, prepare
+from engine.errors import DataError
 from engine.evaluate import evaluate
+from engine.prepare import prepare
+from engine.runs import MANIFEST
 from engine.train import fit
 from tests.conftest import write_image_folder
 

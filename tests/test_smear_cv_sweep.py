@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from engine import runs
-from engine.data import SMEAR_FOLD, prepare, read_manifest
+from engine.manifest import read_manifest
+from engine.prepare import prepare
+from engine.runs import SMEAR_FOLD
 from tests.support.smears import write_smear_folder
 from tests.test_tuning_sweep import ray_tmpdir  # noqa: F401 (a fixture)
 from tuning.cli import main

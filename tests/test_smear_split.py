@@ -1,6 +1,6 @@
 """split=smear: whole smear folds held out, through every reader of a run's split.
 
-One rule (engine.data.effective_split): test = smear fold ``fold``, validation = fold ``(fold + 1) % K``,
+One rule (engine.runs.effective_split): test = smear fold ``fold``, validation = fold ``(fold + 1) % K``,
 training = the rest. The manifest reader, the recorded split digest and ``require_same_split``, the
 dashboard's ``split_problem``, training, evaluation, the similar-images index and explain all follow it.
 """
@@ -19,7 +19,10 @@ import pytest
 
 from engine import cli, runs, similar
 from engine.config import ConfigError, build_config
-from engine.data import MANIFEST, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP, DataError, prepare, read_manifest
+from engine.errors import DataError
+from engine.manifest import read_manifest
+from engine.prepare import prepare
+from engine.runs import MANIFEST, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP
 from tests.support.smears import write_smear_folder
 
 FOLDS = 3

@@ -20,8 +20,9 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.metrics import adjusted_rand_score
 
 from engine import smears
-from engine.data import MANIFEST, REPORT, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP, prepare, read_manifest
-from engine.runs import CLASSES
+from engine.manifest import read_manifest
+from engine.prepare import prepare
+from engine.runs import CLASSES, MANIFEST, REPORT, SMEAR_COLUMNS, SMEAR_FOLD, SMEAR_GROUP
 from tests.support.smears import save, smear_image, write_smear_folder
 
 FOLDS = 3

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from engine import runs
-from engine.data import prepare, read_manifest
 from engine.evaluate import probe_val_context
+from engine.manifest import read_manifest
+from engine.prepare import prepare
 from tests.conftest import write_image_folder
 from tests.support.fixture import private_ray
 from tests.test_tuning_sweep import ray_tmpdir  # noqa: F401 (a fixture)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import runs
-from engine.data import MANIFEST
 from engine.errors import DamagedFileError, Interrupted
+from engine.runs import MANIFEST
 
 from . import layout
 from .driver import SweepError, SweepRecord, claim
@@ -307,8 +307,9 @@ def check_resources(sweep_dir: Path, prepared: Path, space: Space, trials: int) 
     trial's checkpoints, and the prepared folder's disk the decoded images still to build
     (docs/robustness.md#before-long-work); engine.errors.ResourceError in one line otherwise."""
     from engine import preflight
-    from engine.data import CACHE, cache_bytes_needed
+    from engine.cache import cache_bytes_needed
     from engine.models import ARCHITECTURES, weight_bytes
+    from engine.runs import CACHE
     from engine.train import CHECKPOINT_FACTOR
 
     doing = f"sweeping into {sweep_dir}"
@@ -432,7 +433,9 @@ def check_folds(space: Space, prepared: Path, scheduler: str) -> None:
     """Before any trial starts: a space with split=smear needs smear folds in the prepared manifest, and its fold
     values must be among them (SweepError otherwise); a cross-validation that ASHA may cut, or that leaves folds
     out, is worth a warning."""
-    from engine.data import DataError, read_manifest, smear_folds
+    from engine.errors import DataError
+    from engine.manifest import read_manifest
+    from engine.runs import smear_folds
 
     if "smear" not in (_values(space, "split") or []):
         return
@@ -457,7 +460,7 @@ def check_folds(space: Space, prepared: Path, scheduler: str) -> None:
 
 def check_probe_data(space: Space, prepared: Path) -> None:
     """A space whose objectives include a context-probe metric needs leukocyte masks: refused before it starts."""
-    from engine.data import has_masks, read_manifest
+    from engine.manifest import has_masks, read_manifest
 
     probed = [m for m in space.metrics if m in layout.PROBE_METRICS]
     if probed and not has_masks(read_manifest(prepared)).any():
@@ -473,7 +476,8 @@ def warm_cache(prepared: Path, space: Space) -> None:
     trials with background=random too), so that on a cluster the nodes only read the prepared
     folder's cache.
     """
-    from engine.data import has_masks, load_cache, load_mask_cache, read_manifest
+    from engine.cache import load_cache, load_mask_cache
+    from engine.manifest import has_masks, read_manifest
 
     masks = bool(has_masks(read_manifest(prepared)).any())
     for size in space.image_sizes():

@@ -35,9 +35,10 @@ from ..bench import (
     shared_gpu,
     time_to_accuracy,
 )
+from ..cache import load_cache
 from ..config import build_config, parse_overrides
-from ..data import load_cache, prepare
 from ..inference import resolve_device
+from ..prepare import prepare
 
 log = logging.getLogger(__name__)
 

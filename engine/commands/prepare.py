@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from .. import preflight
+from ..cache import load_cache
 from ..config import ConfigError
-from ..data import load_cache, prepare
 from ..errors import interruptible, signal_name
+from ..prepare import prepare
 from ..smears import DEFAULT_FOLDS
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight.require_writable(args.out, doing)  # before decoding the whole folder, not after
 
     def stopped(signum: int) -> str:
-        # engine.data.prepare writes its masks, manifest and report with signals held back.
+        # engine.prepare.prepare writes its masks, manifest and report with signals held back.
         return (f"{doing} was stopped by {signal_name(signum)}; {args.out} holds a complete manifest and report, "
                 "the previous ones or the new ones: run the command again")
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .. import locks, modelcard, preflight, runs
-from ..data import has_masks, load_mask_cache
+from ..cache import load_mask_cache
 from ..errors import Interrupted, deferred_signals, needs_space, resource_error, signal_name
 from ..inference import (
     Data,
@@ -33,6 +33,7 @@ from ..inference import (
     resolve_device,
     to_input,
 )
+from ..manifest import has_masks
 from ..models import CAM_LAYERS
 from ..runs import CLASSES, COMPARE_COLUMNS, FAITHFULNESS_COLUMNS, INDEX_COLUMNS, TARGETS
 from . import figures, localisation

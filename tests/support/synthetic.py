@@ -3,7 +3,7 @@
 ``make_outputs(root, n_trials)`` writes a prepared folder, a sweep of ``n_trials`` trials
 (complete, stopped early, cut by ASHA, running, errored and pending ones) whose best trial is
 evaluated and has ``cams/``, and a second evaluated run to compare with. Every file and column
-name comes from the contract modules (engine.runs, tuning.layout, engine.data), so this data
+name comes from the contract modules (engine.runs, tuning.layout), so this data
 cannot drift from what the engine and tuning write; the dashboard tests use real runs instead
 (tests/support/fixture.py).
 """
@@ -21,11 +21,9 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from dashboard.loaders import SAMPLES
 from engine import runs
-from engine.data import MANIFEST, MANIFEST_COLUMNS, REPORT
 from engine.metrics import classification_metrics
-from engine.runs import CLASSES
+from engine.runs import CLASSES, MANIFEST, MANIFEST_COLUMNS, REPORT, SAMPLES
 from tuning import layout, liveness
 
 METHODS = ("gradcam", "gradcampp")
