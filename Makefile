@@ -110,7 +110,7 @@ tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir "$$logdir" --host $(HOST) --port $(TB_PORT)
 
 dashboard-bench: setup
-	$(PY) -m dashboard.bench --trials 200
+	$(PY) -m tests.tools.dashboard_bench --trials 200
 
 # Two pytest-xdist workers: much of the suite waits (servers, browsers, Ray starting), so two overlap on 2 cores;
 # worksteal evens out the long tests. Shared builds are made once per run (tests/support/shared.py).

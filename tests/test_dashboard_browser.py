@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard import load
 from tests.support import chromium
+from tests.tools import dashboard_load as load
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "outputs" / "screenshots"

@@ -1,5 +1,5 @@
 """Load: several real browser sessions click through every page and predict at once against one
-server (dashboard/load.py); nothing fails, every session gets the answer one gets alone, and the
+server (tests/tools/dashboard_load.py); nothing fails, every session gets the answer one gets alone, and the
 server's memory stops growing."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dashboard import load
 from tests.support import chromium, synthetic
+from tests.tools import dashboard_load as load
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -3,7 +3,7 @@
 The synthetic folder comes from the test scaffolding (tests/support/synthetic.py), so run it from
 the repository root, as ``make dashboard-bench`` does.
 
-    python -m dashboard.bench [--trials 200] [--repeats 3] [--outputs DIR]
+    python -m tests.tools.dashboard_bench [--trials 200] [--repeats 3] [--outputs DIR]
 
 Each page is rendered once (cold: files read, caches filled) and then ``--repeats`` times
 (warm, as on every rerun after the first load) through Streamlit's AppTest; the table shows
@@ -21,7 +21,7 @@ from pathlib import Path
 
 PAGES = ("data", "sweeps", "run", "gallery", "features", "evidence", "compare", "predict", "present")
 TARGET_S = 1.5
-APP = Path(__file__).resolve().parent / "app.py"
+APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
 
 def bench(outputs: Path, repeats: int = 3) -> list[dict]:
@@ -48,7 +48,7 @@ def bench(outputs: Path, repeats: int = 3) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.dashboard_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--outputs", type=Path, help="an existing outputs folder (default: a new synthetic one)")

@@ -1,7 +1,7 @@
 """A bounded load run: several real browser sessions click through every page and predict, at once,
 against one dashboard server on 127.0.0.1.
 
-    python -m dashboard.load --outputs outputs --image a.jpg --image b.jpg --sessions 4 --seconds 120
+    python -m tests.tools.dashboard_load --outputs outputs --image a.jpg --image b.jpg --sessions 4 --seconds 120
 
 Each session opens every page in turn, uploads its image on Predict (with several ``--image``, the
 sessions take them in turn) and reads the answer: the predicted stage and a digest of the map's
@@ -35,7 +35,7 @@ PAGES = {"": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM gall
          "features": "Feature map", "compare": "Compare runs", "predict": "Predict", "present": "Present"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -194,7 +194,7 @@ def memory_growth(samples: list[tuple[float, float]]) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dashboard.load", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.dashboard_load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--outputs", type=Path, default=Path("outputs"))
     parser.add_argument("--image", type=Path, required=True, action="append",
                         help="an image to predict; give several and the sessions take them in turn")
