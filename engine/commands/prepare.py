@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import preflight
 from ..cache import load_cache
 from ..config import ConfigError
-from ..errors import interruptible, signal_name
+from ..errors import EXIT_RESOURCES, interruptible, needs_space, oserror_status, resource_error, signal_name
 from ..prepare import prepare
 from ..smears import DEFAULT_FOLDS
 
@@ -47,16 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     doing = f"preparing {args.out}"
     preflight.require_writable(args.out, doing)  # before decoding the whole folder, not after
 
-    def stopped(signum: int) -> str:
-        # engine.prepare.prepare writes its masks, manifest and report with signals held back.
-        return (f"{doing} was stopped by {signal_name(signum)}; {args.out} holds a complete manifest and report, "
-                "the previous ones or the new ones: run the command again")
+    # engine.prepare.prepare writes its masks, manifest and report with signals held back, each atomically.
+    kept = f"{args.out} holds a complete manifest and report, the previous ones or the new ones"
 
-    with interruptible(stopped):
-        report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
-                         derive_masks=args.derived_masks, folds=args.folds)
-        for size in args.cache_size:
-            load_cache(args.out, size)
+    def stopped(signum: int) -> str:
+        return f"{doing} was stopped by {signal_name(signum)}; {kept}: run the command again"
+
+    try:
+        with interruptible(stopped):
+            report = prepare(args.data_dir, args.out, seed=args.seed, fractions=fractions, masks=args.masks,
+                             derive_masks=args.derived_masks, folds=args.folds)
+            for size in args.cache_size:
+                load_cache(args.out, size)
+    except OSError as exc:
+        if oserror_status(exc) != EXIT_RESOURCES:  # a missing or unreadable input is the user's input, not a resource
+            raise
+        fix = "free space and " if needs_space(exc) else ""
+        raise resource_error(exc, doing, f"{kept}: {fix}run the command again") from exc
     print(f"{report['images']} images ({report['files_found']} files, {len(report['rejected'])} rejected, "
           f"{len(report['duplicate_groups'])} duplicate groups, {len(report['near_duplicates'])} near-duplicate pairs)")
     if report["masks"]["dir"]:
