@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
@@ -57,7 +58,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -419,17 +420,40 @@ def mark_complete(run_dir: Path, **info: Any) -> None:
     write_json(Path(run_dir) / COMPLETE, {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **info})
 
 
-def complete_status(run_dir: Path) -> str | None:
-    """The status COMPLETE records (one of STATUSES), or None when the run has no readable COMPLETE.
+class Declined(Exception):
+    """Raised by a ``Reader`` that will not read a path at all (the dashboard's, for one outside its outputs
+    folder or not a regular file): a check that needs the file cannot tell, rather than fails."""
+
+
+# A reader: the bytes of a file. FileNotFoundError when there is none, another OSError when it cannot be read,
+# Declined when this reader will not read it. The functions below that read a run's files take one, so that
+# the dashboard applies the engine's rules through its own confined reader.
+Reader = Callable[[Path], bytes]
+
+
+def read_file(path: Path) -> bytes:
+    """The default ``Reader``: the bytes of a regular file (FileNotFoundError for anything else)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(path))
+    return path.read_bytes()
+
+
+def complete_status(run_dir: Path, read: Reader = read_file) -> str | None:
+    """The status COMPLETE records (one of STATUSES), or None when the run has no COMPLETE.
 
     A marker without a status (or an unreadable one) counts as STATUS_COMPLETE: it exists, so training ended.
+    Declined (a marker ``read`` will not read) passes through.
     """
-    marker = Path(run_dir) / COMPLETE
-    if not marker.is_file():
-        return None
     try:
-        status = json.loads(marker.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
+        data = read(Path(run_dir) / COMPLETE)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return STATUS_COMPLETE
+    try:
+        status = json.loads(data).get("status")
+    except (ValueError, AttributeError, RecursionError):
         return STATUS_COMPLETE
     return status if status in STATUSES else STATUS_COMPLETE
 
@@ -529,35 +553,28 @@ def effective_split(rows: list[dict[str, Any]], split: str = "image", fold: int 
 
 # ----------------------------------------------------------------------------- the data a run trained on
 
-# (path, device, inode, size, mtime_ns) -> (manifest sha256, {(split, fold): split sha256} as needed): the
+# (manifest sha256, split, fold) -> split sha256, or None where the manifest cannot hold that split: the
 # dashboard asks for every trial of a sweep, and they share one manifest.
-_DIGESTS: dict[tuple[str, int, int, int, int], tuple[str, dict[tuple[str, int], str]]] = {}
+_SPLIT_DIGESTS: dict[tuple[str, str, int], str | None] = {}
 
 
 def _manifest_path(prepared: Path) -> Path:
     return Path(prepared) / MANIFEST
 
 
-def _digests(manifest: Path, *, split: tuple[str, int] | None) -> tuple[str, str | None]:
-    """The manifest's byte sha256 and, for ``split`` = (split, fold), the split sha256 of that effective split
-    (see SPLIT_SHA256); OSError if unreadable, engine.errors.DataError if the manifest cannot hold that split."""
-    info = manifest.stat()
-    key = (str(manifest), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-    cached = _DIGESTS.get(key)
-    if cached is None:
-        data = manifest.read_bytes()
-        cached = (hashlib.sha256(data).hexdigest(), {})
-        if len(_DIGESTS) > 64:
-            _DIGESTS.clear()
-        _DIGESTS[key] = cached
-    else:
-        data = None
-    if split is None:
-        return cached[0], None
-    if split not in cached[1]:
-        cached[1][split] = split_digest(data if data is not None else manifest.read_bytes(), *split,
-                                        source=str(manifest))
-    return cached[0], cached[1][split]
+def _split_digest_of(data: bytes, whole: str, split: tuple[str, int], source: str) -> str | None:
+    """SPLIT_SHA256 of a manifest's bytes (``whole``: their sha256) for ``split`` = (split, fold), remembered by
+    content; None where the manifest cannot hold that split (engine.errors.DataError)."""
+    key = (whole, *split)
+    if key not in _SPLIT_DIGESTS:
+        try:
+            digest: str | None = split_digest(data, *split, source=source)
+        except DataError:
+            digest = None
+        if len(_SPLIT_DIGESTS) > 64:
+            _SPLIT_DIGESTS.clear()
+        _SPLIT_DIGESTS[key] = digest
+    return _SPLIT_DIGESTS[key]
 
 
 def split_digest(manifest: bytes, split: str = "image", fold: int = 0, *, source: str = "manifest.csv") -> str:
@@ -600,29 +617,37 @@ def split_unreadable(run_dir: Path | str, manifest: Path | str) -> str:
 def manifest_record(prepared: Path, split: str = "image", fold: int = 0) -> dict[str, str]:
     """What ``config.json`` records of the prepared data a run trains on: {MANIFEST_SHA256, SPLIT_SHA256},
     the split digest of the run's effective split (its config's ``split`` and ``fold``)."""
-    manifest, digest = _digests(_manifest_path(prepared), split=(split, fold))
-    return {MANIFEST_SHA256: manifest, SPLIT_SHA256: str(digest)}
+    manifest = _manifest_path(prepared)
+    data = manifest.read_bytes()
+    return {MANIFEST_SHA256: hashlib.sha256(data).hexdigest(),
+            SPLIT_SHA256: split_digest(data, split, fold, source=str(manifest))}
 
 
-def _manifest_check(run_dir: Path) -> tuple[bool | None, str | None]:
+def manifest_check(run_dir: Path, read: Reader = read_file,
+                   shown: Callable[[Path], str] = str) -> tuple[bool | None, str | None]:
+    """(``manifest_matches``, ``manifest_problem``) of a run, its files read with ``read`` and named in the
+    sentence by ``shown``. (None, None) where it cannot be told: no readable config.json, a run from before the
+    record, or a manifest ``read`` declines (Declined)."""
     try:
-        config = read_json(Path(run_dir) / CONFIG)
-        recorded, prepared = config[MANIFEST_SHA256], Path(config["data_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
+        config = json.loads(read(Path(run_dir) / CONFIG))
+        recorded, prepared = config[MANIFEST_SHA256], Path(str(config["data_dir"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, Declined):
         return None, None  # no run, or one trained before the record existed: nothing to compare
     manifest = _manifest_path(prepared)
+    name = shown(Path(run_dir)), shown(manifest)
     try:
-        current, _ = _digests(manifest, split=None)
+        data = read(manifest)
+        current = hashlib.sha256(data).hexdigest()
         if current == recorded:
             return True, None
-        _, split = _digests(manifest, split=run_split(config))
-    except DataError:  # the manifest no longer holds the run's smear folds at all
-        return False, split_changed(run_dir, manifest)
+        split = _split_digest_of(data, current, run_split(config), str(manifest))
+    except Declined:
+        return None, None
     except (OSError, ValueError, KeyError):
-        return False, split_unreadable(run_dir, manifest)
+        return False, split_unreadable(*name)
     if split is not None and split == config.get(SPLIT_SHA256):
         return True, None
-    return False, split_changed(run_dir, manifest)
+    return False, split_changed(*name)
 
 
 def manifest_matches(run_dir: Path) -> bool | None:
@@ -631,16 +656,16 @@ def manifest_matches(run_dir: Path) -> bool | None:
     True: yes (the manifest is unchanged, or only its bytes changed, not its split). False: the split
     changed or the manifest is gone, so the run's val/test scores on it would not be held out
     (``manifest_problem`` says which, in a sentence). None: cannot tell (no readable config.json, or a
-    run trained before the record existed). Without torch, and the hash of one small file (remembered
-    while the file stays the same): cheap enough for the dashboard to ask for every run it lists.
+    run trained before the record existed). Without torch, and the hash of one small file (its split digest
+    remembered by content): cheap enough to ask for every run of a sweep.
     """
-    return _manifest_check(run_dir)[0]
+    return manifest_check(run_dir)[0]
 
 
 def manifest_problem(run_dir: Path) -> str | None:
     """Why the run no longer matches its prepared data, as a sentence for the reader; None when it matches
     or cannot be told (``manifest_matches``)."""
-    return _manifest_check(run_dir)[1]
+    return manifest_check(run_dir)[1]
 
 
 def require_same_split(run_dir: Path) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dashboard.loaders import pair_images
-from engine.explain.pipeline import match_images
+from dashboard.artefacts import pair_images
+from engine.matching import match_images
 
 
 def rows(*items: tuple[str, str, str]) -> list[dict[str, str]]:

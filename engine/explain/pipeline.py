@@ -34,6 +34,7 @@ from ..inference import (
     to_input,
 )
 from ..manifest import has_masks
+from ..matching import match_images
 from ..models import CAM_LAYERS
 from ..runs import CLASSES, COMPARE_COLUMNS, FAITHFULNESS_COLUMNS, INDEX_COLUMNS, TARGETS
 from . import figures, localisation
@@ -557,23 +558,6 @@ def multilayer_figure(image: np.ndarray, maps: dict[str, np.ndarray], *, method:
 
 
 # ----------------------------------------------------------------------------- compare
-
-
-def class_path(row: dict[str, Any]) -> str:
-    """An image's class and its path inside the class folder: the same for an image and its segmented copy."""
-    return f"{row['class']}/{row['path'].split('/', 1)[-1]}"
-
-
-def match_images(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[int, int]:
-    """Pairs (index in ``a`` -> index in ``b``) of the same image: by sha256, else by class and path."""
-    by_sha = {r["sha256"]: j for j, r in enumerate(b)}
-    by_path = {class_path(r): j for j, r in enumerate(b)}
-    pairs = {}
-    for i, row in enumerate(a):
-        j = by_sha.get(row["sha256"], by_path.get(class_path(row)))
-        if j is not None:
-            pairs[i] = j
-    return pairs
 
 
 def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: str = "norm5", split: str = "test",
