@@ -103,10 +103,10 @@ demo: prepare
 dashboard: setup
 	$(PY) -m dashboard --outputs $(OUTPUTS) --host $(HOST) --port $(PORT)
 
-# TensorBoard on history.csv: engine/tensorboard.py exports every run below LOGDIR (a run, a sweep, or all of
-# OUTPUTS) into $(OUTPUTS)/tensorboard, then serves that on HOST (127.0.0.1 unless told). Rerun to catch up.
+# TensorBoard on history.csv: `python -m engine tensorboard` exports every run below LOGDIR (a run, a sweep, or
+# all of OUTPUTS) into $(OUTPUTS)/tensorboard, then serves that on HOST (127.0.0.1 unless told). Rerun to catch up.
 tensorboard: setup
-	logdir=$$($(PY) -m engine.tensorboard $(LOGDIR) --root $(OUTPUTS) --out $(OUTPUTS)/tensorboard | tail -n 1) && \
+	logdir=$$($(PY) -m engine tensorboard $(LOGDIR) --root $(OUTPUTS) --out $(OUTPUTS)/tensorboard | tail -n 1) && \
 	$(VENV)/bin/tensorboard --logdir "$$logdir" --host $(HOST) --port $(TB_PORT)
 
 dashboard-bench: setup

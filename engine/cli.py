@@ -23,6 +23,7 @@ COMMANDS = {
     "card": "write a run's model card (MODEL_CARD.md) from its files",
     "predict": "class probabilities of image files, one JSON line each",
     "bench": "the engine's speed against a plain torchvision loop",
+    "tensorboard": "TensorBoard event files from the history.csv of runs and sweeps",
 }
 # What each command was doing, for the first words of its error line.
 DOING = {
@@ -34,12 +35,14 @@ DOING = {
     "card": "writing the model card",
     "predict": "predicting",
     "bench": "benchmarking",
+    "tensorboard": "exporting to TensorBoard",
 }
 
 
 def usage() -> str:
     lines = ["usage: python -m engine COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<9} {help_}" for name, help_ in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {help_}" for name, help_ in COMMANDS.items()]
     lines += ["", "python -m engine COMMAND --help shows a command's options; --debug (or ENGINE_DEBUG=1) shows the "
               "traceback of an error.", "exit status: 0 done, 1 a bug, 2 bad input, 3 a damaged file, 4 disk or "
               "permission, 128+N stopped by signal N"]

@@ -1,4 +1,4 @@
-"""engine/tensorboard.py: event files from history.csv, readable by TensorBoard and served by it."""
+"""engine/commands/tensorboard.py: event files from history.csv, readable by TensorBoard and served by it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import tensorboard
+from engine.commands import tensorboard
 from tests.support import synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_export_writes_readable_scalars_for_runs_and_sweeps(tmp_path: Path) -> N
 def test_make_tensorboard_target_exists_and_binds_localhost() -> None:
     text = (REPO / "Makefile").read_text()
     assert re.search(r"^tensorboard: setup$", text, re.M)
-    assert "-m engine.tensorboard" in text and "--host $(HOST)" in text
+    assert "-m engine tensorboard" in text and "--host $(HOST)" in text
     assert re.search(r"^HOST \?= 127\.0\.0\.1$", text, re.M)
     dry = subprocess.run(["make", "-n", "tensorboard", "LOGDIR=outputs/runs/x"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
@@ -68,8 +68,9 @@ def test_the_cli_prints_a_logdir_that_tensorboard_serves(tmp_path: Path) -> None
     rng = np.random.default_rng(1)
     root = tmp_path / "outputs"
     synthetic.make_sweep(root / "sweeps" / "s", 3, rng, str(tmp_path), status="complete")
-    cli = subprocess.run([sys.executable, "-m", "engine.tensorboard", str(root / "sweeps" / "s"), "--root", str(root),
-                          "--out", str(root / "tensorboard")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-m", "engine", "tensorboard", str(root / "sweeps" / "s"),
+                          "--root", str(root), "--out", str(root / "tensorboard")],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     logdir = Path(cli.stdout.strip().splitlines()[-1])
     assert logdir == root / "tensorboard" / "sweeps" / "s" / "trials"

@@ -1,4 +1,4 @@
-"""TensorBoard event files from run folders' history.csv: ``python -m engine.tensorboard SOURCE... --out DIR``.
+"""``python -m engine tensorboard SOURCE... --out DIR``: TensorBoard event files from run folders' history.csv.
 
 Training never writes TensorBoard events itself: it stays torch-only and history.csv is the record. This
 exporter reads each run's history.csv afterwards (or while it trains: run it again to catch up) and writes
@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from engine import runs
+from .. import runs
 
 log = logging.getLogger(__name__)
 
@@ -133,14 +133,13 @@ def logdir_for(written: list[Path], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.tensorboard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine tensorboard", description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", type=Path, help="run folders, sweep folders or folders above them")
     parser.add_argument("--out", type=Path, default=Path("outputs/tensorboard"), help="where event files go")
     parser.add_argument("--root", type=Path, default=Path("outputs"),
                         help="exported runs are named by their path below this folder")
     parser.add_argument("--clean", action="store_true", help="remove --out first (runs deleted since)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.clean and args.out.is_dir():
         shutil.rmtree(args.out)
     missing = [s for s in args.sources if not s.exists()]
@@ -154,6 +153,3 @@ def main(argv: list[str] | None = None) -> int:
     print(logdir_for(written, args.out))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
