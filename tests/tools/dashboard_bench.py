@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-PAGES = ("data", "sweeps", "run", "gallery", "features", "evidence", "compare", "predict", "present")
+from dashboard.pages import PAGES
+
 TARGET_S = 1.5
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 
@@ -31,8 +32,9 @@ def bench(outputs: Path, repeats: int = 3) -> list[dict]:
     at = AppTest.from_file(str(APP), default_timeout=300)
     at.run()
     rows = []
-    for page in PAGES:
-        at.switch_page(f"views/{page}.py")
+    for entry in PAGES:
+        page = entry.slug
+        at.switch_page(entry.file)
         start = time.perf_counter()
         at.run()
         cold = time.perf_counter() - start

@@ -28,11 +28,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dashboard import pages
+
 log = logging.getLogger(__name__)
 
 # URL path of each page (the data page is the default one) and the title it shows.
-PAGES = {"": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM gallery", "evidence": "Evidence",
-         "features": "Feature map", "compare": "Compare runs", "predict": "Predict", "present": "Present"}
+PAGES = {("" if p == pages.DEFAULT else p.slug): p.title for p in pages.PAGES}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update"]
 REPO = Path(__file__).resolve().parents[2]
