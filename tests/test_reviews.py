@@ -1,4 +1,4 @@
-"""Review marks (issue 14, item 5): dashboard/reviews.py directly, and the reviewed images in a deck.
+"""Review marks: dashboard/reviews.py directly, and the reviewed images in a deck.
 
 The storage tests need no Streamlit and no outputs beyond a run folder; the deck test uses a
 fabricated outputs folder (tests/support/synthetic.py), made once for this module.
@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -81,6 +80,7 @@ from pathlib import Path
 sys.path.insert(0, {repo!r})
 from dashboard import reviews
 root, run, first, label, go = Path({root!r}), Path({run!r}), {first}, {label!r}, Path({go!r})
+print("ready", flush=True)  # imported and about to wait for the go file
 while not go.exists():
     time.sleep(0.005)
 for i in range(first, first + 50):
@@ -94,11 +94,15 @@ def test_two_processes_marking_at_once_lose_nothing(run: tuple[Path, Path], tmp_
     root, folder = run
     go = tmp_path / "go"
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER.format(repo=str(REPO), root=str(root), run=str(folder),
-                                                                     first=first, label=label, go=str(go))])
+                                                                     first=first, label=label, go=str(go))],
+                              stdout=subprocess.PIPE, text=True)
              for first, label in ((0, "suspected_label_error"), (1000, "good_example"))]
-    time.sleep(1.0)  # both started and waiting, so that their writes interleave
+    # Both started and waiting (each says "ready"), so that their writes interleave.
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
     go.touch()
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    for p in procs:
+        p.stdout.close()
     marks = reviews.load(root, folder)
     assert {s for s in marks if s != "f" * 64} == {sha(i) for i in (*range(50), *range(1000, 1050))}
     assert marks["f" * 64]["labels"] == ["suspected_label_error", "good_example"]

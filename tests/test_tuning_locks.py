@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -32,7 +33,8 @@ from tuning.sweep import SweepError, SweepOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A sweep driver whose trials never end (run_trials blocks), with a fast heartbeat.
+# A sweep driver whose trials never end (run_trials blocks), with a fast heartbeat. It says "trials" on
+# stdout when its trials start: sweep.json records it as the running driver by then.
 DRIVER = r"""
 import sys, time
 from pathlib import Path
@@ -40,10 +42,26 @@ from tuning import liveness, sweep
 liveness.HEARTBEAT_EVERY_S = 0.5
 sweep.warm_cache = lambda *a, **k: None
 sweep.init_ray = lambda *a, **k: None
-sweep.run_trials = lambda *a, **k: time.sleep(600)
+sweep.run_trials = lambda *a, **k: (print("trials", flush=True), time.sleep(600))
 sweep.run_sweep(sweep.SweepOptions(space="tiny", data=Path(sys.argv[1]), out=Path(sys.argv[2]), name="s",
                                    explain=False))
 """
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line ``proc`` writes on its stdout pipe, stripped; "" when it ends or says nothing in time."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    return proc.stdout.readline().strip() if ready else ""
+
+
+def next_heartbeat(sweep_json: Path, after: str, timeout: float) -> dict[str, Any]:
+    """sweep.json once its driver has written a heartbeat other than ``after`` (or as it is at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = json.loads(sweep_json.read_text())
+        if info["heartbeat_at"] != after or time.monotonic() > deadline:
+            return info
+        time.sleep(0.05)
 
 
 def dead_pid() -> int:
@@ -230,17 +248,13 @@ def test_resume_or_finish_of_a_running_sweep_is_refused_and_of_a_killed_one_work
         prepared_tiny: Path, tmp_path: Path, no_ray: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     no_ray["release"].set()  # a resume that is not refused runs its (stand-in) trials at once
     sweep = tmp_path / "s"
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(prepared_tiny), str(tmp_path)], cwd=REPO)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(prepared_tiny), str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not (sweep / layout.SWEEP_JSON).is_file() and time.monotonic() < deadline:
-            assert driver.poll() is None, "the driver ended"
-            time.sleep(0.1)
-        time.sleep(0.5)
+        assert read_line(driver, 60) == "trials", "the driver ended, or its trials did not start"
         info = json.loads((sweep / layout.SWEEP_JSON).read_text())
         assert (info["status"], info["host"], info["pid"]) == (layout.SWEEP_RUNNING, socket.gethostname(), driver.pid)
-        time.sleep(1.5)
-        later = json.loads((sweep / layout.SWEEP_JSON).read_text())
+        later = next_heartbeat(sweep / layout.SWEEP_JSON, info["heartbeat_at"], 30)
         assert later["heartbeat_at"] != info["heartbeat_at"], "no heartbeat"
         assert liveness.is_running(later)
 
@@ -256,6 +270,7 @@ def test_resume_or_finish_of_a_running_sweep_is_refused_and_of_a_killed_one_work
         driver.wait(10)
     finally:
         driver.kill()
+        driver.stdout.close()
     info = json.loads((sweep / layout.SWEEP_JSON).read_text())
     assert info["status"] == layout.SWEEP_RUNNING  # what a killed driver leaves behind
     assert not liveness.is_running(info) and liveness.shown_status(info) == liveness.STOPPED
