@@ -54,7 +54,7 @@ if index is not None and stages:
             # Multiselect options are plain text: no Markdown to escape, only unprintable characters.
             labels = {r.sha256: plain(f"{'✗' if r.correct == 0 else '✓'} {r.path.rsplit('/', 1)[-1]} → {r.pred} "
                                       f"({r.confidence:.2f})") for r in cand.itertuples()}
-            auto = report._auto_pick(cand, int(per_stage))
+            auto = report.auto_pick(cand, int(per_stage))
             chosen[stage] = st.multiselect(stage, list(labels), default=auto, format_func=labels.get,
                                            key=f"present_img_{stage}", max_selections=8)
 
