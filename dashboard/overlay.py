@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.explain.figures import COLORMAPS, overlay, png_bytes
+from engine.explain.figures import COLORMAPS, overlay
 
 from . import paths
 
@@ -84,8 +84,3 @@ def render(image: np.ndarray, cam: np.ndarray, style: OverlayStyle) -> np.ndarra
     return overlay(image, cam, image_weight=1.0 - style.opacity, colormap=style.colormap,
                    threshold=style.threshold)
 
-
-def render_png(root: Path | str, image_path: Path | str, map_path: Path | str, style: OverlayStyle) -> bytes:
-    """The PNG of :func:`render` for an image and a map stored in a run's ``cams/``."""
-    image = read_image(root, image_path)
-    return png_bytes(render(image, read_map(root, map_path), style) if style.show else image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 
@@ -10,7 +11,13 @@ import pytest
 from PIL import Image
 
 from dashboard import overlay as ov
+from dashboard import ui
 from engine.explain.figures import overlay as engine_overlay
+
+
+def drawn_png(root, image_path, map_path, style: ov.OverlayStyle) -> bytes:
+    """The PNG the pages show for a stored image and map in ``style`` (dashboard.ui)."""
+    return ui._drawn_png(str(root), str(image_path), str(map_path), None, dataclasses.astuple(style), ())
 
 
 def _image(size: int = 32) -> np.ndarray:
@@ -57,14 +64,14 @@ def test_opacity_and_colormap_change_the_drawing() -> None:
 def test_overlay_off_shows_the_image(tmp_path) -> None:
     image, cam = _image(), _map()
     image_path, map_path = _store(tmp_path, image, cam)
-    png = ov.render_png(tmp_path, image_path, map_path, ov.OverlayStyle(show=False))
+    png = drawn_png(tmp_path, image_path, map_path, ov.OverlayStyle(show=False))
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), image)
 
 
-def test_render_png_from_stored_files(tmp_path) -> None:
+def test_drawn_png_from_stored_files(tmp_path) -> None:
     image, cam = _image(), _map()
     image_path, map_path = _store(tmp_path, image, cam)
-    png = ov.render_png(tmp_path, image_path, map_path, ov.OverlayStyle(threshold=0.5, colormap="inferno"))
+    png = drawn_png(tmp_path, image_path, map_path, ov.OverlayStyle(threshold=0.5, colormap="inferno"))
     drawn = np.asarray(Image.open(io.BytesIO(png)))
     expected = ov.render(image, cam.astype(np.float16).astype(np.float32), ov.OverlayStyle(threshold=0.5,
                                                                                             colormap="inferno"))
@@ -89,7 +96,7 @@ def test_bad_maps_are_refused_with_the_file_named(tmp_path) -> None:
         ov.read_map(tmp_path, tmp_path / "cube.npy")
     np.save(tmp_path / "small.npy", np.zeros((8, 8), np.float16))
     with pytest.raises(ov.OverlayError, match="differ in size"):
-        ov.render_png(tmp_path, image_path, tmp_path / "small.npy", ov.OverlayStyle(opacity=0.7))
+        drawn_png(tmp_path, image_path, tmp_path / "small.npy", ov.OverlayStyle(opacity=0.7))
     (tmp_path / "noise.png").write_bytes(b"not a png")
     with pytest.raises(ov.OverlayError, match=r"noise\.png"):
         ov.read_image(tmp_path, tmp_path / "noise.png")
