@@ -72,7 +72,7 @@ def stage_candidates(index: pd.DataFrame, stage: str, layer: str) -> pd.DataFram
 
 
 def _cam_grid(root: Path, run: Path, index: pd.DataFrame, shas: list[str], methods: list[str], layer: str,
-              stage: str) -> bytes | None:
+              stage: str, warnings: list[str]) -> bytes | None:
     """Rows = images; columns = input, then each method's map for the predicted stage (large labels)."""
     import matplotlib
 
@@ -100,8 +100,9 @@ def _cam_grid(root: Path, run: Path, index: pd.DataFrame, shas: list[str], metho
         for c, (name, path) in enumerate(images):
             ax = axes[r][c]
             ax.axis("off")
-            if path is not None:
-                ax.imshow(Image.open(path).convert("RGB"))
+            picture = _png_of(root, path, warnings)
+            if picture is not None:  # a missing or damaged picture leaves its cell blank, named in the warnings
+                ax.imshow(Image.open(io.BytesIO(picture)).convert("RGB"))
             if r == 0:
                 ax.set_title(mpl(name), fontsize=16)
             if c == 0:
@@ -149,7 +150,8 @@ def gather(root: Path, findings: Findings) -> dict[str, Any]:
             shas = [s for s in findings.images.get(stage, []) if s in set(candidates["sha256"])]
             shas = shas or auto_pick(candidates, findings.per_stage)
             stages_out[stage] = {
-                "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage),
+                "grid": _cam_grid(root, run, index, shas[: max(1, findings.per_stage)], methods, layer, stage,
+                                  warnings),
                 "mean_map": _png_of(root, loaders.stage_file(root, run, stage, runs.STAGE_MEAN_MAP), warnings),
                 # Count files, as the metrics do: byte-identical copies are one candidate but several images.
                 "n": len(files), "errors": int((files["correct"] == 0).sum()),
@@ -253,14 +255,24 @@ def reviewed_lines(entry: dict[str, Any]) -> list[str]:
 
 
 def _png_of(root: Path, path: Path | None, warnings: list[str]) -> bytes | None:
-    """A picture's bytes, read like every other file (regular, inside the outputs, size-limited), or None."""
+    """A picture's bytes, read like every other file (regular, inside the outputs, size-limited), or None
+    (missing or damaged: named in ``warnings``)."""
     if path is None:
         return None
+    from PIL import Image
+
     try:
-        return paths.read_bytes(root, path)
+        data = paths.read_bytes(root, path)
     except (OSError, ValueError) as exc:
         warnings.append(f"{relative(root, path)} not shown: {exc}")
         return None
+    try:
+        Image.open(io.BytesIO(data)).verify()
+    except Exception:  # PIL raises several kinds (OSError, SyntaxError, ...) for a damaged file
+        warnings.append(f"{relative(root, path)} not shown: damaged, not a readable image (run `python -m engine "
+                        "explain RUN` to write cams/ again)")
+        return None
+    return data
 
 
 def evidence_rows(data: dict[str, Any], stage: str, colour: bool = True) -> list[list[str]]:

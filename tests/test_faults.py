@@ -282,6 +282,29 @@ def test_the_dashboard_warns_on_the_damaged_run_only(run_copy: Path, trained_tin
     assert inference.load_model(trained_tiny_run).cfg.image_size == 64  # another run stays usable
 
 
+def test_the_deck_names_each_damaged_file_and_is_still_made(dashboard_outputs: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    from dashboard import loaders, report
+
+    root = Path(shutil.copytree(dashboard_outputs["root"], tmp_path / "outputs", symlinks=True))
+    run = root / dashboard_outputs["best"].relative_to(dashboard_outputs["root"])
+    (run / runs.CONTEXT).write_text('{"splits": ')
+    mean_map = next((run / runs.CAMS).rglob(runs.STAGE_MEAN_MAP))
+    mean_map.write_bytes(b"\x89PNG not an image")
+    overlays = sorted((run / runs.CAMS / "gradcam").rglob("*.png"))
+    for overlay in overlays:  # every Grad-CAM map of the grids
+        overlay.write_bytes(overlay.read_bytes()[:40])
+    deck = report.build(root, report.Findings(run=str(run)))
+    assert deck.slides and deck.pptx[:2] == b"PK"  # made: the other slides do not depend on these files
+    said = "\n".join(deck.warnings)
+    assert f"{run.relative_to(root)}/{runs.CONTEXT}" in said, said
+    assert f"{mean_map.relative_to(root)} not shown: damaged" in said, said
+    assert overlays and f"{run.relative_to(root)}/{runs.CAMS}/gradcam/" in said, said
+    (run / runs.METRICS).write_text("{ not json")  # nothing to show without the metrics: refused, by name
+    with pytest.raises(loaders.LoadError, match=r"metrics\.json"):
+        report.build(root, report.Findings(run=str(run)))
+
+
 # ----------------------------------------------------------------------------- a full disk
 
 
