@@ -21,6 +21,7 @@ import torch
 
 from engine import baselines, context, runs
 from engine.runs import CLASSES
+from tests.support.evidence import planted, splits_of
 
 
 def test_colour_statistics_are_the_median_std_and_percentiles_per_channel():
@@ -60,34 +61,6 @@ def test_usable_needs_a_mask_and_background_left():
     masks[1, 4:6, 4:6] = True
     masks[2, 1:9, 1:9] = True  # grown by 2 it covers the whole image
     assert baselines.usable(masks, grow=2).tolist() == [False, True, False]
-
-
-def planted(where: str, n_per_stage: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Generated smears whose stage lies in the background tint ("tint") or only in the cell's shape under a
-    random stain ("shape": a disc with a bud, turned by 90 degrees per stage: the same pixels, other places)."""
-    rng = np.random.default_rng(seed)
-    tints = np.array([(225, 225, 225), (240, 215, 190), (190, 215, 240), (215, 240, 200)])
-    yy, xx = np.mgrid[:size, :size]
-    images, masks, labels = [], [], []
-    for stage in np.repeat(np.arange(4), n_per_stage):
-        if where == "tint":
-            background, cell = tints[stage], np.array([150, 40, 170])
-        else:
-            background, cell = rng.uniform(170, 245, 3), rng.uniform(40, 200, 3)
-        image = np.clip(background + rng.normal(0, 8, (size, size, 3)), 0, 255)
-        mask = (yy - 16) ** 2 + (xx - 16) ** 2 <= 36
-        mask |= (yy - 16) ** 2 + (xx - 23) ** 2 <= 4
-        mask = np.rot90(mask, k=stage if where == "shape" else 0)
-        image[mask] = np.clip(cell + rng.normal(0, 8, (mask.sum(), 3)), 0, 255)
-        images.append(image.astype(np.uint8))
-        masks.append(mask)
-        labels.append(stage)
-    return np.stack(images), np.stack(masks), np.array(labels)
-
-
-def splits_of(n: int) -> dict[str, np.ndarray]:
-    order = np.random.default_rng(0).permutation(n)
-    return {"train": order[: n // 2], "val": order[n // 2: 3 * n // 4], "test": order[3 * n // 4:]}
 
 
 def test_a_stage_planted_in_the_background_tint_is_named_by_the_background_model():

@@ -24,7 +24,7 @@ from PIL import Image
 from engine.commands import evaluate, train
 from engine.explain.pipeline import ExplainOptions, explain_run
 from engine.prepare import prepare
-from tests.conftest import CLASS_FOLDERS
+from tests.support.images import CLASS_FOLDERS
 
 pytestmark = pytest.mark.numerics
 

@@ -17,39 +17,16 @@ from PIL import Image
 
 from dashboard import figures, loaders, paths, report
 from tests.support import synthetic
+from tests.support.apptest import app, no_exception, texts
 from tuning import layout
 
 REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "dashboard" / "app.py")
 PAGES = ("data", "sweeps", "run", "gallery", "evidence", "compare", "predict", "present")
 
 
 @pytest.fixture(scope="session")
 def outputs(dashboard_outputs: dict[str, Path]) -> dict[str, Path]:
     return dashboard_outputs
-
-
-def app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str = "data"):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("ALL_OUTPUTS", str(root))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    if page != "data":
-        at.switch_page(f"views/{page}.py").run()
-    return at
-
-
-def no_exception(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [t.value for t in at.title] + [h.value for h in at.header]
-    parts += [s.value for s in at.subheader]
-    parts += [c.value for c in at.caption] + [w.value for w in at.warning] + [i.value for i in at.info]
-    parts += [s.value for s in at.success] + [e.value for e in at.error]
-    return "\n".join(str(p) for p in parts)
 
 
 # ----------------------------------------------------------------------------- paths

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,34 +16,13 @@ import pytest
 
 from dashboard import evidence, loaders, report
 from dashboard.escape import html_text
-from engine import baselines, context, runs
+from engine import context, runs
 from engine.runs import CLASSES
 from tests.support import synthetic
-from tests.test_baselines import planted, splits_of
+from tests.support.apptest import checked_app, unescaped, visible
+from tests.support.evidence import shortcut_summary, stain_context
 
-REPO = Path(__file__).resolve().parents[1]
-APP = str(REPO / "dashboard" / "app.py")
 BACKGROUND = runs.BASELINE_WORDS["background_colour"]
-
-
-def shortcut_summary(where: str) -> dict:
-    """baselines.json's content for generated smears whose stage lies in the tint or only in the cells' shape."""
-    images, masks, labels = planted(where, 40, seed=1)
-    splits = splits_of(len(labels))
-    return baselines.measure(images, masks, labels, splits, CLASSES, seed=0,
-                             network={s: labels[splits[s]] for s in ("val", "test")})
-
-
-def stain_context(follow: bool) -> dict:
-    """context.json's content for a model that reads the stain (follows every donor) or the cells (never does)."""
-    true = np.repeat(np.arange(4), 10)
-    donor = (true + 1) % 4
-    swapped = donor if follow else true
-    summary = context.reliance(true, {"original": true, "cells_removed": true, "background_removed": true,
-                                      "stain_swapped": swapped, "greyscale": true}, CLASSES)
-    summary["stain_swapped"] = {"follows_donor": context.follows_donor(swapped, donor, true, CLASSES), "seed": 0}
-    summary["split"] = "test"
-    return summary
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -127,37 +105,17 @@ def outputs(tmp_path: Path) -> dict[str, Path]:
     return {"root": tmp_path, "run": run}
 
 
-def app(root: Path, monkeypatch: pytest.MonkeyPatch, page: str):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("ALL_OUTPUTS", str(root))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(f"views/{page}.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def unescaped(value: object) -> str:
-    """Text as the page shows it: Markdown backslash escapes and entities resolved."""
-    return html.unescape(re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", str(value)))
-
-
-def visible(at, *kinds: str) -> str:
-    return " ".join(unescaped(e.value) for kind in kinds for e in getattr(at, kind))
-
-
 def test_run_and_evidence_pages_show_the_baselines_beside_the_network(outputs, monkeypatch):
     summary = json.loads((outputs["run"] / runs.BASELINES).read_text())
     accuracy = summary["baselines"]["background_colour"]["splits"]["test"]["accuracy"]
     expected = f"{BACKGROUND[0].upper()}{BACKGROUND[1:]}: {accuracy:.1%} [95% CI "
-    run_page = app(outputs["root"], monkeypatch, "run")
+    run_page = checked_app(outputs["root"], monkeypatch, "run")
     shown = visible(run_page, "markdown", "caption")
     assert expected in shown and "The network: " in shown, shown
     assert "told apart by colour alone" in shown
     assert "reads the stain" in shown  # the stain probes' sentence, under cells or context
     assert not visible(run_page, "warning")
-    page = app(outputs["root"], monkeypatch, "evidence")
+    page = checked_app(outputs["root"], monkeypatch, "evidence")
     shown = visible(page, "markdown", "caption")
     assert expected in shown and "Colour alone." in shown and "reads the stain" in shown, shown
     assert any(e.label == "How the baselines were made" for e in page.expander)
@@ -168,7 +126,7 @@ def test_run_and_evidence_pages_show_the_baselines_beside_the_network(outputs, m
 def test_a_damaged_baselines_json_is_one_warning_naming_it(outputs, monkeypatch, content):
     (outputs["run"] / runs.BASELINES).write_text(content)
     for page in ("run", "evidence"):
-        at = app(outputs["root"], monkeypatch, page)
+        at = checked_app(outputs["root"], monkeypatch, page)
         naming = [e for e in (*at.warning, *at.caption) if runs.BASELINES in unescaped(e.value)]
         assert len(naming) == 1 and any(naming[0] is w for w in at.warning), (page, visible(at, "warning", "caption"))
         assert BACKGROUND not in visible(at, "markdown")
@@ -182,7 +140,7 @@ def test_an_old_run_without_baselines_or_stain_probes_still_displays(outputs, mo
     old = context.reliance(true, {"original": true, "cells_removed": true, "background_removed": true}, CLASSES)
     runs.write_json(outputs["run"] / runs.CONTEXT, {**old, "split": "test"})
     for page in ("run", "evidence"):
-        at = app(outputs["root"], monkeypatch, page)
+        at = checked_app(outputs["root"], monkeypatch, page)
         assert f"No `{runs.BASELINES}` for this run" in visible(at, "warning"), page
         assert "With the leukocytes removed" in visible(at, "markdown"), page
     assert loaders.evidence(outputs["root"], outputs["run"])["context"] is not None

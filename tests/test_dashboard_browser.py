@@ -12,8 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.support import chromium
-from tests.tools import dashboard_load as load
+from tests.support.browser import assert_no_exception, settle
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "outputs" / "screenshots"
@@ -21,45 +20,6 @@ PAGES = {"data": "Data", "sweeps": "Sweeps", "run": "Run", "gallery": "Grad-CAM 
          "compare": "Compare runs", "predict": "Predict", "present": "Present"}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    # Found before the outputs are built (minutes of training), so that a machine without Chromium skips
-    # (CI: fails) at once.
-    executable = chromium.require_chromium()
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        chromium.missing("the playwright Python package is not installed (`make setup` installs it)")
-    outputs = request.getfixturevalue("dashboard_outputs")
-    with load.serve(outputs["root"], tmp_path_factory.mktemp("server") / "server.log") as (url, _pid):
-        yield {"url": url, "chromium": executable, **outputs}
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(server["chromium"]), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
-        yield launched
-        launched.close()
-
-
-def settle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until the script run finished: the app is rendered and the 'running' indicator is gone."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
-    page.wait_for_selector("h1", timeout=timeout_ms)
-    deadline = time.time() + timeout_ms / 1000
-    quiet = 0
-    while time.time() < deadline and quiet < 3:
-        running = page.locator("[data-testid='stStatusWidget']").count()
-        quiet = quiet + 1 if running == 0 else 0
-        page.wait_for_timeout(500)
-    page.wait_for_timeout(800)
 
 
 def full_screenshot(page, path: Path) -> None:
@@ -73,11 +33,6 @@ def full_screenshot(page, path: Path) -> None:
     page.wait_for_timeout(1200)
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": width, "height": 1000})
-
-
-def assert_no_exception(page, name: str) -> None:
-    assert page.locator("[data-testid='stException']").count() == 0, name
-    assert "Traceback" not in page.inner_text("body"), name
 
 
 def test_every_page_opens_and_is_screenshotted(server, browser) -> None:

@@ -8,22 +8,8 @@ import pytest
 
 from dashboard import evidence
 from engine import context
-from engine.explain import localisation as loc
 from engine.runs import CLASSES
-from tests.test_localisation import cells
-
-
-def localisation_summary() -> dict:
-    """localisation.json's structure, made by the engine from maps that point and maps that do not."""
-    masks = cells(40, seed=2)
-    stages = np.arange(40) % 4
-    results = []
-    for method, maps in (("good", masks.astype(float)), ("blob", np.broadcast_to(
-            loc.centre_map(masks.shape[1:]), masks.shape))):
-        result = loc.summarize(loc.scores(maps, masks, 2), loc.baseline_scores(np.asarray(maps), masks, stages, 2),
-                               stages, CLASSES)
-        results.append({"method": method, "layer": "norm5", **result})
-    return {"results": results, "ranking": loc.rank(results), "images": 40, "images_without_mask": 0}
+from tests.support.evidence import localisation_summary
 
 
 def context_summary(cells_removed_correct: int) -> dict:

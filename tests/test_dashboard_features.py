@@ -16,7 +16,7 @@ from PIL import Image
 from dashboard import figures, loaders
 from dashboard.escape import md
 from engine import runs
-from tests.test_dashboard import app, no_exception, texts
+from tests.support.apptest import app, no_exception, texts
 
 
 def points(n: int = 12) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The Feature map page in a real browser: a lasso and a box drawn on the map select their images.
 
 AppTest cannot draw on a Plotly chart, so this is the one check that Streamlit hands the selection
-(customdata: sha256) back to the page. Uses the server and browser of tests/test_dashboard_browser.py.
+(customdata: sha256) back to the page. Uses the server and browser of tests/support/browser.py.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from tests.test_dashboard_browser import assert_no_exception, browser, server, settle  # noqa: F401 (fixtures)
+from tests.support.browser import assert_no_exception, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -20,7 +20,7 @@ def selected(page) -> int:
     return int(re.search(r"Selected: (\d+)", text).group(1))
 
 
-def test_lasso_and_box_on_the_feature_map_select_images(server, browser) -> None:  # noqa: F811
+def test_lasso_and_box_on_the_feature_map_select_images(server, browser) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1300})
     page.goto(f"{server['url']}/features")
     settle(page)

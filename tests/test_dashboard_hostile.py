@@ -1,4 +1,4 @@
-"""Damaged and hostile run folders (issue 12, items 2-4): text from files is escaped on every page and
+"""Damaged and hostile run folders: text from files is escaped on every page and
 in both exports; discovery reads only small regular files inside the outputs folder; blank or
 malformed fields of cams/index.csv become a warning, never an error.
 
@@ -119,7 +119,7 @@ def hostile_run(run: Path) -> tuple[pd.DataFrame, pd.Series]:
     return predictions, hostile_image(run)
 
 
-# ----------------------------------------------------------------------------- item 2: escaping
+# ----------------------------------------------------------------------------- escaping
 
 
 def test_escape_helpers_leave_no_markup() -> None:
@@ -183,7 +183,7 @@ def test_exports_escape_text_from_run_folders(outputs: dict[str, Path]) -> None:
     assert f"Model: {IMG}densenet" in text  # PPTX is not HTML: the text stays as it was, minus what XML refuses
 
 
-# ----------------------------------------------------------------------------- item 3: discovery limits
+# ----------------------------------------------------------------------------- discovery limits
 
 # Discovery runs in a child process with a memory cap and a time limit, so that code which blocks on a
 # FIFO or reads /dev/zero fails this test instead of hanging or exhausting the machine.
@@ -305,7 +305,7 @@ def test_damaged_runs_are_warned_and_skipped_on_the_pages(outputs: dict[str, Pat
         assert "limit" in visible(at)
 
 
-# ----------------------------------------------------------------------------- item 4: malformed index fields
+# ----------------------------------------------------------------------------- malformed index fields
 
 
 def damage_index(run: Path, rows: dict[int, tuple[str, str]]) -> None:

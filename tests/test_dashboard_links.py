@@ -1,4 +1,4 @@
-"""Links that reopen a view (issue 14, item 6): each page keeps its run, split, selected cell, stage, method,
+"""Links that reopen a view: each page keeps its run, split, selected cell, stage, method,
 layer, filters and overlay style in the URL's query parameters, and a new session opened on those
 parameters shows the same view. Values that name nothing on the page are ignored, never an error.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import synthetic
-from tests.test_dashboard import APP, no_exception
+from tests.support.apptest import APP, no_exception
 
 RUN = "runs/baseline"
 
@@ -122,7 +122,7 @@ def test_links_naming_nothing_fall_back_to_the_defaults(made: dict[str, Path], m
 def test_run_page_warns_when_the_prepared_split_changed(made: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
     """The engine refuses to evaluate or explain such a run; the dashboard, which shows old results, says why
-    they are no longer held out (issue 12, item 9)."""
+    they are no longer held out."""
     import json
     import shutil
 

@@ -18,8 +18,8 @@ import pytest
 from dashboard import report, story
 from engine import modelcard, runs
 from tests.support import synthetic
-from tests.test_dashboard_baselines import app, shortcut_summary, stain_context, visible
-from tests.test_dashboard_evidence import localisation_summary
+from tests.support.apptest import checked_app, visible
+from tests.support.evidence import localisation_summary, shortcut_summary, stain_context
 from tuning import layout
 
 CARD = runs.MODEL_CARD
@@ -69,7 +69,7 @@ def downloads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, str | None]]
 def test_the_run_page_offers_the_card_the_engine_wrote(outputs, monkeypatch):
     written = modelcard.write(outputs["run"]).read_bytes()
     seen = downloads(monkeypatch)
-    at = app(outputs["root"], monkeypatch, "run")
+    at = checked_app(outputs["root"], monkeypatch, "run")
     buttons = [b for b in at.get("download_button") if b.label == "Model card"]
     assert len(buttons) == 1
     cards = [data for data, name in seen if name and name.endswith(CARD)]
@@ -83,7 +83,7 @@ def test_the_run_page_offers_the_card_the_engine_wrote(outputs, monkeypatch):
 def test_a_run_without_a_card_gets_the_same_card_rendered_from_its_files(outputs, monkeypatch):
     assert not (outputs["run"] / CARD).exists()
     seen = downloads(monkeypatch)
-    at = app(outputs["root"], monkeypatch, "run")
+    at = checked_app(outputs["root"], monkeypatch, "run")
     cards = [data for data, name in seen if name and name.endswith(CARD)]
     assert cards == [modelcard.render(outputs["run"]).encode()]
     assert "python -m engine card" in visible(at, "caption") and not (outputs["run"] / CARD).exists()
@@ -95,7 +95,7 @@ def test_a_card_older_than_the_files_is_offered_and_said_to_differ(outputs, monk
     metrics["splits"]["test"]["accuracy"] = 0.123
     runs.write_json(outputs["run"] / runs.METRICS, metrics)
     seen = downloads(monkeypatch)
-    at = app(outputs["root"], monkeypatch, "run")
+    at = checked_app(outputs["root"], monkeypatch, "run")
     assert [data for data, name in seen if name and name.endswith(CARD)] == [written]
     assert "differs from what its files say now" in visible(at, "caption")
     assert "12.3%" in visible(at, "markdown")  # the card shown is the current one

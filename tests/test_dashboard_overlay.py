@@ -1,4 +1,4 @@
-"""Overlay controls on the pages (issue 14, item 4): the maps drawn from the stored arrays with the chosen
+"""Overlay controls on the pages: the maps drawn from the stored arrays with the chosen
 opacity, colour map and threshold, or not at all; the default style shows the stored overlays untouched.
 
 On a fabricated outputs folder (tests/support/synthetic.py). ``overlay.render`` is wrapped to record what
@@ -14,7 +14,7 @@ import streamlit as st
 
 from dashboard import overlay
 from tests.support import synthetic
-from tests.test_dashboard import app, no_exception
+from tests.support.apptest import app, no_exception
 
 RUN = "runs/baseline"
 

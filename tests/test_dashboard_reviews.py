@@ -1,4 +1,4 @@
-"""Review marks on the pages (issue 14, item 5): the gallery's Review popover, badges and Marked filter,
+"""Review marks on the pages: the gallery's Review popover, badges and Marked filter,
 the Run page's cell view, two tabs marking at once, a mark surviving a restart, and the Present option.
 
 On a fabricated outputs folder (tests/support/synthetic.py) made once for this module; every test
@@ -18,7 +18,7 @@ import pytest
 from dashboard import reviews
 from engine import runs
 from tests.support import synthetic
-from tests.test_dashboard import app, no_exception, texts
+from tests.support.apptest import app, no_exception, texts
 
 RUN = "runs/baseline"
 

@@ -5,7 +5,6 @@ or, before the finish step wrote it, from the trial table; and an older sweep wi
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from engine import runs
 from tests.support import synthetic
-from tests.test_dashboard_sweeps import app, chart, charts, texts
+from tests.support.apptest import boxes, chart, charts, sweep_texts, sweeps_app, values
 from tuning import layout
 from tuning import recommend as rule
 
@@ -23,17 +22,6 @@ from tuning import recommend as rule
 def unescaped(text: str) -> str:
     """Page text as a reader sees it: without the backslashes that keep file values literal in Markdown."""
     return text.replace("\\", "")
-
-
-def boxes(at) -> str:
-    return unescaped("\n".join(str(x.value) for x in [*at.success, *at.warning, *at.info]))
-
-
-def values(array) -> list[float]:
-    """A Plotly spec's array: a list, or a typed array ({"dtype", "bdata"} in base64)."""
-    if isinstance(array, dict):
-        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
-    return list(array)
 
 
 def warnings(at) -> str:
@@ -70,8 +58,8 @@ def test_the_plot_and_the_recommendation_from_the_trial_table(tmp_path: Path, mo
     _, frame = probed_sweep(tmp_path, context_top=True)
     rec, top = expected(frame)
     assert rec != top  # the most accurate trials read the context here
-    at = app(tmp_path, monkeypatch)
-    assert "Accuracy or context: which trial to use" in texts(at)
+    at = sweeps_app(tmp_path, monkeypatch)
+    assert "Accuracy or context: which trial to use" in sweep_texts(at)
     shown = boxes(at)
     assert f"Trial {rec}" in shown and f"The most accurate trial, {top}" in shown and "85%" in shown
     figure = chart(at, "context_")
@@ -85,8 +73,8 @@ def test_the_plot_and_the_recommendation_from_the_trial_table(tmp_path: Path, mo
     assert max(values(front["y"])) == pytest.approx(float(probed["best_val_macro_f1"].max()))  # the top is on it
     labels = [m.label for m in at.metric]
     assert labels.count("val macro-F1") == 2 and labels.count("val accuracy, leukocytes removed") == 2
-    assert "computed here from the trial table" in unescaped(texts(at))
-    assert "python -m tuning finish" in unescaped(texts(at))
+    assert "computed here from the trial table" in unescaped(sweep_texts(at))
+    assert "python -m tuning finish" in unescaped(sweep_texts(at))
 
 
 def test_the_recommendation_from_recommended_json_flagged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -101,11 +89,11 @@ def test_the_recommendation_from_recommended_json_flagged(tmp_path: Path, monkey
     runs.write_json(sweep / layout.RECOMMENDED, {
         **entry, "explained": False, "rule": rule.RULE, "margin": 0.10, "rule_met": False,
         "verdict": rule.NO_TRIAL_READS_CELLS, "same_as_most_accurate": True, "most_accurate": entry})
-    at = app(tmp_path, monkeypatch)
+    at = sweeps_app(tmp_path, monkeypatch)
     shown = warnings(at)
     assert "No trial reads the cells" in shown and f"Trial {top}, the most accurate" in shown and "75%" in shown
-    assert "test accuracy 98.7%" in unescaped(texts(at))
-    assert "recommended.json, written by the finish step" in unescaped(texts(at))
+    assert "test accuracy 98.7%" in unescaped(sweep_texts(at))
+    assert "recommended.json, written by the finish step" in unescaped(sweep_texts(at))
     names = [t.get("name") for t in chart(at, "context_")["data"]]
     assert f"★ recommended = most accurate ({top})" in names
 
@@ -116,7 +104,7 @@ def test_an_old_sweep_without_the_probe_still_renders_and_says_what_to_run(tmp_p
     synthetic.make_sweep(sweep, 12, np.random.default_rng(0), str(tmp_path), status=layout.SWEEP_COMPLETE)
     frame = pd.read_csv(sweep / layout.SUMMARY)
     frame.drop(columns=[c for c in layout.PROBE_COLUMNS if c in frame]).to_csv(sweep / layout.SUMMARY, index=False)
-    at = app(tmp_path, monkeypatch)
+    at = sweeps_app(tmp_path, monkeypatch)
     info = unescaped("\n".join(str(i.value) for i in at.info))
     assert "No trial of this sweep has a context probe" in info and "tuning finish" in info and "old" in info
     assert chart(at, "context_") is None
@@ -126,7 +114,7 @@ def test_an_old_sweep_without_the_probe_still_renders_and_says_what_to_run(tmp_p
 def test_a_damaged_recommended_json_is_a_warning_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep, frame = probed_sweep(tmp_path, context_top=False)
     (sweep / layout.RECOMMENDED).write_text(json.dumps(["not", "a", "recommendation"]))
-    at = app(tmp_path, monkeypatch)
+    at = sweeps_app(tmp_path, monkeypatch)
     assert "recommended.json is not a recommendation" in warnings(at)
     rec, top = expected(frame)
     assert rec == top and "The most accurate trial also reads the cells" in boxes(at)

@@ -12,10 +12,8 @@ import pytest
 
 from dashboard import figures, importance
 from tests.support import synthetic
+from tests.support.apptest import chart, charts, sweep_texts, sweeps_app
 from tuning import layout
-
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-
 
 # ----------------------------------------------------------------------------- figures
 
@@ -91,46 +89,15 @@ def test_spans_decades() -> None:
 # ----------------------------------------------------------------------------- the page (AppTest)
 
 
-def app(root: Path, monkeypatch: pytest.MonkeyPatch):
-    from streamlit.testing.v1 import AppTest
-
-    monkeypatch.setenv("ALL_OUTPUTS", str(root))
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    at.switch_page("views/sweeps.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def charts(at) -> dict[str, dict]:
-    """Plotly charts on the page by their widget key's suffix (what the view passes as key=)."""
-    out = {}
-    for chart in at.get("plotly_chart"):
-        spec = json.loads(chart.proto.spec)
-        key = chart.proto.id.rsplit("-", 1)[-1] if chart.proto.id else ""
-        out[key] = spec
-    return out
-
-
-def chart(at, prefix: str) -> dict | None:
-    return next((spec for key, spec in charts(at).items() if prefix in key), None)
-
-
-def texts(at) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
-    parts += [s.value for s in at.subheader]
-    return "\n".join(str(p) for p in parts)
-
-
 def test_importance_bars_with_enough_finished_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synthetic.make_outputs(tmp_path, n_trials=20)  # 14 complete, 2 stopped by ASHA
-    at = app(tmp_path, monkeypatch)
-    assert "What mattered" in texts(at)
+    at = sweeps_app(tmp_path, monkeypatch)
+    assert "What mattered" in sweep_texts(at)
     bars = chart(at, "imp_chart")
     assert bars is not None, list(charts(at))
     assert bars["data"][0]["type"] == "bar"
     assert set(bars["data"][0]["y"]) == {"lr", "batch_size", "model", "dropout"}
-    content = texts(at)
+    content = sweep_texts(at)
     assert "fANOVA (Optuna's FanovaImportanceEvaluator" in content and "on the 14 of this sweep" in content
     assert "not a ranking" in content  # the caveat
     scatter = chart(at, "imp_scatter")
@@ -138,7 +105,7 @@ def test_importance_bars_with_enough_finished_trials(tmp_path: Path, monkeypatch
     assert [a["text"] for a in scatter["layout"]["annotations"]] == ["lr", "batch_size", "model", "dropout"]
     at.radio(key=next(r.key for r in at.radio if "imp_eval" in r.key)).set_value("ped-anova").run()
     assert not at.exception
-    assert "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator" in texts(at)
+    assert "PED-ANOVA (Optuna's PedAnovaImportanceEvaluator" in sweep_texts(at)
     assert chart(at, "imp_chart") is not None
 
 
@@ -146,8 +113,8 @@ def test_importance_refused_below_the_minimum(tmp_path: Path, monkeypatch: pytes
     # 12 trials: 8 complete, 1 stopped by ASHA, 1 running, 1 errored, 1 pending.
     synthetic.make_sweep(tmp_path / "sweeps" / "small", 12, np.random.default_rng(0), str(tmp_path),
                          status=layout.SWEEP_COMPLETE)
-    at = app(tmp_path, monkeypatch)
-    content = texts(at)
+    at = sweeps_app(tmp_path, monkeypatch)
+    content = sweep_texts(at)
     assert f"at least **{importance.MIN_TRIALS}** trials that finished training" in content
     assert "these trials have **8**" in content
     assert "1 trial(s) stopped early by ASHA do not count" in content
@@ -161,8 +128,8 @@ def test_curves_across_two_sweeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     for name in ("a", "b"):
         synthetic.make_sweep(tmp_path / "sweeps" / name, 6, np.random.default_rng(3), str(tmp_path), name=name,
                              status=layout.SWEEP_COMPLETE)
-    at = app(tmp_path, monkeypatch)
-    assert "Curves across sweeps" in texts(at)
+    at = sweeps_app(tmp_path, monkeypatch)
+    assert "Curves across sweeps" in sweep_texts(at)
     one = chart(at, "across_chart")
     assert one is not None and not any(t.get("fill") == "toself" for t in one["data"])
     across = next(m for m in at.multiselect if m.key.startswith("across_"))
@@ -173,7 +140,7 @@ def test_curves_across_two_sweeps(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert any(t.get("fill") == "toself" for t in both["data"])  # a band over the two repeats
     hover = " ".join(h for t in both["data"] for h in t.get("text") or [])
     assert "n = 2: sweeps/a/trial_0000, sweeps/b/trial_0000" in hover
-    assert "setting(s) with repeats" in texts(at)
+    assert "setting(s) with repeats" in sweep_texts(at)
     colour = next(s for s in at.selectbox if s.key and s.key.startswith("across_colour"))
     assert colour.index == 0 and colour.value == ""  # "each setting" chosen, not an empty box
     colour.set_value("model").run()
@@ -189,7 +156,7 @@ def test_parameter_names_and_values_from_files_stay_text(tmp_path: Path, monkeyp
     frame["param_model"] = "<img src=x onerror=alert(1)>"
     frame = frame.rename(columns={"param_dropout": "param_<b>drop</b>"})
     frame.to_csv(sweep / layout.SUMMARY, index=False)
-    at = app(tmp_path, monkeypatch)
+    at = sweeps_app(tmp_path, monkeypatch)
     specs = json.dumps(list(charts(at).values()), ensure_ascii=False)  # as the browser reads them
     assert "<img" not in specs and "<b>drop" not in specs
     assert "&lt;b&gt;drop&lt;/b&gt;" in specs and "&lt;img src=x" in specs

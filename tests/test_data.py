@@ -1,3 +1,6 @@
+"""The data path: class folders found (engine.discover), files decoded safely (engine.decoding), ``prepare``
+(engine.prepare) and the decoded cache (engine.cache)."""
+
 import io
 import json
 import os
@@ -14,7 +17,7 @@ from engine.errors import DataError
 from engine.manifest import read_manifest
 from engine.prepare import prepare
 from engine.runs import SMEAR_COLUMNS
-from tests.conftest import add_segmented, write_image_folder
+from tests.support.images import add_segmented, write_image_folder
 
 
 def _rejected(report):

@@ -7,7 +7,7 @@ from collections import defaultdict
 import pytest
 
 from engine.cli import main
-from tests.conftest import REAL_DATA
+from tests.support.images import REAL_DATA
 
 pytestmark = [pytest.mark.slow, pytest.mark.numerics]
 

@@ -8,12 +8,7 @@ import torch
 
 from engine import background, context
 from engine.explain import localisation as loc
-from tests.test_masks import disc
-
-
-def cells(n: int = 8, size: int = 64, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.stack([disc(size, 8, tuple(rng.integers(12, size - 12, 2))) for _ in range(n)])
+from tests.support.images import cells
 
 
 def test_a_map_on_the_cell_concentrates_and_points_and_one_off_it_does_not():

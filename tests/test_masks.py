@@ -14,13 +14,7 @@ from engine.cache import load_mask_cache
 from engine.manifest import has_masks, read_manifest
 from engine.prepare import prepare
 from engine.runs import MASK_COLUMNS
-from tests.conftest import add_segmented, write_image_folder
-
-
-def disc(size: int, radius: float, centre: tuple[int, int] | None = None) -> np.ndarray:
-    yy, xx = np.mgrid[:size, :size]
-    cy, cx = centre or (size // 2, size // 2)
-    return (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+from tests.support.images import add_segmented, disc, write_image_folder
 
 
 def stained(mask: np.ndarray, background=(235, 230, 200), cell=(170, 80, 170)) -> np.ndarray:

@@ -17,8 +17,7 @@ import pytest
 from engine import context, modelcard, runs
 from engine.metrics import classification_metrics, proportion_ci
 from engine.runs import CLASSES
-from tests.test_dashboard_baselines import shortcut_summary
-from tests.test_dashboard_evidence import localisation_summary
+from tests.support.evidence import localisation_summary, shortcut_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,7 +27,7 @@ def test_concurrent_maps_on_one_model_match_the_maps_computed_alone(trained_tiny
 
 def test_maps_stay_right_while_other_sessions_classify_and_search(trained_tiny_run: Path, prepared_tiny: Path):
     """The Predict page's three calls (scores, explain, image_vector) from several sessions at once, each on its
-    own image: a forward pass of one session must not reach another's Grad-CAM hooks (issue 12, item 1)."""
+    own image: a forward pass of one session must not reach another's Grad-CAM hooks."""
     from engine.similar import image_vector
 
     predictor = Predictor(trained_tiny_run, "best", "cpu")

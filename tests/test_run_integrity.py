@@ -26,7 +26,7 @@ from engine.evaluate import evaluate
 from engine.prepare import prepare
 from engine.runs import MANIFEST
 from engine.train import fit
-from tests.conftest import write_image_folder
+from tests.support.images import write_image_folder
 
 QUICK = {"epochs": 1, "max_train_images": 32}
 # Holds the lock file given as argv[1] the plain way (open + flock), like any other process would.

@@ -20,7 +20,6 @@ from engine.manifest import read_manifest
 from engine.prepare import prepare
 from engine.runs import SMEAR_FOLD
 from tests.support.smears import write_smear_folder
-from tests.test_tuning_sweep import ray_tmpdir  # noqa: F401 (a fixture)
 from tuning.cli import main
 from tuning.layout import REPEATS
 
@@ -35,7 +34,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "prepared"
 
 
-def test_a_fold_sweep_reports_the_mean_and_spread_over_the_folds(prepared, tmp_path, ray_tmpdir,  # noqa: F811
+def test_a_fold_sweep_reports_the_mean_and_spread_over_the_folds(prepared, tmp_path, ray_tmpdir,
                                                                  capsys):
     out = tmp_path / "sweeps"
     assert main(["sweep", "--space", "tiny-smear-cv", "--data", str(prepared), "--out", str(out), "--name", "cv",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tuning_sweep import processes_mentioning
+from tests.support.ray_tmp import processes_mentioning
 from tuning import layout
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,9 +23,8 @@ from engine import runs
 from engine.evaluate import probe_val_context
 from engine.manifest import read_manifest
 from engine.prepare import prepare
-from tests.conftest import write_image_folder
 from tests.support.fixture import private_ray
-from tests.test_tuning_sweep import ray_tmpdir  # noqa: F401 (a fixture)
+from tests.support.images import write_image_folder
 from tuning import layout
 from tuning.cli import main
 
@@ -211,7 +210,7 @@ def test_finish_evaluates_a_recommended_trial_that_is_not_the_most_accurate(evid
 
 
 def test_two_objectives_with_asha_cut_on_the_first(prepared_tiny: Path, tmp_path: Path,
-                                                   ray_tmpdir: str) -> None:  # noqa: F811
+                                                   ray_tmpdir: str) -> None:
     space = tmp_path / "asha.yaml"
     space.write_text("base_preset: tiny\nfixed: {epochs: 2, max_train_images: 48, eval_batch_size: 64}\n"
                      "params:\n  lr: {loguniform: [0.001, 0.01]}\n"
@@ -263,13 +262,12 @@ def test_a_run_without_masks_has_no_probe_and_says_so(tmp_path: Path, caplog: py
 
 def test_the_sweeps_page_shows_the_real_sweep(evidence_sweep: dict, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_dashboard_sweep_evidence import boxes, values
-    from tests.test_dashboard_sweeps import app, chart
+    from tests.support.apptest import boxes, chart, sweeps_app, values
 
     root = tmp_path / "outputs"
     shutil.copytree(evidence_sweep["sweep"], root / "sweeps" / "ev", ignore=shutil.ignore_patterns(layout.RAY_STORAGE))
     data = json.loads((root / "sweeps" / "ev" / layout.RECOMMENDED).read_text())
-    at = app(root, monkeypatch)
+    at = sweeps_app(root, monkeypatch)
     figure = chart(at, "context_")
     assert figure is not None
     points = [(x, y) for t in figure["data"] if not str(t.get("name")).startswith("★")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.conftest import CLASS_FOLDERS
+from tests.support.images import CLASS_FOLDERS
 
 CELL_COLOURS = [(150, 40, 170), (60, 60, 200), (190, 60, 110), (40, 140, 140)]
 # Background tints far apart from one another (at least 25 grey levels in some channel), so that
