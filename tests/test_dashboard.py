@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dashboard import figures, loaders, paths, report
+from dashboard import figures, loaders, pages, paths, report
 from tests.support import synthetic
 from tests.support.apptest import app, no_exception, texts
 from tuning import layout
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("data", "sweeps", "run", "gallery", "evidence", "compare", "predict", "present")
+PAGES = pages.SLUGS
 
 
 @pytest.fixture(scope="session")
