@@ -49,8 +49,11 @@ def _error(stat: Mapping[str, Any]) -> tuple[float, float]:
     return high - mean, mean - low
 
 
-def verdict_line(key: str) -> str:
-    return f"{VERDICT_ICONS.get(key, '')} {LOCALISATION_VERDICTS.get(key, key)}".strip()
+def verdict_line(key: str, icon: bool = True) -> str:
+    """The localisation verdict in words; with ``icon`` (the pages) an emoji before it. Decks leave it out: a
+    projector's or a colleague's machine may lack an emoji font and show an empty box instead."""
+    words = LOCALISATION_VERDICTS.get(key, key)
+    return f"{VERDICT_ICONS.get(key, '')} {words}".strip() if icon else words
 
 
 # ----------------------------------------------------------------------------- localisation

@@ -289,7 +289,7 @@ def evidence_rows(data: dict[str, Any], stage: str, colour: bool = True) -> list
     if located and stage in located["per_stage"]:
         block = located["per_stage"][stage]
         where = f"{located['method']} at {located['layer']}"
-        rows += [[f"Maps ({where}): verdict", evidence.verdict_line(block["verdict"])],
+        rows += [[f"Maps ({where}): verdict", evidence.verdict_line(block["verdict"], icon=False)],
                  ["Concentration on leukocytes (1 = uniform)", stat(block["map"]["concentration"])],
                  ["   centred blob / another image's map", f"{stat(block['centre']['concentration'])} / "
                                                            f"{stat(block['shuffled']['concentration'])}"],

@@ -155,7 +155,10 @@ def _plot(fig: Any, config: dict[str, Any], height: int = 470, width: int = FIGU
     figure sized to its container would take the whole row."""
     # The legend above the plot, in a row: beside it, it took a third of the width.
     # Room on the right for the labels of reference lines (chance, a uniform map).
-    fig.update_layout(font=dict(size=18), height=height, width=width, margin=dict(r=150),
+    # The slide's title names the figure (its own title would sit under the legend), and a value printed inside
+    # a bar that cannot be read from the back of a room is left out: the axis and the text beside say it.
+    fig.update_layout(font=dict(size=18), height=height, width=width, margin=dict(r=150), title_text="",
+                      uniformtext=dict(minsize=14, mode="hide"),
                       legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0, xanchor="left", title_text=""))
     return fig.to_html(full_html=False, include_plotlyjs=False, config={**config, "responsive": False})
 
