@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import inference, runs, train
+from engine import fastpath, inference, runs, train
 from engine.commands import train as train_command
 from engine.config import build_config
 from engine.models import WeightsError, create_model
@@ -226,6 +226,10 @@ def test_compiled_model_in_a_cuda_graph_trains_like_the_eager_step():
     assert float(diff / moved) < 1e-2
 
 
+@pytest.mark.skipif(fastpath.onednn_isa_cap() in ("AVX512_CORE", "AVX512_CORE_VNNI"),
+                    reason="Inductor-compiled CPU training aborts inside oneDNN (PyTorch 2.14.1) when "
+                    "ONEDNN_MAX_CPU_ISA caps this AVX512-BF16 CPU at AVX-512 without bf16; it passes uncapped "
+                    "and under AVX2 (docs/testing.md)")
 def test_compiled_training_writes_an_ordinary_run(prepared_tiny, tmp_path):
     """compile=default trains through Inductor (C++ on a CPU) as the eager model does, validates
     eagerly and saves plain weight names."""
