@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the Grad-CAM explanations of the best trial")
     sweep.add_argument("--num-cpus", type=int, help="local Ray only: CPUs it may use (default: all)")
     sweep.add_argument("--num-gpus", type=int, help="local Ray only: GPUs it advertises (default: detected)")
+    sweep.add_argument("--mlflow", metavar="URI", help="also track the sweep in this MLflow server: a parent run "
+                       "with one nested run per trial (default: $MLFLOW_TRACKING_URI; unset: no tracking; "
+                       "docs/mlflow.md)")
 
     finish = commands.add_parser("finish", help="evaluate and explain the best and the recommended trial of a "
                                                 "finished sweep (measuring missing context probes first)")

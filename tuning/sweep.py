@@ -8,6 +8,11 @@
 4. size each trial's CPU/GPU request (resources.py) and run ``Tuner.fit`` (or
    ``Tuner.restore`` with ``--resume``), ``SummaryCallback`` keeping summary.csv current;
 5. ``ray.shutdown()`` on every path out, then the finish step (finish.py) once all trials ended.
+
+With MLflow tracking (``--mlflow`` or MLFLOW_TRACKING_URI), the sweep is a parent MLflow run opened
+before the trials (its settings as params); each trial nests its own run under it (trainable.py), and
+at the end every trial folder is copied once more with its final status, and the parent gets the sweep's
+files and its best trial's scores (``track_sweep_end``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import runs
 from engine.errors import DamagedFileError, Interrupted
@@ -31,6 +36,9 @@ from .driver import SweepError, SweepRecord, claim
 from .finish import read_summary
 from .space import Space, SpaceError, check_objectives, load_space, param_space
 from .trainable import TrialSetup, train_trial, trial_dir, update_trial_json
+
+if TYPE_CHECKING:
+    from engine.tracking import FolderRun
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ class SweepOptions:
     explain: bool = True
     num_cpus: int | None = None  # local Ray only: CPUs it may use (default: all)
     num_gpus: int | None = None  # local Ray only: GPUs it advertises (default: detected)
+    mlflow: str | None = None  # MLflow tracking URI (default: $MLFLOW_TRACKING_URI; neither: no tracking)
 
 
 @dataclass(frozen=True)
@@ -249,8 +258,12 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
     )
 
 
-def run_trials(opts: SweepOptions, space: Space, record: SweepRecord, sweep_dir: Path) -> None:
-    """Inside an initialised Ray: size the trials, then fit a new Tuner or restore the old one."""
+def run_trials(opts: SweepOptions, space: Space, record: SweepRecord, sweep_dir: Path,
+               tracked: FolderRun | None = None) -> None:
+    """Inside an initialised Ray: size the trials, then fit a new Tuner or restore the old one.
+
+    ``tracked``: the sweep's MLflow run, which every trial nests its own under.
+    """
     import ray
     from ray import tune
 
@@ -274,7 +287,9 @@ def run_trials(opts: SweepOptions, space: Space, record: SweepRecord, sweep_dir:
         fixed["device"] = "cpu"
     fixed = {k: v for k, v in fixed.items() if k not in space.params}
     setup = TrialSetup(sweep_dir=str(sweep_dir.resolve()), prepared=info["data_dir"],
-                       base_preset=space.base_preset, fixed=fixed)
+                       base_preset=space.base_preset, fixed=fixed,
+                       mlflow_uri=tracked.uri if tracked is not None else None,
+                       mlflow_parent=tracked.run_id if tracked is not None else None)
     trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), res.as_ray())
 
     experiment = f"{info['storage'].rstrip('/')}/{info['name']}"
@@ -392,12 +407,13 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
     (sweep_dir / layout.TRIALS).mkdir(exist_ok=True)
     record = SweepRecord(sweep_dir, info)
     record.start()  # writes sweep.json with this driver's host, pid and first heartbeat
+    tracked = track_sweep_start(opts.mlflow, sweep_dir, info, space)
+    status = layout.SWEEP_INTERRUPTED
     try:
-        status = layout.SWEEP_INTERRUPTED
         try:
             warm_cache(Path(info["data_dir"]), space)
             init_ray(opts)
-            run_trials(opts, space, record, sweep_dir)
+            run_trials(opts, space, record, sweep_dir, tracked)
             expected = info["num_samples"] * space.grid_size(info["search"])
             status = layout.SWEEP_COMPLETE if all_trials_ended(sweep_dir, expected) else layout.SWEEP_INTERRUPTED
         finally:
@@ -415,7 +431,77 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
             best = finish(sweep_dir, explain=opts.explain)
     finally:
         record.stop()
+        if tracked is not None:
+            track_sweep_end(tracked, sweep_dir, complete=status == layout.SWEEP_COMPLETE)
     return SweepResult(sweep_dir=sweep_dir, status=status, best=best)
+
+
+# ----------------------------------------------------------------------------- MLflow tracking (opt-in)
+
+# The sweep folder's files the parent MLflow run keeps as artefacts (those present).
+TRACKED_FILES = (layout.SWEEP_JSON, layout.SPACE_COPY, layout.SUMMARY, layout.BEST, layout.RECOMMENDED,
+                 layout.REPEATS)
+# A trial's final MLflow status from its status in summary.csv: only a trial that trained to the end FINISHED.
+TRIAL_RUN_STATUS = {layout.TRIAL_COMPLETE: "FINISHED", layout.TRIAL_ERROR: "FAILED"}
+
+
+def sweep_params(info: dict[str, Any], space: Space) -> dict[str, Any]:
+    """The parent MLflow run's params: the sweep's settings and each searched parameter's distribution."""
+    keys = ("name", "space", "base_preset", "search", "scheduler", "num_samples", "max_concurrent_trials", "metric",
+            "mode", "data_dir")
+    return {**{k: info.get(k) for k in keys}, **{f"space.{k}": spec for k, spec in space.params.items()},
+            **{f"fixed.{k}": v for k, v in space.fixed.items()}}
+
+
+def track_sweep_start(option: str | None, sweep_dir: Path, info: dict[str, Any], space: Space) -> FolderRun | None:
+    """The sweep's parent MLflow run (found again on --resume), with its settings as params; None when the sweep
+    is not tracked or the server does not answer (one warning: the sweep goes on untracked)."""
+    from engine import tracking
+
+    tracked = tracking.track(tracking.resolve_uri(option), sweep_dir, kind=tracking.KIND_SWEEP, name=sweep_dir.name)
+    if tracked is not None:
+        tracked.reopen()
+        tracked.log_params(sweep_params(info, space))
+    return tracked
+
+
+def track_sweep_end(tracked: FolderRun, sweep_dir: Path, *, complete: bool) -> None:
+    """Copy the ended sweep into MLflow: each trial folder as it is now (the evaluation and explanation of those
+    the finish step evaluated, the epochs of a trial whose own logging failed) with its final status, then the
+    sweep's files and its best trial's scores into the parent run, which ends FINISHED or KILLED."""
+    from engine import tracking
+
+    try:
+        rows = read_summary(sweep_dir)
+    except DamagedFileError as exc:
+        log.warning("MLflow: the trials are not copied: %s", exc)
+        rows = []
+    for row in rows:
+        folder = trial_dir(sweep_dir, row["trial_id"])
+        if not (folder / runs.CONFIG).is_file():
+            continue  # never started: nothing to copy
+        trial = tracking.track(tracked.uri, folder, kind=tracking.KIND_TRIAL, name=row["trial_id"],
+                               parent_run_id=tracked.run_id)
+        if trial is None:
+            return  # the one warning said why; the rest would fail the same way
+        trial.sync()
+        trial.set_tags({"engine.trial_status": row["status"]})
+        trial.end(TRIAL_RUN_STATUS.get(row["status"], "KILLED"))
+    for name in TRACKED_FILES:
+        tracked.log_file(sweep_dir / name)
+    try:
+        best = runs.read_json(sweep_dir / layout.BEST) if (sweep_dir / layout.BEST).is_file() else None
+    except (OSError, DamagedFileError) as exc:
+        log.warning("MLflow: the best trial's scores are not copied: %s", exc)
+        best = None
+    if isinstance(best, dict):
+        tracked.set_tags({"engine.best_trial": str(best.get("trial_id"))})
+        # The best trial's test scores as "best_test/<score>", and its validation macro-F1.
+        scores = tracking.evaluation_metrics({"splits": {"best_test": best.get("test") or {}}})
+        if isinstance(best.get("best_val_macro_f1"), int | float):
+            scores["best_val_macro_f1"] = float(best["best_val_macro_f1"])
+        tracked.log_metrics(scores)
+    tracked.end("FINISHED" if complete else "KILLED")
 
 
 def _values(space: Space, key: str) -> list[Any] | None:

@@ -18,6 +18,11 @@ leukocyte mask (``engine.evaluate.probe_val_context``: best checkpoint, fp32, as
 without leukocytes, with another stage's stain; ``val_context.json``) and reports its scores
 (tuning.layout.PROBE_COLUMNS) with its last result. Once per trial, never per epoch; a trial
 that ASHA cuts short is not probed (the finish step probes the trials it considers).
+
+With MLflow tracking (``--mlflow``), each trial logs to its own MLflow run nested under the sweep's
+(``TrialSetup.mlflow_uri`` and ``mlflow_parent``): each epoch as it ends, then the whole folder once
+training and the probe are done. It logs with MLflow's client from the trial's process
+(engine.tracking), before each report to Tune, since Tune may stop a trial as soon as it reports.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ import shutil
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import runs
 
 from .layout import PROBE_COLUMNS, TRIAL_JSON, TRIAL_PENDING, TRIAL_RUNNING, TRIALS
+
+if TYPE_CHECKING:
+    from engine.tracking import FolderRun
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ class TrialSetup:
     prepared: str  # absolute path of the prepared data folder
     base_preset: str
     fixed: dict[str, Any] = field(default_factory=dict)  # the space's fixed keys + device/num_threads
+    mlflow_uri: str | None = None  # MLflow tracking: the server, and the sweep's run each trial nests under
+    mlflow_parent: str | None = None
 
 
 def trial_dir(sweep_dir: Path | str, trial_id: str) -> Path:
@@ -193,5 +204,38 @@ def train_trial(config: dict[str, Any], setup: TrialSetup) -> None:
         best = max((float(r["val_macro_f1"]) for r in read_history(run_dir)), default=-1.0)
         log.info("trial %s resumes from %s", trial_id, last)
     reporter = EpochReporter(trial_id, best, cfg.epochs, node["id"])
-    fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume, on_epoch=reporter)
-    reporter.finish(probe_scores(run_dir, cfg.device))
+    tracked = _tracking(setup, run_dir, trial_id)
+    try:
+        fit(cfg, Path(setup.prepared), run_dir, preset=setup.base_preset, resume=resume,
+            on_epoch=reporter if tracked is None else _log_then_report(tracked, reporter))
+        probe = probe_scores(run_dir, cfg.device)
+    except BaseException:
+        if tracked is not None:
+            tracked.sync()
+            tracked.end("FAILED")
+        raise
+    if tracked is not None:  # before the last report: Tune may end the trial's process as soon as it reports
+        tracked.sync()
+        tracked.end("FINISHED")
+    reporter.finish(probe)
+
+
+def _tracking(setup: TrialSetup, run_dir: Path, trial_id: str) -> FolderRun | None:
+    """The trial's MLflow run, nested under the sweep's, when the sweep tracks (None otherwise)."""
+    if not (setup.mlflow_uri and setup.mlflow_parent):
+        return None
+    from engine import tracking
+
+    tracked = tracking.track(setup.mlflow_uri, run_dir, kind=tracking.KIND_TRIAL, name=trial_id,
+                             parent_run_id=setup.mlflow_parent)
+    if tracked is not None:
+        tracked.reopen()  # a retried or resumed trial
+    return tracked
+
+
+def _log_then_report(tracked: FolderRun, reporter: EpochReporter) -> Callable[[dict[str, Any], Path], None]:
+    """``fit``'s on_epoch: the epoch into MLflow first, then to Tune (which may stop the trial at the report)."""
+    def on_epoch(row: dict[str, Any], run_dir: Path) -> None:
+        tracked.on_epoch(row, run_dir)
+        reporter(row, run_dir)
+    return on_epoch

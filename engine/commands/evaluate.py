@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import tracking
 from ..evaluate import evaluate
 
 
@@ -18,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context-split", default="test", metavar="SPLIT",
                         help="with leukocyte masks, also classify this split without cells and without background "
                         "(context.json; '' to skip)")
+    tracking.add_argument(parser)
     return parser
 
 
@@ -29,5 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = m["accuracy_ci95"]
         print(f"{split}: accuracy {m['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {m['macro_f1']:.4f}, "
               f"n={m['n']}")
+    # The scores, intervals, context probes and figures into the run's MLflow run (created when there is none).
+    tracking.copy_folder(tracking.resolve_uri(args.mlflow), args.run, status="FINISHED")
     print(args.run)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import tracking
 from ..errors import interruptible
 from ..explain.faithfulness import DEFAULT_PERCENTILES
 from ..explain.methods import METHOD_NAMES
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only compare this run's maps with OTHER_RUN's on the same images")
     parser.add_argument("--compare-images", type=int, default=8, metavar="N")
     parser.add_argument("--seed", type=int, default=0)
+    tracking.add_argument(parser)
     return parser
 
 
@@ -93,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT and SIGTERM abandon the maps under way; explain_run says what was kept.
     with interruptible():
         out = _run(args, methods, layers)
+    # The explanation summaries, localisation scores and the model card into the run's MLflow run.
+    tracking.copy_folder(tracking.resolve_uri(args.mlflow), args.run, status="FINISHED")
     print(out)
     return 0
 
