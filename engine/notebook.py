@@ -22,6 +22,11 @@ is there but cannot be read as what it should be raises engine.errors.DamagedFil
 
 Importing this module needs pandas and NumPy only; PyTorch is loaded by ``predict`` and ``explain``
 (engine.predict.Predictor, the model the CLI and the dashboard use), and a sweep is read without Ray.
+
+Imports otherwise run dashboard -> tuning -> engine (docs/architecture.md). This module is the one
+exception: a facade for people, not used by the engine, whose ``Sweep`` imports tuning's sweep-folder
+contract (tuning.layout, tuning.finish.read_summary: no Ray) inside its methods, so that the names of
+a sweep folder stay defined in one place.
 """
 
 from __future__ import annotations
