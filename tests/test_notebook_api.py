@@ -15,8 +15,9 @@ import pytest
 
 from engine import runs
 from engine.errors import DamagedFileError
-from engine.notebook import Run, StoredMap, explain, load_run, load_sweep, predict, read_map
+from engine.notebook import Run, StoredMap, explain, load_run, predict, read_map
 from engine.predict import Predictor
+from tuning.notebook import load_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +186,7 @@ def test_a_sweep_reads_its_trials_without_ray(dashboard_outputs: dict[str, Path]
     with pytest.raises(FileNotFoundError, match="not a sweep folder"):
         load_sweep(sweep.path / "trials")
 
-    code = ("import sys; from engine.notebook import load_run, load_sweep; "
+    code = ("import sys; from engine.notebook import load_run; from tuning.notebook import load_sweep; "
             f"t = load_sweep({str(sweep.path)!r}).trials; r = load_run(t['run_path'][0]); r.history; r.metrics "
             "if (__import__('pathlib').Path(t['run_path'][0]) / 'metrics.json').is_file() else None; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'streamlit', 'mlflow'}))")
