@@ -99,6 +99,7 @@ def _main(argv: list[str]) -> int:
 
     from .driver import exclusive
     from .finish import finish
+    from .layout import SWEEP_COMPLETE
     from .sweep import SweepOptions, run_sweep
 
     if args.command == "finish":
@@ -124,7 +125,7 @@ def _main(argv: list[str]) -> int:
         raise Interrupted(signum, f"{where} was stopped by {signal_name(signum)}; {advice}") from None
     print_outcome(result.sweep_dir, result.best)
     print(result.sweep_dir)
-    if result.status != "complete":
+    if result.status != SWEEP_COMPLETE:
         signum = received[-1] if received else signal.SIGINT
         print(f"interrupted: sweep {result.sweep_dir} was stopped by {signal_name(signum)}; finished trials are "
               f"kept and unfinished ones continue: run {_resume_command(args, result.sweep_dir)}", file=sys.stderr)
