@@ -11,11 +11,12 @@ import argparse
 from pathlib import Path
 
 from .. import tracking
+from ..config import DEVICES
 from ..errors import interruptible
-from ..explain.faithfulness import DEFAULT_PERCENTILES
 from ..explain.methods import METHOD_NAMES
 from ..explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
 from ..models import CAM_LAYERS
+from ..runs import SPLITS
 
 
 def _names(choices: tuple[str, ...], what: str):
@@ -46,6 +47,7 @@ def _flatten(groups: list[list[list[str]]] | None, default: tuple[str, ...]) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    default = ExplainOptions()  # the defaults are ExplainOptions' own, written once
     parser = argparse.ArgumentParser(prog="python -m engine explain", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="trained (and evaluated) run folder")
     parser.add_argument("--methods", "--method", nargs="+", action="append", type=_names(METHOD_NAMES, "method"),
@@ -56,34 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="LAYER", help=f"target layers (default {','.join(DEFAULT_LAYERS)}): "
                         f"{', '.join(CAM_LAYERS)}; the first "
                         "is the one scored, sanity-checked and summarised per stage")
-    parser.add_argument("--targets", type=_names(TARGETS, "target"), default=list(TARGETS),
+    parser.add_argument("--targets", type=_names(TARGETS, "target"), default=list(default.targets),
                         help="maps for the predicted and/or the true class (default pred,true)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--limit", type=int, default=0, metavar="N", help="a stratified N images of the split (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--split", default=default.split, choices=SPLITS)
+    parser.add_argument("--checkpoint", default=default.checkpoint, choices=("best", "last"))
+    parser.add_argument("--limit", type=int, default=default.limit, metavar="N",
+                        help="a stratified N images of the split (0: all)")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size)
+    parser.add_argument("--device", default=default.device, choices=DEVICES)
+    parser.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=default.faithfulness,
                         help="ROAD and confidence-change scores (default on)")
-    parser.add_argument("--faithfulness-images", type=int, default=64, metavar="N",
+    parser.add_argument("--faithfulness-images", type=int, default=default.faithfulness_images, metavar="N",
                         help="stratified images scored per method (0: all; about 1 s each at 112 px on a 2-core CPU)")
-    parser.add_argument("--road-percentiles", type=_percentiles, default=list(DEFAULT_PERCENTILES),
+    parser.add_argument("--road-percentiles", type=_percentiles, default=list(default.road_percentiles),
                         help="removal percentiles averaged by ROAD (default 20,50,80)")
-    parser.add_argument("--sanity", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--sanity", action=argparse.BooleanOptionalAction, default=default.sanity,
                         help="model-randomisation sanity check (default on)")
-    parser.add_argument("--sanity-images", type=int, default=8, metavar="N")
-    parser.add_argument("--localisation", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--sanity-images", type=int, default=default.sanity_images, metavar="N")
+    parser.add_argument("--localisation", action=argparse.BooleanOptionalAction, default=default.localisation,
                         help="score every method x layer against the leukocyte masks, with a centred and a shuffled "
                         "baseline (default on; needs data prepared with masks)")
-    parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--stages", action=argparse.BooleanOptionalAction, default=default.stages,
                         help="per-stage summaries and panels (default on)")
-    parser.add_argument("--multilayer", type=int, default=4, metavar="N",
+    parser.add_argument("--multilayer", type=int, default=default.multilayer_images, metavar="N",
                         help="images shown at every layer in multilayer/ (0: none)")
-    parser.add_argument("--multilayer-method", default="layercam", choices=METHOD_NAMES)
+    parser.add_argument("--multilayer-method", default=default.multilayer_method, choices=METHOD_NAMES)
     parser.add_argument("--compare", type=Path, metavar="OTHER_RUN",
                         help="only compare this run's maps with OTHER_RUN's on the same images")
     parser.add_argument("--compare-images", type=int, default=8, metavar="N")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=default.seed)
     tracking.add_argument(parser)
     return parser
 
@@ -103,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, methods: list[str], layers: list[str]) -> Path:
     if args.compare is not None:
-        out = compare_runs(args.run, args.compare, method=methods[0], layer=layers[0], split=args.split,
-                           checkpoint=args.checkpoint, images=args.compare_images, device=args.device,
-                           batch_size=args.batch_size, seed=args.seed)
+        out = compare_runs(args.run, args.compare, ExplainOptions(
+            methods=tuple(methods), layers=tuple(layers), split=args.split, checkpoint=args.checkpoint,
+            device=args.device, batch_size=args.batch_size, seed=args.seed), images=args.compare_images)
     else:
         out = explain_run(args.run, ExplainOptions(
             methods=tuple(methods), layers=tuple(layers), split=args.split, checkpoint=args.checkpoint,

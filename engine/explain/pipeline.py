@@ -560,10 +560,9 @@ def multilayer_figure(image: np.ndarray, maps: dict[str, np.ndarray], *, method:
 # ----------------------------------------------------------------------------- compare
 
 
-def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: str = "norm5", split: str = "test",
-                 checkpoint: str = "best", images: int = 8, device: str = "auto", batch_size: int = 32,
-                 seed: int = 0) -> Path:
-    """Both runs' maps (predicted class) on the same images of ``split``; return the folder.
+def compare_runs(run_a: Path, run_b: Path, options: ExplainOptions | None = None, *, images: int = 8) -> Path:
+    """Both runs' maps (predicted class) on the same ``images`` of the options' split, by their first method at their
+    first layer (``explain``'s defaults unless told); return the folder.
 
     Images are matched by sha256, else by their path inside the class folder (an image and
     its segmented copy), so the runs may use different prepared folders, resolutions or
@@ -573,10 +572,11 @@ def compare_runs(run_a: Path, run_b: Path, *, method: str = "gradcam", layer: st
     """
     import cv2
 
-    get_method(method)
-    check_layer(layer)
-    a = load_run(Path(run_a), checkpoint=checkpoint, device=device, split=split, seed=seed)
-    b = load_run(Path(run_b), checkpoint=checkpoint, device=device, split=split, seed=seed)
+    options = options or ExplainOptions()  # names checked there
+    method, layer, split, seed = options.methods[0], options.layers[0], options.split, options.seed
+    batch_size = options.batch_size
+    a = load_run(Path(run_a), checkpoint=options.checkpoint, device=options.device, split=split, seed=seed)
+    b = load_run(Path(run_b), checkpoint=options.checkpoint, device=options.device, split=split, seed=seed)
     pairs = match_images(a.rows, b.rows)
     if not pairs:
         raise ValueError(f"the {split} splits of {run_a} and {run_b} share no image (by sha256 or by path inside "
