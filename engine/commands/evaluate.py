@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from .. import tracking
+from ..config import DEVICES
 from ..evaluate import evaluate
 
 
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--splits", default="val,test", help="comma-separated splits to evaluate")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--context-split", default="test", metavar="SPLIT",
                         help="with leukocyte masks, also classify this split without cells and without background "
                         "(context.json; '' to skip)")
