@@ -287,7 +287,8 @@ def test_every_page_renders(outputs: dict[str, Path], monkeypatch: pytest.Monkey
                 "gallery": ["Stage mean map", "Faithfulness"],
                 "evidence": ["Verdicts", "Do the maps point at the leukocytes?",
                              "With the leukocytes removed the model still classifies"],
-                "compare": ["The same images"], "predict": ["Predict"], "present": ["Present"]}[page]
+                "features": ["Feature map"], "compare": ["The same images"], "predict": ["Predict"],
+                "present": ["Present"]}[page]
     for text in expected:
         assert text in content, (page, text)
     if page == "run":
