@@ -217,10 +217,6 @@ def measure(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, mas
     return summary, proba, donors
 
 
-# The variants of the probe a sweep measures on every trial's validation images (probe), a subset of VARIANTS.
-PROBE_VARIANTS = ("original", "cells_removed", "stain_swapped")
-
-
 def probe(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, masks: np.ndarray, true: np.ndarray,
           stage_names: Sequence[str], *, stain: bool = True, radius: int = 3, seed: int = 0) -> dict[str, Any]:
     """The short cells-or-context probe of a sweep trial: the images as they are, without leukocytes and (``stain``)
