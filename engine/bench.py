@@ -9,6 +9,7 @@ CPU (small defaults) and on a GPU as it is. Training needs only PyTorch, torchvi
 ``--data-dir`` preparation also scikit-learn (ImageHash optional), and the Grad-CAM rows
 pytorch-grad-cam (skipped when it is missing). On a GPU it also measures each fast-path switch
 in turn, trainings sharing the GPU, time to accuracy and, on request, a profile of one step.
+With ``--onnx RUN`` it sets ONNX Runtime against PyTorch on the CPU for that run's exported model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import copy
 import dataclasses
 import json
 import logging
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -340,10 +343,92 @@ def time_to_accuracy(prepared: Path, cfg, preset: str, target: float, out: Path)
             "cuda_graphs": env.get("cuda_graphs"), "history": history}
 
 
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it (platform.processor() is often empty there)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def _interleaved_ms(fns: dict[str, Any], images: np.ndarray, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of ``repeats`` calls of each ``fn(images)``, after ``warmup`` untimed calls of each.
+
+    The calls take turns (a, b, a, b ...), so that other work on a shared machine slows both sides alike
+    instead of whichever happened to be measured while it ran.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn(images)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn(images)
+            times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def onnx_rows(run_dir: Path, repeats: int = 30, batches: int = 10, batch_size: int = 32) -> dict[str, Any]:
+    """ONNX Runtime (CPU) against PyTorch (CPU, fp32, as ``predict`` runs it) on a run's exported model:
+    latency of one image and throughput of batches of ``batch_size``.
+
+    Both sides start from uint8 NHWC images and include the normalisation, so each row is what
+    classifying decoded images costs (decoding the files is the same for both and left out). The
+    pixels are random: a convolutional network does the same work whatever they show.
+    """
+    from .export import load_export, onnx_scores, torch_scores
+    from .inference import load_checkpoint
+
+    export = load_export(run_dir, None)
+    sidecar = export.sidecar
+    cfg, model = load_checkpoint(run_dir, sidecar["checkpoint"], "cpu")
+    model.eval()
+    size = export.image_size
+    images = np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+    sides = {"pytorch": lambda x: torch_scores(model, x),
+             "onnxruntime": lambda x: onnx_scores(export.session, x, sidecar["preprocessing"])}
+    rows: dict[str, Any] = {"run": str(run_dir), "checkpoint": sidecar["checkpoint"], "model": cfg.model,
+                            "image_size": size, "batch_size": batch_size, "repeats": repeats,
+                            "torch_threads": torch.get_num_threads(), "onnxruntime_threads": "default (one per core)"}
+    load_before = os.getloadavg()[0]  # other work on the machine slows both sides: say how much there was
+    single = _interleaved_ms(sides, images[:1], repeats, warmup=3)
+    batched = _interleaved_ms(sides, images, batches, warmup=1)
+    rows["load_average_1min"] = [load_before, os.getloadavg()[0]]
+    for name in sides:
+        rows[name] = {"latency_ms_median": float(np.median(single[name])),
+                      "latency_ms_p90": float(np.percentile(single[name], 90)),
+                      "images_per_s": batch_size * batches / (sum(batched[name]) / 1000),
+                      "batch_ms_median": float(np.median(batched[name]))}
+    rows["latency_speedup"] = rows["pytorch"]["latency_ms_median"] / rows["onnxruntime"]["latency_ms_median"]
+    rows["throughput_speedup"] = rows["onnxruntime"]["images_per_s"] / rows["pytorch"]["images_per_s"]
+    return rows
+
+
+def format_onnx(rows: dict[str, Any], line: Any) -> list[str]:
+    """The table's lines for ``onnx_rows``."""
+    batch = rows["batch_size"]
+    return [
+        f"ONNX Runtime against PyTorch on the CPU: {rows['model']} {rows['image_size']} px ({rows['checkpoint']})",
+        line("PyTorch, 1 image, median latency, ms", rows["pytorch"]["latency_ms_median"], ".2f"),
+        line("ONNX Runtime, 1 image, median latency, ms", rows["onnxruntime"]["latency_ms_median"], ".2f"),
+        line(f"PyTorch, batch {batch}, img/s", rows["pytorch"]["images_per_s"]),
+        line(f"ONNX Runtime, batch {batch}, img/s", rows["onnxruntime"]["images_per_s"]),
+        line("latency speed-up (PyTorch / ONNX Runtime)", rows["latency_speedup"], ".2f"),
+        line("throughput speed-up (ONNX Runtime / PyTorch)", rows["throughput_speedup"], ".2f"),
+    ]
+
+
 def format_table(result: dict[str, Any]) -> str:
     def line(name: str, value: float, fmt: str = ".1f") -> str:
         return f"{name:<52}{value:>14{fmt}}"
 
+    if "plain" not in result:  # only the ONNX rows were asked for (bench --onnx RUN)
+        return "\n".join([f"bench on {result['device_name']} ({result['device']})",
+                          *format_onnx(result["onnx"], line)])
     plain, eng = result["plain"], result["engine"]
     lines = [
         f"bench on {result['device_name']} ({result['device']}), {result['config']['model']} "
@@ -391,4 +476,6 @@ def format_table(result: dict[str, Any]) -> str:
         acc = result["plain_accuracy"]
         lines += [line(f"plain loop val acc after {acc['epochs']} epochs", acc["val_acc"], ".4f"),
                   line("plain loop full training, s", acc["training_seconds"])]
+    if result.get("onnx"):
+        lines += format_onnx(result["onnx"], line)
     return "\n".join(lines)

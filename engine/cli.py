@@ -22,6 +22,7 @@ COMMANDS = {
     "evidence": "context reliance and leukocyte localisation of runs, as Markdown tables",
     "card": "write a run's model card (MODEL_CARD.md) from its files",
     "predict": "class probabilities of image files, one JSON line each",
+    "export": "write a run's model as ONNX for other tools",
     "bench": "the engine's speed against a plain torchvision loop",
     "tensorboard": "TensorBoard event files from the history.csv of runs and sweeps",
 }
@@ -34,6 +35,7 @@ DOING = {
     "evidence": "reading the evidence",
     "card": "writing the model card",
     "predict": "predicting",
+    "export": "exporting",
     "bench": "benchmarking",
     "tensorboard": "exporting to TensorBoard",
 }

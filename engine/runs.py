@@ -23,6 +23,9 @@
     features.npz         written by `evaluate`: pooled features per split, keyed by sha256 (FEATURES_KEYS)
     embedding.csv        written by `evaluate`: PCA + t-SNE map of those features (EMBEDDING_COLUMNS)
     cams/                written by `explain` (the CAMS_* names below)
+    export/model.onnx    EXPORT, EXPORT_MODEL: written by `export`, the model as ONNX (engine.export)
+    export/model.json    EXPORT_SIDECAR: its sidecar: classes, preprocessing, checksums, metrics, versions and
+                         the measured agreement of ONNX Runtime with PyTorch
     MODEL_CARD.md        MODEL_CARD: written by `evaluate`, again by `explain` and by `card`, from this
                          folder's files only (engine.modelcard)
     COMPLETE             JSON marker, written last by `train`: {"status": STATUS_COMPLETE or
@@ -83,6 +86,10 @@ BEST_CHECKPOINT = "best.pt"  # inside CHECKPOINTS
 LAST_CHECKPOINT = "last.pt"  # inside CHECKPOINTS
 CAMS = "cams"
 COMPLETE = "COMPLETE"
+# Written by `export` (engine.export): the model as ONNX and its JSON sidecar (the same name, .json).
+EXPORT = "export"
+EXPORT_MODEL = "model.onnx"  # inside EXPORT
+EXPORT_SIDECAR = "model.json"  # inside EXPORT
 # checkpoints/<name>.pt + CHECKSUM_SUFFIX: the checkpoint's sha256 (atomic_torch_save, verified_bytes).
 CHECKSUM_SUFFIX = ".sha256"
 CHECKPOINT_DAMAGED = "the checkpoint is damaged: truncated or not a checkpoint"

@@ -1,7 +1,8 @@
 """``python -m engine bench``: the engine's speed against the plain torchvision loop, side by side.
 
 The measurements are ``engine.bench``'s; this picks the stages, writes the results to
-``outputs/bench/<timestamp>.json`` after every stage and prints the table.
+``outputs/bench/<timestamp>.json`` after every stage and prints the table. ``--onnx RUN`` adds
+ONNX Runtime against PyTorch on the CPU for that run's export; alone, it measures only that.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from .. import runs
 from ..bench import (
     ALTERNATIVES,
     SKIPPABLE,
+    cpu_name,
     engine_loop,
     format_table,
     gradcam_rows,
     ladder,
+    onnx_rows,
     plain_accuracy,
     plain_loop,
     profile_step,
@@ -37,6 +40,7 @@ from ..bench import (
 )
 from ..cache import load_cache
 from ..config import build_config, parse_overrides
+from ..export import load_export
 from ..inference import resolve_device
 from ..prepare import prepare
 
@@ -62,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also train the plain loop for the preset's epochs and report its val accuracy")
     parser.add_argument("--profile", action="store_true",
                         help="also profile a few eager training steps (top operators by GPU time; CPU time on a CPU)")
+    parser.add_argument("--onnx", type=Path, default=None, metavar="RUN",
+                        help="also time ONNX Runtime against PyTorch on the CPU (1 image, batch 32) with RUN's "
+                        "export (`python -m engine export RUN` first); without --data-dir/--prepared, only that")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -87,8 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"train_images_per_s": result["train_images_per_s"]}))
         return 0
 
-    if args.prepared is None and args.data_dir is None:
-        raise FileNotFoundError("pass --data-dir (raw images) or --prepared (a prepared folder)")
+    if args.prepared is None and args.data_dir is None and args.onnx is None:
+        raise FileNotFoundError("pass --data-dir (raw images) or --prepared (a prepared folder), or --onnx RUN")
+    if args.onnx is not None:
+        load_export(args.onnx, None)  # a missing or damaged export is refused now, not after the training loops
     out = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
     result: dict[str, Any] = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": str(device),
@@ -102,6 +111,16 @@ def main(argv: list[str] | None = None) -> int:
         # Written after every stage, so a long GPU bench that is cut off keeps what it measured.
         result[name] = value
         runs.write_json(out, result)
+
+    if args.prepared is None and args.data_dir is None:  # --onnx RUN alone: the training preset plays no part
+        for key in ("preset", "config", "steps", "warmup_steps"):
+            result.pop(key)
+        result.update(device="cpu", device_name=cpu_name())  # both sides run on the CPU, GPU or not
+        log.info("bench: ONNX Runtime against PyTorch on %s", args.onnx)
+        stage("onnx", onnx_rows(args.onnx))
+        print(format_table(result))
+        print(out)
+        return 0
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -155,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare_accuracy:
             log.info("bench: plain loop trained in full")
             stage("plain_accuracy", plain_accuracy(data_dir, prepared, cfg, device, args.workers))
+        if args.onnx is not None:
+            log.info("bench: ONNX Runtime against PyTorch on %s", args.onnx)
+            stage("onnx", onnx_rows(args.onnx))
         if args.profile:
             # Last: the profiler's hooks can slow launch-bound work measured after it.
             log.info("bench: profiling the training step")

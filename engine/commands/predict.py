@@ -2,7 +2,9 @@
 
 A file that cannot be read as an image gets a JSON line with an ``error`` and the others
 still answer; the exit status is 1 when any file failed. When the run was evaluated (it has
-``ood.npz``), each line also says whether the image looks out of distribution.
+``ood.npz``), each line also says whether the image looks out of distribution. ``--backend onnx``
+answers from the run's ONNX export (``python -m engine export RUN``) through ONNX Runtime on the
+CPU, with the same fields.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..predict import Predictor
+from ..predict import FilePredictor, OnnxPredictor, Predictor
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +23,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("images", type=Path, nargs="+", help="image files")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
+                        help="torch: the checkpoint in PyTorch; onnx: RUN/export/model.onnx in ONNX Runtime (CPU)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    predictor = Predictor(args.run, args.checkpoint, args.device)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.backend == "onnx" and args.device == "cuda":
+        parser.error("--backend onnx runs on the CPU: leave out --device cuda")
+    predictor: FilePredictor = (OnnxPredictor(args.run, args.checkpoint) if args.backend == "onnx"
+                                else Predictor(args.run, args.checkpoint, args.device))
     results = predictor.predict_files(args.images)
     for result in results:
         print(json.dumps(result), flush=True)
