@@ -32,10 +32,11 @@ def test_concurrent_sessions_get_the_same_answers_without_errors(request: pytest
     for k, image in enumerate(images):
         Image.fromarray(synthetic.cell_image(image.stem, np.random.default_rng(3 + k), 128)).save(image)
     with load.serve(dashboard_outputs["root"], tmp_path / "server.log") as (url, pid):
-        result = load.run_load(url, pid, str(executable), images, sessions=3, seconds=20)
+        # Two sessions at once, one per image: enough for a mix-up between sessions to show on 2 cores.
+        result = load.run_load(url, pid, str(executable), images, sessions=len(images), seconds=20)
     assert result["errors"] == []
-    assert result["predictions"] >= 3  # every session predicted at least once, all alike
-    assert result["page_views"] >= 3 * len(load.PAGES)  # every session went through every page
+    assert result["predictions"] >= len(images)  # every session predicted at least once, all alike
+    assert result["page_views"] >= len(images) * len(load.PAGES)  # every session went through every page
     assert all(a.startswith("Predicted stage:") and " · map " in a for a in result["answer_alone"])
     assert len(set(result["answer_alone"])) == 2  # two images, two maps: a mix-up would show
     assert load.memory_growth(result["rss_mb"]) < 150, result["rss_mb"]

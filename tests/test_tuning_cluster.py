@@ -62,7 +62,7 @@ def trial_jsons(sweep: Path) -> dict[str, dict]:
     return found
 
 
-EPOCHS = 30
+EPOCHS = 12
 
 
 def test_sweep_spreads_over_two_nodes_and_survives_losing_one(prepared_tiny: Path, tmp_path: Path,
