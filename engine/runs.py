@@ -84,6 +84,7 @@ OOD = "ood.npz"
 CHECKPOINTS = "checkpoints"
 BEST_CHECKPOINT = "best.pt"  # inside CHECKPOINTS
 LAST_CHECKPOINT = "last.pt"  # inside CHECKPOINTS
+CHECKPOINT_CHOICES = ("best", "last")  # what --checkpoint takes: best.pt or last.pt
 CAMS = "cams"
 COMPLETE = "COMPLETE"
 # Written by `export` (engine.export): the model as ONNX and its JSON sidecar (the same name, .json).

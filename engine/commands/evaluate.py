@@ -8,12 +8,13 @@ from pathlib import Path
 from .. import tracking
 from ..config import DEVICES
 from ..evaluate import evaluate
+from ..runs import CHECKPOINT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="best")
     parser.add_argument("--splits", default="val,test", help="comma-separated splits to evaluate")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--device", default="auto", choices=DEVICES)

@@ -16,7 +16,7 @@ from ..errors import interruptible
 from ..explain.methods import METHOD_NAMES
 from ..explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS, TARGETS, ExplainOptions, compare_runs, explain_run
 from ..models import CAM_LAYERS
-from ..runs import SPLITS
+from ..runs import CHECKPOINT_CHOICES, SPLITS
 
 
 def _names(choices: tuple[str, ...], what: str):
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", type=_names(TARGETS, "target"), default=list(default.targets),
                         help="maps for the predicted and/or the true class (default pred,true)")
     parser.add_argument("--split", default=default.split, choices=SPLITS)
-    parser.add_argument("--checkpoint", default=default.checkpoint, choices=("best", "last"))
+    parser.add_argument("--checkpoint", default=default.checkpoint, choices=CHECKPOINT_CHOICES)
     parser.add_argument("--limit", type=int, default=default.limit, metavar="N",
                         help="a stratified N images of the split (0: all)")
     parser.add_argument("--batch-size", type=int, default=default.batch_size)

@@ -12,13 +12,14 @@ import argparse
 from pathlib import Path
 
 from ..export import TOLERANCE, VERIFY_IMAGES, default_path, export_run, sidecar_path
+from ..runs import CHECKPOINT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine export", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="the format written (only ONNX)")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="best")
     parser.add_argument("--out", type=Path, default=None, metavar="FILE",
                         help="the .onnx file to write (default RUN/export/model.onnx); the sidecar goes beside it. "
                         "`predict --backend onnx` reads the default place only")

@@ -14,15 +14,17 @@ import json
 import sys
 from pathlib import Path
 
+from ..config import DEVICES
 from ..predict import FilePredictor, OnnxPredictor, Predictor
+from ..runs import CHECKPOINT_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine predict", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="run folder")
     parser.add_argument("images", type=Path, nargs="+", help="image files")
-    parser.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_CHOICES, default="best")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--backend", default="torch", choices=("torch", "onnx"),
                         help="torch: the checkpoint in PyTorch; onnx: RUN/export/model.onnx in ONNX Runtime (CPU)")
     return parser
