@@ -56,11 +56,16 @@ def samples(root: Path | str, prepared: Path | str) -> dict[str, list[Path]]:
 
 # ----------------------------------------------------------------------------- runs
 
+def json_object(root: Path | str, path: Path | str) -> dict[str, Any]:
+    """A JSON file that must hold an object (config.json, sweep.json ...); LoadError naming it otherwise."""
+    data = read_json(root, path)
+    if not isinstance(data, dict):
+        raise LoadError(f"{relative(root, path)} is not a JSON object")
+    return data
+
+
 def run_config(root: Path | str, run: Path | str) -> dict[str, Any]:
-    config = read_json(root, Path(run) / runs.CONFIG)
-    if not isinstance(config, dict):
-        raise LoadError(f"{relative(root, run)}/{runs.CONFIG} is not a JSON object")
-    return config
+    return json_object(root, Path(run) / runs.CONFIG)
 
 
 def history(root: Path | str, run: Path | str) -> pd.DataFrame:
@@ -161,10 +166,7 @@ def load_run(root: Path | str, run: Path | str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- sweeps
 
 def sweep_info(root: Path | str, sweep: Path | str) -> dict[str, Any]:
-    info = read_json(root, Path(sweep) / layout.SWEEP_JSON)
-    if not isinstance(info, dict):
-        raise LoadError(f"{relative(root, sweep)}/{layout.SWEEP_JSON} is not an object")
-    return info
+    return json_object(root, Path(sweep) / layout.SWEEP_JSON)
 
 
 def best_trial(root: Path | str, sweep: Path | str) -> dict[str, Any] | None:
