@@ -26,6 +26,8 @@ import pytest
 from engine import runs, tracking
 from tests.support.ray_tmp import ray_tmpdir  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 MLFLOW = Path(sys.executable).with_name("mlflow")
 START_TIMEOUT_S = 120

@@ -23,6 +23,8 @@ from tests.support.smears import write_smear_folder
 from tuning.cli import main
 from tuning.layout import REPEATS
 
+pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
+
 FOLDS = 3
 
 

@@ -23,6 +23,8 @@ import pytest
 from tests.support.ray_tmp import processes_mentioning
 from tuning import layout
 
+pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -28,6 +28,8 @@ from tests.support.images import write_image_folder
 from tuning import layout
 from tuning.cli import main
 
+pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
+
 PROBE = list(layout.PROBE_COLUMNS)
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from tuning.cli import main
 
+pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
+
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT_SWEEP_KEYS = {"name", "space", "space_file", "base_preset", "search", "scheduler", "metric", "mode",
                        "num_samples", "max_concurrent_trials", "gpus_per_trial", "cpus_per_trial", "address",
