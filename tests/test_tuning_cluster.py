@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ray_tmp import processes_mentioning
+from tests.support.ray_tmp import remove_when_ray_has_left
 from tuning import layout
 
 pytestmark = pytest.mark.slow  # real Ray clusters or servers: left out by make test-fast
@@ -41,12 +41,7 @@ def ray_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
     env.pop("RAY_AUTH_TOKEN", None)
     monkeypatch.setenv("RAY_TMPDIR", tmpdir)
     yield env
-    deadline = time.monotonic() + 30
-    while processes_mentioning(tmpdir) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = processes_mentioning(tmpdir)
-    subprocess.run(["rm", "-rf", tmpdir], check=False)
-    assert not left, f"Ray processes left behind: {left}"
+    remove_when_ray_has_left(tmpdir)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -39,7 +39,12 @@ def ray_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("RAY_TMPDIR", path)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     yield path
-    deadline = time.monotonic() + 30
+    remove_when_ray_has_left(path)
+
+
+def remove_when_ray_has_left(path: str, seconds: float = 30) -> None:
+    """Wait up to ``seconds`` for the Ray processes using ``path`` to end, remove it, and fail if any is left."""
+    deadline = time.monotonic() + seconds
     while processes_mentioning(path) and time.monotonic() < deadline:
         time.sleep(0.5)
     left = processes_mentioning(path)
