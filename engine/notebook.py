@@ -438,23 +438,16 @@ def predict(run: Run | Path | str, images: ImageLike | Sequence[ImageLike], *, c
 def explain(run: Run | Path | str, image: ImageLike, method: str | None = None, layer: str | None = None, *,
             target: str | None = None, checkpoint: str = "best", device: str = "auto") -> Explanation:
     """The map of one image (a file, its bytes or an RGB array), computed now with the engine's CAM code
-    (``Predictor.explain``, as the dashboard's Predict page computes it).
+    (``Predictor.analyse``, as the dashboard's Predict page computes it).
 
     ``method`` and ``layer`` default to the explanation defaults (engine.explain.pipeline); ``target`` is the stage
     the map explains (default: the predicted one).
     """
-    from .explain.figures import overlay
-    from .explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
-
     run = run if isinstance(run, Run) else load_run(run)
     predictor = run.predictor(checkpoint, device)
     picture = _model_image(predictor, image)
-    proba = predictor.probabilities(picture[None])[0]
     if target is not None and target not in CLASSES:
         raise ValueError(f"unknown stage {target!r}; choose one of {', '.join(CLASSES)}")
-    k = int(proba.argmax()) if target is None else CLASSES.index(target)
-    method, layer = method or DEFAULT_METHODS[0], layer or DEFAULT_LAYERS[0]
-    heat = np.asarray(predictor.explain(picture, k, method, layer), dtype=np.float32)
-    return Explanation(image=picture, map=heat, overlay=overlay(picture, heat), method=method, layer=layer,
-                       target=CLASSES[k], pred=CLASSES[int(proba.argmax())],
-                       probabilities={c: float(p) for c, p in zip(CLASSES, proba, strict=True)})
+    found = predictor.analyse(picture, None if target is None else CLASSES.index(target), method, layer)
+    return Explanation(image=picture, map=found.map, overlay=found.overlay, method=found.method, layer=found.layer,
+                       target=found.target, pred=found.pred, probabilities=found.probabilities)

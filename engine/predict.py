@@ -5,10 +5,13 @@ still answer. When the run was evaluated (it has ``ood.npz``), each result also 
 whether the image looks out of distribution. The dashboard's Predict page uses it too.
 ``OnnxPredictor`` gives the same results from the run's ONNX export (``python -m engine export``)
 through ONNX Runtime: the same decoding, classes and out-of-distribution check; no maps.
+``Predictor.analyse`` is the Predict page's answer for one image: probabilities, map, feature vector and
+out-of-distribution check from one forward pass of the network.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from pathlib import Path
@@ -52,9 +55,6 @@ class FilePredictor:
         """Class probabilities and (when the run has ``ood.npz``) out-of-distribution distances."""
         raise NotImplementedError
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        return self.scores(images)[0]
-
     def predict_files(self, paths: list[Path], batch_size: int = 32) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = [{} for _ in paths]
         good: list[tuple[int, np.ndarray]] = []
@@ -77,6 +77,28 @@ class FilePredictor:
         return results
 
 
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One image through the model once (``Predictor.analyse``)."""
+
+    probabilities: dict[str, float]  # per stage, in CLASSES order
+    features: np.ndarray  # float32 (channels,): the pooled features, the vector the similar-cases search takes
+    pred: str  # the stage the model predicts
+    target: str  # the stage the map explains
+    method: str
+    layer: str
+    map: np.ndarray  # float32 H x W in [0, 1]
+    overlay: np.ndarray  # uint8 H x W x 3: the map over the image (engine.explain.figures.overlay)
+    ood_distance: float | None  # the three are None when the run has no ood.npz
+    ood_threshold: float | None
+    ood_quantile: float | None
+
+    @property
+    def out_of_distribution(self) -> bool | None:
+        """Farther from every stage than the threshold; None without an out-of-distribution check."""
+        return None if self.ood_distance is None else self.ood_distance > self.ood_threshold
+
+
 class Predictor(FilePredictor):
     """A trained run's model, ready to classify image files or bytes."""
 
@@ -93,6 +115,9 @@ class Predictor(FilePredictor):
     def image_size(self) -> int:
         return self.cfg.image_size
 
+    def _input(self, images: np.ndarray) -> torch.Tensor:
+        return to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
+
     def explain(self, image: np.ndarray, target: int, method: str | None = None,
                 layer: str | None = None) -> np.ndarray:
         """The map (H, W in [0, 1]) of ``target`` for one uint8 HWC image, by the engine's CAM code;
@@ -100,14 +125,14 @@ class Predictor(FilePredictor):
         from .explain.methods import compute_maps
         from .explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
 
-        x = to_input(torch.from_numpy(np.array(image[None])), self.device, channels_last=False)
+        x = self._input(image[None])
         with self._lock:
             return compute_maps(self.model, x, method or DEFAULT_METHODS[0], layer or DEFAULT_LAYERS[0], [target])[0]
 
     @torch.no_grad()
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """The pooled DenseNet features of uint8 NHWC images (the classifier's input), as ``evaluate`` computes them."""
-        x = to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
+        x = self._input(images)
         with self._lock:
             self.model.eval()
             return self.model.embed(x)
@@ -115,10 +140,64 @@ class Predictor(FilePredictor):
     @torch.no_grad()
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Class probabilities and (when the run has ``ood.npz``) out-of-distribution distances."""
-        features = self.embed(images)
+        x = self._input(images)
+        with self._lock:
+            self.model.eval()
+            return self._judge(self.model.embed(x))
+
+    @torch.no_grad()
+    def _judge(self, features: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        # Callers hold the lock: the classifier is part of the shared model, and ``analyse`` hooks it.
         proba = torch.softmax(self.model.classifier(features).double(), 1).cpu().numpy()
         distance = None if self.ood is None else self.ood.score(features.double().cpu().numpy())
         return proba, distance
+
+    def analyse(self, image: np.ndarray, target: int | None = None, method: str | None = None,
+                layer: str | None = None) -> Analysis:
+        """Everything the Predict page shows for one uint8 HWC image, all from the map's forward pass.
+
+        ``target`` is the index (in CLASSES) of the stage the map explains, by default the predicted one;
+        method and layer default to the explanation defaults (engine.explain.pipeline). The probabilities
+        and the out-of-distribution distance are those of ``scores``, ``features`` that of ``embed`` and
+        the map that of ``explain``.
+        """
+        from .explain.figures import overlay
+        from .explain.methods import compute_maps
+        from .explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
+
+        if target is not None and not 0 <= int(target) < len(CLASSES):
+            raise ValueError(f"target {target}: a stage index from 0 to {len(CLASSES) - 1}")
+        method, layer = method or DEFAULT_METHODS[0], layer or DEFAULT_LAYERS[0]
+        x = self._input(image[None])
+        seen: list[torch.Tensor] = []
+
+        def keep(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            # The map's forward pass computes the pooled features anyway: kept from the classifier's input
+            # instead of a second pass. Only the first call is the image itself (Score-CAM and Ablation-CAM
+            # then score altered copies).
+            if not seen:
+                seen.append(inputs[0].detach())
+
+        with self._lock:
+            self.model.eval()
+            hook = self.model.classifier.register_forward_pre_hook(keep)
+            try:
+                # No target: the CAM explains the argmax of this pass's logits, the predicted stage.
+                heat = compute_maps(self.model, x, method, layer, None if target is None else [int(target)])[0]
+            finally:
+                hook.remove()
+            proba, distance = self._judge(seen[0])
+        proba = proba[0]
+        pred = int(proba.argmax())
+        k = pred if target is None else int(target)
+        detector = self.ood
+        return Analysis(
+            probabilities={c: float(p) for c, p in zip(CLASSES, proba, strict=True)},
+            features=seen[0][0].float().cpu().numpy(), pred=CLASSES[pred], target=CLASSES[k],
+            method=method, layer=layer, map=heat, overlay=overlay(image, heat),
+            ood_distance=None if distance is None else float(distance[0]),
+            ood_threshold=None if detector is None else detector.threshold,
+            ood_quantile=None if detector is None else detector.quantile)
 
 
 class OnnxPredictor(FilePredictor):

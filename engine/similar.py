@@ -3,7 +3,7 @@
 The space is the pooled DenseNet features ``evaluate`` keeps in ``features.npz``; distances are
 Euclidean between those features (float16 as stored, computed in float32), the space the
 classifier and the out-of-distribution check read. An image of the val or test split is looked up
-by its sha256 (``stored_vector``); an upload is embedded by the run's model (``image_vector``).
+by its sha256 (``stored_vector``); an upload's is ``Analysis.features`` (``engine.predict.Predictor.analyse``).
 No torch at import time: the dashboard's gallery uses this without loading a model.
 """
 
@@ -12,16 +12,13 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from . import features as feature_space
 from . import runs
 from .runs import CLASSES
-
-if TYPE_CHECKING:
-    from .predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +94,6 @@ def stored_vector(run_dir: Path, sha256: str) -> np.ndarray | None:
         if len(hit):
             return part.features[hit[0]].astype(np.float32)
     return None
-
-
-def image_vector(predictor: Predictor, image: np.ndarray) -> np.ndarray:
-    """The pooled feature vector (float32) of one uint8 HWC image, as ``evaluate`` computes it."""
-    return predictor.embed(image[None])[0].float().cpu().numpy()
 
 
 def cached_images(prepared: Path, size: int, sha256s: list[str]) -> dict[str, np.ndarray]:

@@ -269,7 +269,8 @@ def test_damaged_sweep_state_is_named_and_kept(tmp_path: Path, capsys) -> None:
 
 
 def test_the_dashboard_warns_on_the_damaged_run_only(run_copy: Path, trained_tiny_run: Path) -> None:
-    from dashboard import inference, loaders
+    from dashboard import loaders
+    from engine.predict import Predictor
 
     root = run_copy.parent
     (run_copy / runs.METRICS).write_text("{ not json")
@@ -278,8 +279,8 @@ def test_the_dashboard_warns_on_the_damaged_run_only(run_copy: Path, trained_tin
     _damage(run_copy / "checkpoints" / "best.pt", "garbage")
     # The Predict page shows a ValueError's text as the warning on that run.
     with pytest.raises(ValueError, match=r"best\.pt: the checkpoint is damaged"):
-        inference.load_model(run_copy)
-    assert inference.load_model(trained_tiny_run).cfg.image_size == 64  # another run stays usable
+        Predictor(run_copy, "best", "cpu")  # as the page loads it
+    assert Predictor(trained_tiny_run, "best", "cpu").cfg.image_size == 64  # another run stays usable
 
 
 def test_the_deck_names_each_damaged_file_and_is_still_made(dashboard_outputs: dict[str, Path],

@@ -93,7 +93,7 @@ def test_stored_and_uploaded_vectors_agree(trained_tiny_run):
     assert similar.stored_vector(trained_tiny_run, "0" * 64) is None
     prepared = Path(runs.read_json(trained_tiny_run / runs.CONFIG)["data_dir"])
     predictor = Predictor(trained_tiny_run, device="cpu")
-    upload = similar.image_vector(predictor, predictor.preprocess(data_root(prepared) / test.path[0]))
+    upload = predictor.analyse(predictor.preprocess(data_root(prepared) / test.path[0])).features
     np.testing.assert_allclose(upload, vector, rtol=1e-2, atol=1e-2)
     assert similar.nearest(trained_tiny_run, upload, k=1)[0]["stage"] in CLASSES
 

@@ -77,7 +77,6 @@ def test_predict_refuses_hostile_files_with_reasons_and_never_blocks(tmp_path):
 
 
 def test_predict_and_the_dashboard_decode_like_prepare(tmp_path):
-    from dashboard import inference
     from engine.decoding import load_image
 
     deep = tmp_path / "deep.tiff"
@@ -91,8 +90,58 @@ def test_predict_and_the_dashboard_decode_like_prepare(tmp_path):
     predictor = _bare_predictor()
     for path in (deep, turned):
         by_predict = predictor.preprocess(path)
-        assert (by_predict == inference.preprocess(path.read_bytes(), 32)).all()
+        assert (by_predict == predictor.preprocess(path.read_bytes())).all()  # an upload, as the page reads it
         assert (by_predict == load_image(path, 32)).all()
     assert (predictor.preprocess(deep) == 90).all()  # not clipped to white
     upright = predictor.preprocess(turned).mean(axis=(1, 2))
     assert upright[:12].max() < 30 and upright[-12:].min() > 220
+
+
+def test_analyse_is_scores_embed_and_explain_from_one_forward_pass(trained_tiny_run):
+    import csv
+
+    from engine.explain.figures import overlay
+    from engine.explain.pipeline import DEFAULT_LAYERS, DEFAULT_METHODS
+    from engine.manifest import data_root
+    from engine.predict import Predictor
+    from engine.runs import CLASSES
+
+    predictor = Predictor(trained_tiny_run, "best", "cpu")
+    config = json.loads((trained_tiny_run / "config.json").read_text())
+    with (trained_tiny_run / "predictions.csv").open() as handle:
+        image = predictor.preprocess(data_root(config["data_dir"]) / next(csv.DictReader(handle))["path"])
+    passes = []
+    counting = predictor.model.features.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        found = predictor.analyse(image)
+        assert len(passes) == 1
+        other = (CLASSES.index(found.pred) + 1) % len(CLASSES)
+        chosen = predictor.analyse(image, other, "gradcam", "norm5")
+        assert len(passes) == 2
+    finally:
+        counting.remove()
+
+    proba, distance = predictor.scores(image[None])
+    assert list(found.probabilities) == list(CLASSES)
+    np.testing.assert_array_equal(list(found.probabilities.values()), proba[0])
+    assert found.pred == found.target == CLASSES[int(proba[0].argmax())]
+    # The similar-cases vector: exactly the features a separate embedding pass gives.
+    assert found.features.dtype == np.float32
+    np.testing.assert_array_equal(found.features, predictor.embed(image[None])[0].numpy())
+    assert (found.method, found.layer) == (DEFAULT_METHODS[0], DEFAULT_LAYERS[0])
+    np.testing.assert_array_equal(found.map, predictor.explain(image, CLASSES.index(found.pred)))
+    np.testing.assert_array_equal(found.overlay, overlay(image, found.map))
+    assert found.ood_distance == float(distance[0])
+    assert (found.ood_threshold, found.ood_quantile) == (predictor.ood.threshold, predictor.ood.quantile)
+    assert found.out_of_distribution == bool(distance[0] > predictor.ood.threshold)
+
+    assert (chosen.target, chosen.pred, chosen.method, chosen.layer) == (CLASSES[other], found.pred, "gradcam", "norm5")
+    np.testing.assert_array_equal(chosen.map, predictor.explain(image, other, "gradcam", "norm5"))
+    np.testing.assert_array_equal(chosen.features, found.features)
+    with pytest.raises(ValueError, match="stage index"):
+        predictor.analyse(image, len(CLASSES))
+
+    predictor.ood = None  # a run never evaluated
+    bare = predictor.analyse(image)
+    assert (bare.ood_distance, bare.ood_threshold, bare.ood_quantile, bare.out_of_distribution) == (None,) * 4
+    np.testing.assert_array_equal(bare.features, found.features)

@@ -26,25 +26,24 @@ def test_concurrent_maps_on_one_model_match_the_maps_computed_alone(trained_tiny
 
 
 def test_maps_stay_right_while_other_sessions_classify_and_search(trained_tiny_run: Path, prepared_tiny: Path):
-    """The Predict page's three calls (scores, explain, image_vector) from several sessions at once, each on its
-    own image: a forward pass of one session must not reach another's Grad-CAM hooks."""
-    from engine.similar import image_vector
-
+    """The Predict page's call (analyse) from several sessions at once, each on its own image, while others
+    classify: a forward pass of one session must reach neither another's Grad-CAM hooks nor the hook that keeps
+    its features."""
     predictor = Predictor(trained_tiny_run, "best", "cpu")
     root = Path(json.loads((prepared_tiny / "data_report.json").read_text())["data_dir"])
     images = [load_image(root / r["path"], predictor.cfg.image_size) for r in read_manifest(prepared_tiny)[:6]]
-    alone = [(predictor.scores(image[None])[0][0], predictor.explain(image, k % 4), image_vector(predictor, image))
-             for k, image in enumerate(images)]
+    alone = [predictor.analyse(image, k % 4) for k, image in enumerate(images)]
 
     def session(k: int):
         k %= len(images)
-        return predictor.scores(images[k][None])[0][0], predictor.explain(images[k], k % 4), \
-            image_vector(predictor, images[k])
+        return predictor.analyse(images[k], k % 4), predictor.scores(images[(k + 1) % len(images)][None])[0][0]
 
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(session, range(len(images) * 6)))
-    for k, (proba, heat, vector) in enumerate(together):
+    for k, (found, proba) in enumerate(together):
         want = alone[k % len(images)]
-        np.testing.assert_allclose(proba, want[0], atol=1e-6)
-        np.testing.assert_allclose(heat, want[1], atol=1e-6)
-        np.testing.assert_allclose(vector, want[2], atol=1e-5)
+        np.testing.assert_allclose(list(found.probabilities.values()), list(want.probabilities.values()), atol=1e-6)
+        np.testing.assert_allclose(found.map, want.map, atol=1e-6)
+        np.testing.assert_allclose(found.features, want.features, atol=1e-5)
+        np.testing.assert_allclose(proba, list(alone[(k + 1) % len(images)].probabilities.values()), atol=1e-6)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in predictor.model.modules())  # hooks released
