@@ -99,6 +99,17 @@ def real_prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     return Path(folder), report
 
 
+# Fixtures that start a real Ray cluster (a sweep) or a Jupyter kernel: a test that uses one is slow whatever its
+# own marks say, so that `make test-fast` leaves it out as the marker promises.
+SLOW_FIXTURES = frozenset({"dashboard_outputs", "ray_tmpdir", "kernel", "server", "real_prepared"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 # ----------------------------------------------------------------------------- where the time goes
 
 

@@ -30,7 +30,7 @@ def full_screenshot(page, path: Path) -> None:
     }""")
     width = page.viewport_size["width"]
     page.set_viewport_size({"width": width, "height": min(max(int(height) + 40, 800), 12000)})
-    page.wait_for_timeout(1200)
+    page.wait_for_timeout(500)  # Plotly redraws its charts for the new size after a short debounce
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size({"width": width, "height": 1000})
 
@@ -162,10 +162,13 @@ def test_no_deploy_button_or_developer_menu(server, browser) -> None:
 
 def open_list(page, key: str, wanted) -> None:
     """Open the selectbox with widget key ``key`` until ``wanted`` (an option locator) shows."""
+    box = page.locator(f".st-key-{key} [role='combobox']")
     for attempt in range(3):  # a rerun that redraws the page meanwhile closes the list: open it again
-        page.locator(f".st-key-{key} [role='combobox']").click()
+        # Scrolled first: clicked where the page is still laying out below the fold, the list stays shut.
+        box.scroll_into_view_if_needed()
+        box.click()
         try:
-            wanted.wait_for(timeout=10_000)
+            wanted.wait_for(timeout=5_000)
             return
         except Exception:
             if attempt == 2:

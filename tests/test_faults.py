@@ -518,6 +518,7 @@ def test_explain_stopped_keeps_the_previous_maps(run_copy: Path) -> None:
     assert snapshot(run_copy) == before and not list(run_copy.glob(".cams-*"))
 
 
+@pytest.mark.slow  # a real Ray sweep
 def test_a_sweep_stopped_by_sigterm_can_resume(prepared_tiny: Path, tmp_path: Path) -> None:
     ray_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths stay under 107 characters
     space = tmp_path / "space.yaml"

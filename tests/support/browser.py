@@ -7,8 +7,6 @@ both fixtures available to every test module.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.support import chromium
@@ -42,16 +40,10 @@ def browser(server):
 
 
 def settle(page, timeout_ms: int = 60_000) -> None:
-    """Wait until the script run finished: the app is rendered and the 'running' indicator is gone."""
+    """Wait until the script run finished (tests/tools/dashboard_load.py's ``settle``); a page still running
+    after ``timeout_ms`` fails the test."""
     page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
-    page.wait_for_selector("h1", timeout=timeout_ms)
-    deadline = time.time() + timeout_ms / 1000
-    quiet = 0
-    while time.time() < deadline and quiet < 3:
-        running = page.locator("[data-testid='stStatusWidget']").count()
-        quiet = quiet + 1 if running == 0 else 0
-        page.wait_for_timeout(500)
-    page.wait_for_timeout(800)
+    load.settle(page, timeout_ms)
 
 
 def assert_no_exception(page, name: str) -> None:

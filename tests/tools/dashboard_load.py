@@ -80,15 +80,29 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
+# Running, or about to run (a rerun requested), or still showing the running indicator.
+_BUSY = """() => {
+    const app = document.querySelector("[data-testid='stApp']");
+    const state = app ? app.getAttribute("data-test-script-state") : "initial";
+    return state !== "notRunning" || document.querySelector("[data-testid='stStatusWidget']") !== null;
+}"""
+QUIET_POLLS = 10  # of 100 ms: a second without a script run
+
+
 def settle(page: Any, timeout_ms: int = 120_000) -> None:
-    """Wait until Streamlit finished the script run: a title is shown and the 'running' widget is gone."""
+    """Wait until Streamlit finished the script run: a title is shown and no run is going on or about to start.
+
+    Streamlit marks its root with ``data-test-script-state`` ("running", "notRunning", ...). A click's rerun
+    request reaches the server a moment after the click, so "not running" must hold for a quiet second,
+    polled every 100 ms; a run seen in that second starts the count again.
+    """
     page.wait_for_selector("h1", timeout=timeout_ms)
     deadline, quiet = time.time() + timeout_ms / 1000, 0
-    while quiet < 3:
+    while quiet < QUIET_POLLS:
         if time.time() > deadline:
             raise TimeoutError(f"{page.url} still running after {timeout_ms / 1000:.0f} s")
-        quiet = quiet + 1 if page.locator("[data-testid='stStatusWidget']").count() == 0 else 0
-        page.wait_for_timeout(400)
+        quiet = 0 if page.evaluate(_BUSY) else quiet + 1
+        page.wait_for_timeout(100)
 
 
 def page_problem(page: Any) -> str | None:
