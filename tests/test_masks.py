@@ -70,6 +70,21 @@ def write_with_segmented(root: Path, per_class: int = 6) -> Path:
     return add_segmented(root)
 
 
+@pytest.mark.parametrize("pixels", [1, 6, 15])
+def test_dilate_grows_by_a_square_like_scipys_binary_dilation(pixels):
+    """Cells touching the border included: nothing beyond the image grows into it."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(pixels)
+    batch = rng.random((3, 40, 56)) > 0.97
+    batch[0, 0, :] = True  # a cell along the border
+    square = np.ones((2 * pixels + 1,) * 2, dtype=bool)
+    expected = np.stack([ndi.binary_dilation(m, square) for m in batch])
+    assert np.array_equal(masks.dilate(batch, pixels), expected)
+    assert np.array_equal(masks.dilate(batch[1], pixels), expected[1])
+    assert masks.dilate(batch, 0).dtype == bool and np.array_equal(masks.dilate(batch, 0), batch)
+
+
 def test_prepare_pairs_masks_by_class_folder_and_name_and_reports_the_rest(tmp_path):
     root = write_with_segmented(tmp_path / "ALL")
     seg = root / "Segmented"
