@@ -41,6 +41,8 @@ def test_unknown_param_key_names_file_and_key(tmp_path: Path) -> None:
     (MINIMAL.replace("tiny", "no-such-preset"), ["no-such-preset"]),
     ("base_preset: tiny\nparams:\n  batch_size: {choice: [many]}\n", ["batch_size"]),
     (MINIMAL + "search: bayes\n", ["search"]),
+    (MINIMAL + "time_budget_s: -5\n", ["time_budget_s", ">= 0"]),
+    (MINIMAL + "time_budget_s: soon\n", ["time_budget_s"]),
 ])
 def test_invalid_spaces_fail_clearly(tmp_path: Path, text: str, words: list[str]) -> None:
     path = write(tmp_path, text)
@@ -48,6 +50,19 @@ def test_invalid_spaces_fail_clearly(tmp_path: Path, text: str, words: list[str]
         load_space(path)
     for word in [str(path), *words]:
         assert word in str(err.value)
+
+
+def test_a_time_budget_stops_trials_only_once_it_is_spent_and_restarts_on_resume() -> None:
+    import pickle
+
+    from tuning.budget import TimeBudget
+
+    budget = TimeBudget(3600)
+    assert not budget("t1", {"epoch": 1}) and not budget.stop_all()
+    spent = TimeBudget(0)
+    assert spent("t1", {"epoch": 2}) and spent("t2", {"epoch": 1}) and not spent.stop_all()
+    spent.seconds = 3600  # a resumed sweep (its state unpickled) gets its whole budget again
+    assert not pickle.loads(pickle.dumps(spent))("t1", {"epoch": 3})
 
 
 def test_unknown_space_name_lists_the_available_ones() -> None:

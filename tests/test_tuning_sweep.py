@@ -167,6 +167,27 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
     assert info["status"] == "complete" and (sweep / "best.json").is_file()
 
 
+def test_a_spent_time_budget_stops_each_trial_at_an_epoch_and_the_sweep_completes(
+        prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str) -> None:
+    # A budget spent before the first report: every trial, the one waiting for a slot too, trains one epoch
+    # of three and stops there as an ASHA cut would (checkpoint kept), not interrupted.
+    space = space_file(tmp_path, "fixed: {epochs: 3, max_train_images: 32}\n"
+                                 "params:\n  lr: {choice: [0.002, 0.003]}\nscheduler: fifo\n"
+                                 "max_concurrent_trials: 1\ntime_budget_s: 0.001\n")
+    out = tmp_path / "sweeps"
+    assert main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "b",
+                 "--num-samples", "2", "--no-explain"]) == 0
+    info = json.loads((out / "b" / "sweep.json").read_text())
+    assert info["status"] == "complete" and info["time_budget_s"] == 0.001
+    rows = read_csv(out / "b" / "summary.csv")
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"stopped"} and {r["epochs"] for r in rows} == {"1"}
+    for row in rows:
+        run = out / "b" / row["run_dir"]
+        assert len(read_csv(run / "history.csv")) == 1 and (run / "checkpoints" / "best.pt").is_file()
+    best = json.loads((out / "b" / "best.json").read_text())
+    assert best["trial_id"] in {r["trial_id"] for r in rows}  # chosen among the stopped trials
+
+
 def test_max_concurrent_trials_holds_with_the_random_searcher(prepared_tiny: Path, tmp_path: Path,
                                                                ray_tmpdir: str) -> None:
     # One CPU per trial on two CPUs would run both trials at once; --max-concurrent 1 must not.

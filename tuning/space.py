@@ -17,6 +17,7 @@ A space file (``tuning/spaces/<name>.yaml``, or any path) looks like::
     grace_period: 2                 # ASHA: epochs before a trial can be cut
     reduction_factor: 2             # ASHA: keep the best 1/reduction_factor at each rung
     max_failures: 1                 # retries of a crashing trial
+    time_budget_s: 540              # after this many seconds a trial stops at its next epoch (0: no budget)
     metric: val_macro_f1            # the objective (default); or two, optimised together by Optuna:
     mode: max                       #   metric: [val_macro_f1, val_acc_without_cells], mode: [max, min]
 
@@ -51,7 +52,7 @@ SEARCHES = ("random", "grid", "optuna")
 SCHEDULERS = ("asha", "fifo")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SETTINGS = ("search", "scheduler", "num_samples", "max_concurrent_trials", "gpus_per_trial",
-            "cpus_per_trial", "grace_period", "reduction_factor", "max_failures")
+            "cpus_per_trial", "grace_period", "reduction_factor", "max_failures", "time_budget_s")
 TOP_LEVEL = ("description", "base_preset", "fixed", "params", "metric", "mode", *SETTINGS)
 MODES = ("max", "min")
 MAX_OBJECTIVES = 2
@@ -78,6 +79,7 @@ class Space:
     grace_period: int = 1
     reduction_factor: int = 2
     max_failures: int = 1
+    time_budget_s: float = 0.0  # 0 = none; see tuning.sweep.TimeBudget
     metrics: tuple[str, ...] = ("val_macro_f1",)  # the objectives, in order: the first is ASHA's
     modes: tuple[str, ...] = ("max",)
 
@@ -253,6 +255,8 @@ def _check_settings(path: Path, space: Space) -> None:
         (isinstance(space.reduction_factor, int) and space.reduction_factor >= 2,
          "reduction_factor must be an integer >= 2"),
         (isinstance(space.max_failures, int) and space.max_failures >= 0, "max_failures must be an integer >= 0"),
+        (isinstance(space.time_budget_s, (int, float)) and not isinstance(space.time_budget_s, bool)
+         and space.time_budget_s >= 0, "time_budget_s must be a number of seconds >= 0 (0: no budget)"),
     ]
     for ok, message in checks:
         if not ok:

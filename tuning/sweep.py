@@ -120,6 +120,7 @@ def settings(opts: SweepOptions, space: Space) -> dict[str, Any]:
         "num_samples": pick(opts.num_samples, space.num_samples),
         "max_concurrent_trials": pick(opts.max_concurrent, space.max_concurrent_trials),
         "cpus_per_trial": pick(opts.cpus_per_trial, space.cpus_per_trial),
+        "time_budget_s": space.time_budget_s,
     }
 
 
@@ -254,8 +255,19 @@ def build_tuner(trainable: Any, space: Space, info: dict[str, Any], sweep_dir: P
             failure_config=tune.FailureConfig(max_failures=space.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=4),  # small markers (see trainable.py)
             callbacks=[SummaryCallback(str(sweep_dir), list(space.params))],
+            stop=time_budget(info),
         ),
     )
+
+
+def time_budget(info: dict[str, Any]) -> Any:
+    """The sweep's TimeBudget (tuning/budget.py), or None without one (sweeps recorded before the key: none)."""
+    seconds = info.get("time_budget_s") or 0
+    if not seconds:
+        return None
+    from .budget import TimeBudget
+
+    return TimeBudget(seconds)
 
 
 def run_trials(opts: SweepOptions, space: Space, record: SweepRecord, sweep_dir: Path,

@@ -80,11 +80,14 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
-# Running, or about to run (a rerun requested), or still showing the running indicator.
+# Running, or about to run (a rerun requested), or still showing the running indicator, or a chart not drawn yet
+# (Streamlit loads Plotly's code on first use, so a chart may be drawn a while after the script run ended).
 _BUSY = """() => {
     const app = document.querySelector("[data-testid='stApp']");
     const state = app ? app.getAttribute("data-test-script-state") : "initial";
-    return state !== "notRunning" || document.querySelector("[data-testid='stStatusWidget']") !== null;
+    const undrawn = [...document.querySelectorAll("[data-testid='stPlotlyChart']")]
+        .some(chart => chart.querySelector(".main-svg") === null);
+    return state !== "notRunning" || undrawn || document.querySelector("[data-testid='stStatusWidget']") !== null;
 }"""
 QUIET_POLLS = 10  # of 100 ms: a second without a script run
 
@@ -94,7 +97,7 @@ def settle(page: Any, timeout_ms: int = 120_000) -> None:
 
     Streamlit marks its root with ``data-test-script-state`` ("running", "notRunning", ...). A click's rerun
     request reaches the server a moment after the click, so "not running" must hold for a quiet second,
-    polled every 100 ms; a run seen in that second starts the count again.
+    polled every 100 ms; a run seen in that second starts the count again. Every Plotly chart must be drawn.
     """
     page.wait_for_selector("h1", timeout=timeout_ms)
     deadline, quiet = time.time() + timeout_ms / 1000, 0
