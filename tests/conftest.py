@@ -108,11 +108,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-    # Modules with slow tests first, each module kept together and in order. pytest-xdist's worksteal hands
-    # each worker a run of the list and lets an idle worker take the end of another's: with the long tests
-    # at the front, what is left to take at the end is short, and the workers finish together.
-    heavy = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
-    items.sort(key=lambda item: item.module is None or item.module.__name__ not in heavy)
 
 
 # ----------------------------------------------------------------------------- where the time goes
