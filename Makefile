@@ -22,6 +22,7 @@ NAME ?=
 GPUS_PER_TRIAL ?=
 RESUME ?=
 NUM_SAMPLES ?=
+TIME_BUDGET ?=
 ADDRESS ?=
 STORAGE ?=
 HOST ?= 127.0.0.1
@@ -91,7 +92,8 @@ pipeline: prepare
 tune: setup
 	$(PY) -m tuning sweep --space $(SPACE) --data $(PREPARED) --out $(SWEEPS) \
 		$(if $(NAME),--name $(NAME)) $(if $(GPUS_PER_TRIAL),--gpus-per-trial $(GPUS_PER_TRIAL)) \
-		$(if $(NUM_SAMPLES),--num-samples $(NUM_SAMPLES)) $(if $(RESUME),--resume) \
+		$(if $(NUM_SAMPLES),--num-samples $(NUM_SAMPLES)) $(if $(TIME_BUDGET),--time-budget $(TIME_BUDGET)) \
+		$(if $(RESUME),--resume) \
 		$(if $(ADDRESS),--address $(ADDRESS)) $(if $(STORAGE),--storage $(STORAGE))
 
 # The demo sweep is rebuilt on every call unless RESUME=1 continues it.

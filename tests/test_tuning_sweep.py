@@ -171,12 +171,16 @@ def test_a_spent_time_budget_stops_each_trial_at_an_epoch_and_the_sweep_complete
         prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str) -> None:
     # A budget spent before the first report: every trial, the one waiting for a slot too, trains one epoch
     # of three and stops there as an ASHA cut would (checkpoint kept), not interrupted.
+    # The space's hour is overridden by the command line's millisecond.
     space = space_file(tmp_path, "fixed: {epochs: 3, max_train_images: 32}\n"
                                  "params:\n  lr: {choice: [0.002, 0.003]}\nscheduler: fifo\n"
-                                 "max_concurrent_trials: 1\ntime_budget_s: 0.001\n")
+                                 "max_concurrent_trials: 1\ntime_budget_s: 3600\n")
     out = tmp_path / "sweeps"
     assert main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "b",
-                 "--num-samples", "2", "--no-explain"]) == 0
+                 "--num-samples", "2", "--no-explain", "--time-budget", "-1"]) == 2  # refused before Ray starts
+    assert not (out / "b").exists()
+    assert main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "b",
+                 "--num-samples", "2", "--no-explain", "--time-budget", "0.001"]) == 0
     info = json.loads((out / "b" / "sweep.json").read_text())
     assert info["status"] == "complete" and info["time_budget_s"] == 0.001
     rows = read_csv(out / "b" / "summary.csv")

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                             "0 = CPU only (default: the space's, if GPUs exist)")
     sweep.add_argument("--cpus-per-trial", type=float, help="CPU share per trial (default: sized so that "
                                                             "GPUs, not CPUs, limit concurrency)")
+    sweep.add_argument("--time-budget", type=float, metavar="SECONDS",
+                       help="after this long each trial stops at its next epoch (default: the space's "
+                            "time_budget_s; 0: none)")
     sweep.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     sweep.add_argument("--address", help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     sweep.add_argument("--storage", help="Ray's experiment storage: a shared path or s3:// URI "

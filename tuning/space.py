@@ -79,7 +79,7 @@ class Space:
     grace_period: int = 1
     reduction_factor: int = 2
     max_failures: int = 1
-    time_budget_s: float = 0.0  # 0 = none; see tuning.sweep.TimeBudget
+    time_budget_s: float = 0.0  # 0 = none; see tuning/budget.py
     metrics: tuple[str, ...] = ("val_macro_f1",)  # the objectives, in order: the first is ASHA's
     modes: tuple[str, ...] = ("max",)
 

@@ -59,6 +59,7 @@ class SweepOptions:
     scheduler: str | None = None
     gpus_per_trial: float | None = None
     cpus_per_trial: float | None = None
+    time_budget: float | None = None  # seconds; None: the space's time_budget_s
     resume: bool = False
     address: str | None = None
     storage: str | None = None
@@ -120,7 +121,7 @@ def settings(opts: SweepOptions, space: Space) -> dict[str, Any]:
         "num_samples": pick(opts.num_samples, space.num_samples),
         "max_concurrent_trials": pick(opts.max_concurrent, space.max_concurrent_trials),
         "cpus_per_trial": pick(opts.cpus_per_trial, space.cpus_per_trial),
-        "time_budget_s": space.time_budget_s,
+        "time_budget_s": pick(opts.time_budget, space.time_budget_s),
     }
 
 
@@ -360,6 +361,8 @@ def all_trials_ended(sweep_dir: Path, expected: int) -> bool:
 def run_sweep(opts: SweepOptions) -> SweepResult:
     """Run (or resume) a sweep and its finish step; return its folder and outcome."""
     given = load_space(opts.space)  # validate the named space first, even on --resume
+    if opts.time_budget is not None and opts.time_budget < 0:
+        raise SweepError(f"--time-budget must be 0 (no budget) or a number of seconds, got {opts.time_budget:g}")
     sweep_dir = resolve_folder(opts, given.name)
     from engine import preflight
 
@@ -402,6 +405,8 @@ def _drive(opts: SweepOptions, given: Space, sweep_dir: Path, data_dir: Path | N
         # Resources are sized again for the cluster this run sees; the rest is as recorded.
         info["gpus_per_trial"] = opts.gpus_per_trial
         info["cpus_per_trial"] = opts.cpus_per_trial if opts.cpus_per_trial is not None else space.cpus_per_trial
+        if opts.time_budget is not None:  # the rest of the budget is not kept: a resumed sweep starts a new one
+            info["time_budget_s"] = opts.time_budget
     else:
         space = given
         shutil.copyfile(space.path, sweep_dir / layout.SPACE_COPY)
