@@ -37,15 +37,10 @@ def space_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_tiny_sweep_writes_the_sweep_folder(prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "sweeps"
-    code = main(["sweep", "--space", "tiny", "--data", str(prepared_tiny), "--out", str(out), "--name", "s",
-                 "--num-samples", "3", "--no-explain"])
-    assert code == 0
-    sweep = out / "s"
-    assert capsys.readouterr().out.strip().splitlines()[-1] == str(sweep)
-
+def test_tiny_sweep_writes_the_sweep_folder(dashboard_outputs: dict[str, Path]) -> None:
+    # The sweep of the tests' tiny outputs folder (tests/support/fixture.py): the `tiny` space, 3 samples, no
+    # explanations, run once per test run; the dashboard tests read the same folder.
+    sweep = dashboard_outputs["sweep"]
     info = json.loads((sweep / "sweep.json").read_text())
     assert set(info) >= CONTRACT_SWEEP_KEYS
     assert info["status"] == "complete" and info["finished_at"] and info["space"] == "tiny"
@@ -71,7 +66,7 @@ def test_tiny_sweep_writes_the_sweep_folder(prepared_tiny: Path, tmp_path: Path,
         assert (run / "checkpoints" / "best.pt").is_file() and (run / "env.json").is_file()
         assert (run / "COMPLETE").is_file() == (row["status"] == "complete")
     # Ray's own files stay in ray/<name>/<trial_id>/.
-    assert all((sweep / "ray" / "s" / r["trial_id"] / "progress.csv").is_file() for r in rows)
+    assert all((sweep / "ray" / sweep.name / r["trial_id"] / "progress.csv").is_file() for r in rows)
 
     best = json.loads((sweep / "best.json").read_text())
     top = max(rows, key=lambda r: float(r["best_val_macro_f1"]) if r["status"] == "complete" else -1)
@@ -99,8 +94,8 @@ def test_fractional_gpu_trials_spread_over_two_gpus(prepared_tiny: Path, tmp_pat
     assert sorted(ids[0] for ids in gpu_ids) == [0, 0, 1, 1]
 
 
-def test_crashing_trial_is_recorded_and_the_sweep_goes_on(prepared_tiny: Path, tmp_path: Path,
-                                                          ray_tmpdir: str) -> None:
+def test_crashing_trial_is_recorded_and_the_sweep_goes_on(prepared_tiny: Path, tmp_path: Path, ray_tmpdir: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # image_size 16 passes the space check (keys and types) but the engine rejects it in
     # the trial: the trial is retried once (max_failures), then recorded as an error.
     space = space_file(tmp_path, "fixed: {epochs: 1}\nparams:\n  image_size: {grid: [64, 16]}\n"
@@ -109,6 +104,7 @@ def test_crashing_trial_is_recorded_and_the_sweep_goes_on(prepared_tiny: Path, t
     code = main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "c",
                  "--num-samples", "1", "--no-explain"])
     assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out / "c")  # the folder, last, for scripts
     rows = {r["param_image_size"]: r for r in read_csv(out / "c" / "summary.csv")}
     assert rows["64"]["status"] == "complete" and not rows["64"]["error"]
     assert rows["16"]["status"] == "error" and "image_size must be at least 32" in rows["16"]["error"]
@@ -119,11 +115,13 @@ def test_crashing_trial_is_recorded_and_the_sweep_goes_on(prepared_tiny: Path, t
 
 def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_tiny: Path, tmp_path: Path,
                                                                      ray_tmpdir: str) -> None:
-    # One trial at a time, so that the interrupt finds one trial complete and the next part-way.
+    # One trial at a time, so that the interrupt finds one trial complete and the next part-way. One CPU per
+    # trial on two CPUs would run both at once: --max-concurrent 1 must hold, with the random searcher too.
     space = space_file(tmp_path, "fixed: {epochs: 4}\nparams:\n  lr: {choice: [0.002, 0.003]}\n"
-                                 "scheduler: fifo\nmax_concurrent_trials: 1\n")
+                                 "search: random\nscheduler: fifo\n")
     out = tmp_path / "sweeps"
-    args = ["sweep", "--space", str(space), "--out", str(out), "--name", "r", "--num-samples", "2", "--no-explain"]
+    args = ["sweep", "--space", str(space), "--out", str(out), "--name", "r", "--num-samples", "2", "--no-explain",
+            "--max-concurrent", "1", "--cpus-per-trial", "1", "--num-cpus", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "tuning", *args, "--data", str(prepared_tiny)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     summary, sweep = out / "r" / "summary.csv", out / "r"
@@ -165,6 +163,10 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
         assert epochs == [1, 2, 3, 4]
     info = json.loads((sweep / "sweep.json").read_text())
     assert info["status"] == "complete" and (sweep / "best.json").is_file()
+    assert info["max_concurrent_trials"] == 1  # as given before the interrupt, kept on --resume
+    spans = sorted((json.loads((sweep / "trials" / t / "env.json").read_text())["started_at"],
+                    json.loads((sweep / "trials" / t / "COMPLETE").read_text())["finished_at"]) for t in before)
+    assert spans[1][0] >= spans[0][1], spans  # the second trial began after the first had ended
 
 
 def test_a_spent_time_budget_stops_each_trial_at_an_epoch_and_the_sweep_completes(
@@ -190,19 +192,3 @@ def test_a_spent_time_budget_stops_each_trial_at_an_epoch_and_the_sweep_complete
         assert len(read_csv(run / "history.csv")) == 1 and (run / "checkpoints" / "best.pt").is_file()
     best = json.loads((out / "b" / "best.json").read_text())
     assert best["trial_id"] in {r["trial_id"] for r in rows}  # chosen among the stopped trials
-
-
-def test_max_concurrent_trials_holds_with_the_random_searcher(prepared_tiny: Path, tmp_path: Path,
-                                                               ray_tmpdir: str) -> None:
-    # One CPU per trial on two CPUs would run both trials at once; --max-concurrent 1 must not.
-    space = space_file(tmp_path, "fixed: {epochs: 3}\n"
-                                 "params:\n  lr: {loguniform: [0.002, 0.003]}\nsearch: random\nscheduler: fifo\n")
-    out = tmp_path / "sweeps"
-    code = main(["sweep", "--space", str(space), "--data", str(prepared_tiny), "--out", str(out), "--name", "m",
-                 "--num-samples", "2", "--max-concurrent", "1", "--cpus-per-trial", "1", "--num-cpus", "2",
-                 "--no-explain"])
-    assert code == 0
-    spans = sorted((json.loads((run / "env.json").read_text())["started_at"],
-                    json.loads((run / "COMPLETE").read_text())["finished_at"])
-                   for run in (out / "m" / "trials").iterdir())
-    assert len(spans) == 2 and spans[1][0] >= spans[0][1], spans  # the second began after the first ended
