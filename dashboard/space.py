@@ -81,10 +81,11 @@ def similar_cases(root: Path | str, run: Path | str, *, sha256: str | None = Non
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _cached_images(prepared: str, size: int, sha256s: tuple[str, ...], version: tuple[int, int]) -> dict[str, Any]:
+def _cached_images(prepared: str, size: int, view: str, sha256s: tuple[str, ...],
+                   version: tuple[int, int]) -> dict[str, Any]:
     from engine import similar
 
-    return similar.cached_images(Path(prepared), size, list(sha256s))
+    return similar.cached_images(Path(prepared), size, list(sha256s), view)
 
 
 def training_images(root: Path | str, run: Path | str, sha256s: list[str]) -> dict[str, Any]:
@@ -93,9 +94,9 @@ def training_images(root: Path | str, run: Path | str, sha256s: list[str]) -> di
     try:
         config = run_config(root, run)
         prepared = inside(root, str(config["data_dir"]))
-        size = int(config["image_size"])
+        size, view = int(config["image_size"]), str(config.get("view", "field"))
         inside(root, prepared / CACHE)  # the cache too must not lead out of the outputs folder
         _, version = _existing(root, prepared / MANIFEST, MAX_CSV_BYTES)
-        return _cached_images(str(prepared), size, tuple(sha256s), version)
+        return _cached_images(str(prepared), size, view, tuple(sha256s), version)
     except (LoadError, OutsideOutputs, KeyError, TypeError, ValueError, OSError):
         return {}

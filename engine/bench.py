@@ -166,7 +166,7 @@ def engine_loop(prepared: Path, cfg, device: torch.device, steps: int, warmup: i
     """The engine's own train_one_epoch on the decoded cache, over the same number of images."""
     seed_everything(cfg.seed, device)  # as fit does: cuDNN autotuning on CUDA
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device), split=cfg.split,
-                     fold=cfg.fold)
+                     fold=cfg.fold, view=cfg.view)
     fast = fastpath.resolve(cfg, device, (steps + warmup) * cfg.batch_size)
     cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
     use_amp, channels_last = fast.amp, use_channels_last(cfg, device)

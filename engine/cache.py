@@ -3,6 +3,8 @@
 ``load_cache(prepared, size)`` returns the decoded uint8 images in the manifest's order, built once with all
 cores and kept as ``cache/<size>px.<key>.npy`` (``load_mask_cache``: ``cache/<size>px-masks.<key>.npy``),
 where the key is the manifest's hash (engine.manifest.manifest_rows), so a changed manifest rebuilds it.
+With ``view="cells"`` they hold each image's cells view instead (engine.cells: a mosaic of its leukocytes
+at source resolution), as ``cache/cells-<size>px.<key>.npy`` and ``cache/cells-<size>px-masks.<key>.npy``.
 ``built_images`` reads a built cache without ever building one (readers such as the dashboard, engine.similar).
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from . import locks
+from . import cells, locks
 from .decoding import load_image, open_rgb, resize_square
 from .discover import shown
 from .errors import DataError
@@ -45,6 +47,44 @@ def _decode_mask(args: tuple[str, int]) -> np.ndarray:
         raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
     # Bilinear, then half-way: the mask shrinks and grows like the image's edges do.
     return resize_square(image, size, Image.Resampling.BILINEAR) >= 128
+
+
+def _source_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A stored mask at its image's own resolution (all False where there is none)."""
+    if not path:
+        return np.zeros(shape, dtype=bool)
+    try:
+        mask = np.asarray(open_rgb(Path(path)).convert("L")) >= 128
+    except ValueError as exc:
+        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+    if mask.shape != shape:
+        raise DataError(f"{shown(path)}: {mask.shape[1]}x{mask.shape[0]}, its image {shape[1]}x{shape[0]} "
+                        "(run `python -m engine prepare` again)")
+    return mask
+
+
+def _cells_view(args: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray]:
+    path, mask_path, size = args
+    try:
+        image = np.asarray(open_rgb(Path(path)))
+    except ValueError as exc:
+        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+    return cells.mosaic(image, _source_mask(mask_path, image.shape[:2]), size)
+
+
+def _decode_cells(args: tuple[str, str, int]) -> np.ndarray:
+    return _cells_view(args)[0]
+
+
+def _decode_cells_mask(args: tuple[str, str, int]) -> np.ndarray:
+    return _cells_view(args)[1]
+
+
+def cache_name(size: int, view: str = "field", masks: bool = False) -> str:
+    """The cache's name: ``96px``, ``96px-masks``, ``cells-96px``, ``cells-96px-masks``."""
+    if view not in cells.VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose from {', '.join(cells.VIEWS)}")
+    return f"{'' if view == 'field' else view + '-'}{size}px{'-masks' if masks else ''}"
 
 
 def cache_file(folder: Path, name: str, key: str) -> Path:
@@ -116,13 +156,13 @@ def _cached(prepared: Path, name: str, key: str, decode: Any, jobs: list[tuple[s
             build_lock.release()
 
 
-def cache_bytes_needed(prepared: Path, size: int, masks: bool = False) -> int:
+def cache_bytes_needed(prepared: Path, size: int, masks: bool = False, view: str = "field") -> int:
     """Bytes the decoded cache at ``size`` px (or its masks) will take in ``prepared/cache``: 0 when it is built.
 
     The estimate of docs/robustness.md#before-long-work: images x size x size x 3 bytes (x 1 for masks).
     """
     key, rows = manifest_rows(Path(prepared))
-    name = f"{size}px-masks" if masks else f"{size}px"
+    name = cache_name(size, view, masks)
     shape = (size, size) if masks else (size, size, 3)
     if _cache_hit(cache_file(Path(prepared) / CACHE, name, key), len(rows), shape, bool if masks else np.uint8) \
             is not None:
@@ -130,36 +170,51 @@ def cache_bytes_needed(prepared: Path, size: int, masks: bool = False) -> int:
     return len(rows) * size * size * (1 if masks else 3)
 
 
-def load_cache(prepared: Path, size: int) -> np.ndarray:
-    """The decoded images of the manifest, in its order, as uint8 (N, size, size, 3).
+def _cells_jobs(prepared: Path, rows: list[dict[str, Any]], size: int) -> list[tuple[str, str, int]]:
+    root = data_root(prepared)
+    return [(str(root / r["path"]), str(prepared / r["mask"]) if r["mask"] else "", size) for r in rows]
 
-    Built once per resolution with all cores and stored as ``cache/<size>px.<key>.npy``, where
+
+def load_cache(prepared: Path, size: int, view: str = "field") -> np.ndarray:
+    """The decoded images of the manifest, in its order, as uint8 (N, size, size, 3): the field, or with
+    ``view="cells"`` each image's cells view (engine.cells).
+
+    Built once per resolution and view with all cores and stored as ``cache/<name>.<key>.npy``, where
     the key is the manifest's hash, so a changed manifest rebuilds it.
     """
     prepared = Path(prepared)
     key, rows = manifest_rows(prepared)
+    name = cache_name(size, view)
+    if view == "cells":
+        return _cached(prepared, name, key, _decode_cells, _cells_jobs(prepared, rows, size), (size, size, 3),
+                       np.uint8, f"cache {name}")
     root = data_root(prepared)
     jobs = [(str(root / r["path"]), size) for r in rows]
-    return _cached(prepared, f"{size}px", key, _decode_for_cache, jobs, (size, size, 3), np.uint8,
-                   f"cache {size}px")
+    return _cached(prepared, name, key, _decode_for_cache, jobs, (size, size, 3), np.uint8, f"cache {name}")
 
 
-def load_mask_cache(prepared: Path, size: int) -> np.ndarray:
-    """The leukocyte masks of the manifest, in its order, as bool (N, size, size), cropped like the images.
+def load_mask_cache(prepared: Path, size: int, view: str = "field") -> np.ndarray:
+    """The leukocyte masks of the manifest, in its order, as bool (N, size, size), cropped (or, for the cells view,
+    tiled) like the images.
 
     All False for an image without a usable mask (``has_masks`` tells which those are).
     """
     prepared = Path(prepared)
     key, rows = manifest_rows(prepared)
+    name = cache_name(size, view, masks=True)
+    if view == "cells":
+        return _cached(prepared, name, key, _decode_cells_mask, _cells_jobs(prepared, rows, size), (size, size),
+                       bool, name)
     jobs = [(str(prepared / r["mask"]) if r["mask"] else "", size) for r in rows]
-    return _cached(prepared, f"{size}px-masks", key, _decode_mask, jobs, (size, size), bool, f"masks {size}px")
+    return _cached(prepared, name, key, _decode_mask, jobs, (size, size), bool, f"masks {size}px")
 
 
-def built_images(prepared: Path, size: int, key: str, count: int) -> np.ndarray | None:
-    """The built image cache at ``size`` px of the manifest whose hash is ``key`` (``count`` rows), as a read-only
-    memory map; None where it is not built or not that manifest's shape. Nothing is decoded or built here.
+def built_images(prepared: Path, size: int, key: str, count: int, view: str = "field") -> np.ndarray | None:
+    """The built image cache at ``size`` px (and ``view``) of the manifest whose hash is ``key`` (``count`` rows),
+    as a read-only memory map; None where it is not built or not that manifest's shape. Nothing is decoded or
+    built here.
     """
-    path = cache_file(Path(prepared) / CACHE, f"{size}px", key)
+    path = cache_file(Path(prepared) / CACHE, cache_name(size, view), key)
     if not path.is_file():
         return None
     array = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -24,6 +24,10 @@ BACKGROUNDS = ("keep", "random", "black")  # engine.background.MODES, kept here 
 # Which images a run trains, validates and tests on (engine.runs.effective_split): "image", the prepared
 # manifest's split; "smear", whole smear groups held out: test = smear fold `fold`, val = the next fold.
 SPLIT_MODES = ("image", "smear")
+# What the network is shown of each image (engine.cells): the whole field resized, or a mosaic of its leukocytes
+# at source resolution (needs data prepared with masks).
+VIEWS = ("field", "cells")
+CELLS_GRID = 2  # the cells view's mosaic: CELLS_GRID x CELLS_GRID windows
 COMPILE_MODES = ("auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 # These compile modes capture CUDA graphs of their own, so the engine's hand-captured step stays off.
 GRAPHING_COMPILE_MODES = ("reduce-overhead", "max-autotune")
@@ -39,6 +43,7 @@ class Config:
     dropout: float = 0.0
     # data
     image_size: int = 224
+    view: str = "field"  # VIEWS: the field, or the cells view (engine.cells)
     max_train_images: int = 0  # 0 = all; a stratified subset for quick experiments
     split: str = "image"  # SPLIT_MODES: the manifest's image split, or whole smear folds held out
     fold: int = 0  # split=smear: the smear fold tested on (the next one validates); 0..K-1 of the manifest's K
@@ -99,6 +104,9 @@ class Config:
             (0 <= self.stain_jitter < 1, "stain_jitter must be in [0, 1) (0 = off)"),
             (0 <= self.greyscale_p <= 1, "greyscale_p must be in [0, 1]"),
             (self.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}"),
+            (self.view in VIEWS, f"view must be one of {VIEWS}"),
+            (self.view == "field" or self.image_size % CELLS_GRID == 0,
+             f"view=cells needs an image_size divisible by {CELLS_GRID} (a {CELLS_GRID} x {CELLS_GRID} mosaic)"),
             (self.fold >= 0, "fold must be 0 or more (a smear fold of the prepared manifest)"),
             # A fold that does nothing would make trials of a fold sweep silent copies of one another.
             (self.fold == 0 or self.split == "smear", "fold applies only with split=smear"),

@@ -80,7 +80,7 @@ class Decoded:
     oriented: bool  # an EXIF orientation other than "upright" was applied
 
 
-def _check_shape(width: int, height: int) -> None:
+def check_shape(width: int, height: int) -> None:
     if max(width, height) > MAX_ASPECT * min(width, height):
         raise ValueError(f"extreme aspect ratio {width}x{height} (more than {MAX_ASPECT}:1): not a smear image, "
                          "and resizing it would need far too much memory")
@@ -149,7 +149,7 @@ def decode(source: str | os.PathLike[str] | bytes) -> Decoded:
                 kind = "an animated PNG" if image.format == "PNG" else f"a multi-page {image.format}"
                 raise ValueError(f"{kind} of {frames} frames: which one to classify is unknown; "
                                  "save the frame to use as a file of its own")
-            _check_shape(*image.size)
+            check_shape(*image.size)
             # Pillow turns a TIFF upright itself while loading it (and drops the tag): read it first.
             tiff_orientation = image.tag_v2.get(ExifTags.Base.Orientation, 1) if image.format == "TIFF" else 1
             image.load()
@@ -192,7 +192,7 @@ def resize_square(image: Image.Image, size: int,
     larger than ``MAX_RESIZE_PIXELS``.
     """
     width, height = image.size
-    _check_shape(width, height)
+    check_shape(width, height)
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if new_w * new_h > MAX_RESIZE_PIXELS:

@@ -75,7 +75,7 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     data = Data.load(Path(saved["data_dir"]), cfg.image_size, dev, switch(cfg.data_on_device, dev), split=cfg.split,
-                     fold=cfg.fold)
+                     fold=cfg.fold, view=cfg.view)
 
     # One pass per split gives the pooled features; the classifier and the out-of-distribution
     # check both read them, so no image goes through the network twice.
@@ -112,11 +112,11 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
     runs.write_json(run_dir / runs.METRICS, result)
     checkpoint_info = {"checkpoint": checkpoint, "checkpoint_epoch": result["checkpoint_epoch"]}
     measure_baselines(run_dir, data, Path(saved["data_dir"]), cfg.image_size, seed=cfg.seed, network=network_pred,
-                      checkpoint=checkpoint_info)
+                      checkpoint=checkpoint_info, view=cfg.view)
     if context_split in splits:
         measure_context(run_dir, model, data, Path(saved["data_dir"]), cfg.image_size, dev, split=context_split,
                         batch_size=cfg.eval_batch_size, channels_last=channels_last, checkpoint=checkpoint_info,
-                        seed=cfg.seed)
+                        seed=cfg.seed, view=cfg.view)
     modelcard.write(run_dir)  # last: it reads every file written above
     return result
 
@@ -146,7 +146,8 @@ def keep_features(run_dir: Path, data: Data, features: dict[str, np.ndarray], pr
 
 
 def measure_baselines(run_dir: Path, data: Data, prepared: Path, size: int, *, seed: int,
-                      network: dict[str, np.ndarray], checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+                      network: dict[str, np.ndarray], checkpoint: dict[str, Any],
+                      view: str = "field") -> dict[str, Any] | None:
     """Colour-only models fitted on the training split, scored on the evaluated splits: ``baselines.json``.
 
     On the same decoded images (the run's image size) the network saw; only images with a leukocyte
@@ -156,7 +157,8 @@ def measure_baselines(run_dir: Path, data: Data, prepared: Path, size: int, *, s
         log.info("no leukocyte masks in %s: colour baselines not fitted", prepared)
         return None
     labels = data.labels.cpu().numpy()
-    masks = load_mask_cache(prepared, size)  # all False for an image without a mask: baselines.usable leaves it out
+    # All False for an image without a mask: baselines.usable leaves it out.
+    masks = load_mask_cache(prepared, size, view)
     scored = [s for s in network if len(data.split[s])]
     splits = {s: data.split[s] for s in ("train", *scored)}
     summary = baselines.measure(data.images.cpu().numpy(), masks, labels, splits, CLASSES, seed=seed,
@@ -176,7 +178,7 @@ def measure_baselines(run_dir: Path, data: Data, prepared: Path, size: int, *, s
 
 def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared: Path, size: int,
                     device: torch.device, *, split: str, batch_size: int, channels_last: bool,
-                    checkpoint: dict[str, Any], seed: int = 0) -> dict[str, Any] | None:
+                    checkpoint: dict[str, Any], seed: int = 0, view: str = "field") -> dict[str, Any] | None:
     """Accuracy on ``split`` as it is, without leukocytes, without background, with another stage's stain and in
     greyscale: ``context.json`` and ``.csv``.
 
@@ -187,7 +189,7 @@ def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared:
     if len(index) == 0:
         log.info("no leukocyte masks in %s: context reliance not measured", prepared)
         return None
-    masks = np.asarray(load_mask_cache(prepared, size))[index]
+    masks = np.asarray(load_mask_cache(prepared, size, view))[index]
     images = data.images[torch.from_numpy(index).to(data.images.device)].cpu().numpy()
     true = data.labels.cpu().numpy()[index]
 
@@ -260,14 +262,15 @@ def probe_val_context(run_dir: Path, *, checkpoint: str = "best", device: str = 
     channels_last = use_channels_last(cfg, dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    data = Data.load(prepared, cfg.image_size, dev, switch(cfg.data_on_device, dev), split=cfg.split, fold=cfg.fold)
+    data = Data.load(prepared, cfg.image_size, dev, switch(cfg.data_on_device, dev), split=cfg.split, fold=cfg.fold,
+                     view=cfg.view)
     split = data.split["val"]
     index = split[has_masks(data.rows)[split]]
     if len(index) == 0:
         log.info("no leukocyte masks on the validation images of %s: the context probe of %s is not measured "
                  "(its val_acc_without_cells stays empty)", prepared, run_dir)
         return None
-    masks = np.asarray(load_mask_cache(prepared, cfg.image_size))[index]
+    masks = np.asarray(load_mask_cache(prepared, cfg.image_size, cfg.view))[index]
     images = data.images[torch.from_numpy(index).to(data.images.device)].cpu().numpy()
     true = data.labels.cpu().numpy()[index]
 

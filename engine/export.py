@@ -130,11 +130,19 @@ def with_metadata(data: bytes, metadata: dict[str, str]) -> bytes:
 # ----------------------------------------------------------------------------- preprocessing, as others do it
 
 
-def preprocessing(image_size: int) -> dict[str, Any]:
+def preprocessing(image_size: int, view: str = "field") -> dict[str, Any]:
     """The preprocessing the graph expects, in words and numbers (the sidecar's ``preprocessing``)."""
+    from .cells import GRID, TILE_AT_224
+
+    resize = f"short side to {image_size} px (bicubic), then the centre {image_size} x {image_size} crop"
+    if view == "cells":
+        resize = (f"the cells view (engine.cells): a {GRID} x {GRID} mosaic of windows of {TILE_AT_224} px per 224 px "
+                  "of the short side, centred on the largest leukocytes of the mask (derived from the stain: "
+                  f"engine.masks.derive), each resized to {image_size // GRID} px (bicubic)")
     return {
         "decode": "RGB, 8 bits per channel, turned upright by its EXIF orientation",
-        "resize": f"short side to {image_size} px (bicubic), then the centre {image_size} x {image_size} crop",
+        "resize": resize,
+        "view": view,
         "image_size": image_size,
         "channel_order": "RGB",
         "layout": "NCHW",
@@ -191,7 +199,7 @@ def torch_scores(model: nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def verification_images(run_dir: Path, image_size: int, n: int, split: str = "image",
-                        fold: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+                        fold: int = 0, view: str = "field") -> tuple[np.ndarray, dict[str, Any]]:
     """Up to ``n`` of the run's test images (uint8 NHWC, from the prepared data's decoded cache) and where
     they came from. Where the prepared data cannot be read (a run folder copied without it), seeded random
     pixels instead, with a warning: the agreement is still measured, on images unlike the data."""
@@ -202,7 +210,7 @@ def verification_images(run_dir: Path, image_size: int, n: int, split: str = "im
         for wanted in ("test", "val", "train"):
             index = np.array([i for i, r in enumerate(rows) if r["split"] == wanted][:n], dtype=np.int64)
             if len(index):
-                images = np.asarray(load_cache(prepared, image_size)[index])
+                images = np.asarray(load_cache(prepared, image_size, view)[index])
                 return images, {"source": f"{wanted} split of the prepared data", "prepared": str(prepared),
                                 "split": wanted}
     except (OSError, DataError, DamagedFileError, KeyError) as exc:
@@ -291,13 +299,13 @@ def export_run(run_dir: Path, checkpoint: str = "best", out: Path | None = None,
         "outputs": {"probabilities": "softmax over the classes, N x 4, in the order of classes",
                     "logits": "the classifier's raw outputs, N x 4",
                     "features": "pooled DenseNet features the classifier reads, N x D (for ood.npz)"},
-        "preprocessing": preprocessing(cfg.image_size),
+        "preprocessing": preprocessing(cfg.image_size, cfg.view),
         "metrics": headline_metrics(run_dir, checkpoint, int(state["epoch"])),
         "opset": OPSET, "exporter": EXPORTER, "versions": versions(), "git_commit": runs.git_commit(),
     }
     del state, data
     onnx_bytes = with_metadata(to_onnx_bytes(model, cfg.image_size), metadata(sidecar))
-    images, source = verification_images(run_dir, cfg.image_size, verify_images, cfg.split, cfg.fold)
+    images, source = verification_images(run_dir, cfg.image_size, verify_images, cfg.split, cfg.fold, cfg.view)
     check = {**verify(model, session(onnx_bytes), images, sidecar["preprocessing"]), **source}
     if not check["max_abs_diff"] <= TOLERANCE:  # also refuses NaN
         raise ExportError(f"ONNX Runtime and PyTorch disagree on {check['images']} images ({source['source']}): "
@@ -331,6 +339,10 @@ class Export:
     @property
     def image_size(self) -> int:
         return int(self.sidecar["preprocessing"]["image_size"])
+
+    @property
+    def view(self) -> str:
+        return str(self.sidecar["preprocessing"].get("view", "field"))  # exports before the cells view: the field
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and pooled features of uint8 NHWC images."""

@@ -75,11 +75,11 @@ class Data:
 
     @classmethod
     def load(cls, prepared: Path, size: int, device: torch.device, on_device: bool, *, split: str = "image",
-             fold: int = 0) -> Data:
-        """The prepared images at ``size`` px, split as a run with ``split`` and ``fold`` (its Config's) is:
-        ``engine.manifest.read_manifest`` applies the one split rule."""
+             fold: int = 0, view: str = "field") -> Data:
+        """The prepared images at ``size`` px in ``view`` (engine.cells), split as a run with ``split`` and ``fold``
+        (its Config's) is: ``engine.manifest.read_manifest`` applies the one split rule."""
         rows = read_manifest(prepared, split, fold)
-        array = np.array(load_cache(prepared, size))  # one copy out of the memory map
+        array = np.array(load_cache(prepared, size, view))  # one copy out of the memory map
         images = torch.from_numpy(array)
         labels = torch.tensor([CLASSES.index(r["class"]) for r in rows])
         if device.type == "cuda":

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .config import CELLS_GRID
 from .runs import BASELINE_WORDS, CLASSES, CONTEXT_VARIANTS, HEADLINE_BASELINES, LOCALISATION_VERDICTS
 
 # The files the card is made from, by key, relative to the run folder.
@@ -202,13 +203,23 @@ def intended_use() -> list[str]:
             "for one that resembles them).", ""]
 
 
+def _input_words(config: Mapping[str, Any]) -> str:
+    """What the network is shown of each image: the field, or the cells view (engine.cells)."""
+    size = text(config.get("image_size", "?"))
+    if config.get("view") == "cells":
+        return (f"{size} px RGB, the cells view: a {CELLS_GRID} x {CELLS_GRID} mosaic of windows centred on each "
+                "image's largest leukocytes, at source resolution (leukocyte masks needed; derived from the stain "
+                "for new images)")
+    return f"{size} px RGB, the whole field"
+
+
 def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | None,
                   complete: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> list[str]:
     """The model and how it was trained (config.json, env.json, COMPLETE, metrics.json's checkpoint)."""
     if not config:
         return ["## Model", "", f"No readable `{runs.CONFIG}`: this folder is not a trained run.", ""]
     rows = [["model", f"{text(config.get('model', '?'))}, weights {text(config.get('weights', '?'))}"],
-            ["input", f"{text(config.get('image_size', '?'))} px RGB"],
+            ["input", _input_words(config)],
             ["training", f"preset {text(config.get('preset', '?'))}, {text(config.get('epochs', '?'))} epochs, "
                          f"batch {text(config.get('batch_size', '?'))}, lr {text(config.get('lr', '?'))}, "
                          f"schedule {text(config.get('schedule', '?'))}, augment {text(config.get('augment', '?'))}, "

@@ -21,11 +21,33 @@ import numpy as np
 import torch
 
 from . import ood
-from .decoding import load_image
+from .decoding import check_shape, load_image, open_rgb
 from .inference import load_checkpoint, resolve_device, to_input
 from .runs import CLASSES
 
 log = logging.getLogger(__name__)
+
+
+# The cells view's windows scale with the short side, so a larger upload is first brought down to this short
+# side: the same view up to resampling, and its mask is derived in milliseconds.
+CELLS_SOURCE_SIDE = 448
+
+
+def cells_view(source: Path | bytes, size: int) -> np.ndarray:
+    """An image file as a cells-view model sees it (engine.cells): its leukocyte mask derived from the stain,
+    then the mosaic of its largest leukocytes; ValueError with a reason for a file that is no image."""
+    from PIL import Image
+
+    from .cells import derived_mask, mosaic
+
+    image = open_rgb(source)
+    check_shape(*image.size)
+    scale = CELLS_SOURCE_SIDE / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    pixels = np.asarray(image)
+    return mosaic(pixels, derived_mask(pixels), size)[0]
 
 
 def load_ood(run_dir: Path) -> ood.OODDetector | None:
@@ -47,8 +69,15 @@ class FilePredictor:
     def image_size(self) -> int:
         raise NotImplementedError
 
+    @property
+    def view(self) -> str:
+        """What the model is shown of an image: "field" or "cells" (engine.cells)."""
+        return "field"
+
     def preprocess(self, source: Path | bytes) -> np.ndarray:
         """The image as the model sees it (uint8 HWC); ValueError with a reason otherwise."""
+        if self.view == "cells":
+            return cells_view(source, self.image_size)
         return load_image(source, self.image_size)
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -114,6 +143,10 @@ class Predictor(FilePredictor):
     @property
     def image_size(self) -> int:
         return self.cfg.image_size
+
+    @property
+    def view(self) -> str:
+        return self.cfg.view
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
         return to_input(torch.from_numpy(np.array(images)), self.device, channels_last=False)  # a writable copy
@@ -217,6 +250,10 @@ class OnnxPredictor(FilePredictor):
     @property
     def image_size(self) -> int:
         return self.export.image_size
+
+    @property
+    def view(self) -> str:
+        return self.export.view
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         proba, features = self.export.scores(images)

@@ -96,7 +96,7 @@ def stored_vector(run_dir: Path, sha256: str) -> np.ndarray | None:
     return None
 
 
-def cached_images(prepared: Path, size: int, sha256s: list[str]) -> dict[str, np.ndarray]:
+def cached_images(prepared: Path, size: int, sha256s: list[str], view: str = "field") -> dict[str, np.ndarray]:
     """The images with these sha256 as the model saw them (uint8 HWC), from the prepared folder's decoded cache.
 
     Readers such as the dashboard may not reach the raw data folder, but the cache
@@ -111,7 +111,7 @@ def cached_images(prepared: Path, size: int, sha256s: list[str]) -> dict[str, np
     for i, row in enumerate(rows):
         where.setdefault(row["sha256"], i)
     wanted = [s for s in dict.fromkeys(sha256s) if s in where]
-    array = built_images(prepared, size, key, len(rows)) if wanted else None
+    array = built_images(prepared, size, key, len(rows), view) if wanted else None
     if array is None:
         return {}
     return {s: np.array(array[where[s]]) for s in wanted}

@@ -285,7 +285,7 @@ class CellMasks:
 
     @classmethod
     def load(cls, prepared: Path, size: int, device: torch.device, rows: list[dict] | None = None,
-             train: np.ndarray | None = None) -> CellMasks:
+             train: np.ndarray | None = None, view: str = "field") -> CellMasks:
         """The masks of ``prepared`` (``rows``: its manifest as read for the run); ConfigError when none of the
         ``train`` images (indices into the rows; all when None) has one."""
         present = has_masks(rows if rows is not None else read_manifest(prepared))
@@ -293,7 +293,7 @@ class CellMasks:
             raise ConfigError(f"background augmentation needs leukocyte masks on the training images, and {prepared} "
                               "has none: prepare the data with its Segmented/ folder beside Original/ "
                               "(or --masks DIR)")
-        masks = torch.from_numpy(np.array(load_mask_cache(prepared, size)))
+        masks = torch.from_numpy(np.array(load_mask_cache(prepared, size, view)))
         masks = background.grow(masks, max(1, round(background.GROW_AT_224 * size / 224)))
         return cls(masks.to(device), torch.from_numpy(present).to(device))
 
@@ -503,11 +503,18 @@ def checkpoint_bytes(model: nn.Module) -> int:
     return CHECKPOINT_FACTOR * weights
 
 
+def _require_view_masks(prepared: Path, cfg: Config) -> None:
+    """The cells view is cut around the leukocyte masks: data prepared without any cannot give it."""
+    if cfg.view == "cells" and not has_masks(read_manifest(prepared)).any():
+        raise ConfigError(f"view=cells cuts each image around its leukocyte masks, and {prepared} has none: prepare "
+                          "the data with its Segmented/ folder beside Original/ (or --masks DIR)")
+
+
 def _check_cache_space(prepared: Path, cfg: Config, doing: str) -> None:
     """Room for the decoded cache (and masks) in ``prepared/cache`` when they still have to be built."""
-    need = cache_bytes_needed(prepared, cfg.image_size)
+    need = cache_bytes_needed(prepared, cfg.image_size, view=cfg.view)
     if cfg.background != "keep":
-        need += cache_bytes_needed(prepared, cfg.image_size, masks=True)
+        need += cache_bytes_needed(prepared, cfg.image_size, masks=True, view=cfg.view)
     if need:
         preflight.require_space(prepared / CACHE, need, doing, f"the decoded images at {cfg.image_size} px, "
                                 f"{preflight.size_words(need)}")
@@ -533,8 +540,9 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
 
     doing = f"training {run_dir}"
     _check_cache_space(prepared, cfg, doing)
+    _require_view_masks(prepared, cfg)
     data = Data.load(prepared, cfg.image_size, device, switch(cfg.data_on_device, device), split=cfg.split,
-                     fold=cfg.fold)
+                     fold=cfg.fold, view=cfg.view)
     labels_np = data.labels.cpu().numpy()
     train_idx = subsample(data.split["train"], labels_np, cfg.max_train_images, cfg.seed)
     # A resumed run keeps its first decision: compiling changes the steps per epoch (fixed batches).
@@ -545,8 +553,8 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
              fast.compile, fast.compile_reason)
     use_amp = fast.amp
     step_cfg = dataclasses.replace(cfg, amp="on" if fast.amp else "off", compile=fast.compile)
-    cells = CellMasks.load(prepared, cfg.image_size, data.labels.device, data.rows, data.split["train"]) \
-        if cfg.background != "keep" else None
+    cells = CellMasks.load(prepared, cfg.image_size, data.labels.device, data.rows, data.split["train"],
+                           view=cfg.view) if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
     need = checkpoint_bytes(model)

@@ -52,7 +52,7 @@ def _bare_predictor(size: int = 32):
     from engine.predict import Predictor
 
     predictor = Predictor.__new__(Predictor)
-    predictor.cfg = SimpleNamespace(image_size=size)
+    predictor.cfg = SimpleNamespace(image_size=size, view="field")
     return predictor
 
 

@@ -114,6 +114,13 @@ class Space:
         kind, arg = next(iter(spec.items()))
         return sorted({int(v) for v in arg}) if kind in ("choice", "grid") else []
 
+    def views(self) -> list[str]:
+        """The views (engine.cells) trials will ask for: "field", "cells" or both."""
+        spec = self.params.get("view")
+        if spec is None:
+            return [self.base_config().view]
+        return sorted({str(v) for v in next(iter(spec.values()))})
+
 
 def space_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)

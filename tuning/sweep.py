@@ -345,7 +345,7 @@ def check_resources(sweep_dir: Path, prepared: Path, space: Space, trials: int) 
     per_trial = CHECKPOINT_FACTOR * max(weight_bytes(m) for m in models or ["densenet121"])
     preflight.require_space(sweep_dir.parent, trials * per_trial, doing,
                             f"the checkpoints of {trials} trials, {preflight.size_words(per_trial)} each")
-    cache = sum(cache_bytes_needed(prepared, size) for size in space.image_sizes())
+    cache = sum(cache_bytes_needed(prepared, size, view=view) for size in space.image_sizes() for view in space.views())
     if cache:
         preflight.require_space(prepared / CACHE, cache, doing, f"the decoded images, {preflight.size_words(cache)}")
 
@@ -584,6 +584,7 @@ def warm_cache(prepared: Path, space: Space) -> None:
 
     masks = bool(has_masks(read_manifest(prepared)).any())
     for size in space.image_sizes():
-        load_cache(prepared, size)
-        if masks:
-            load_mask_cache(prepared, size)
+        for view in space.views() if masks else ["field"]:  # without masks a cells-view trial fails at its start
+            load_cache(prepared, size, view)
+            if masks:
+                load_mask_cache(prepared, size, view)

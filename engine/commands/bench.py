@@ -131,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             prepared = args.prepared
             stage("prepare_images_per_s", float("nan"))
-        load_cache(prepared, cfg.image_size)  # build it once; the timed load below reads it
+        load_cache(prepared, cfg.image_size, cfg.view)  # build it once; the timed load below reads it
         start = time.perf_counter()
-        np.array(load_cache(prepared, cfg.image_size))
+        np.array(load_cache(prepared, cfg.image_size, cfg.view))
         stage("cache_load_seconds", time.perf_counter() - start)
         data_dir = args.data_dir or Path(runs.read_json(prepared / "data_report.json")["data_dir"])
 

@@ -103,7 +103,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
     cfg, model = load_checkpoint(run_dir, checkpoint, dev)
     model.eval()
     prepared = Path(runs.read_json(run_dir / runs.CONFIG)["data_dir"])
-    data = Data.load(prepared, cfg.image_size, dev, on_device=False, split=cfg.split, fold=cfg.fold)
+    data = Data.load(prepared, cfg.image_size, dev, on_device=False, split=cfg.split, fold=cfg.fold, view=cfg.view)
     if split not in data.split:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(data.split)}")
     labels = data.labels.cpu().numpy()
@@ -114,7 +114,7 @@ def load_run(run_dir: Path, *, checkpoint: str = "best", device: str = "auto", s
     proba = predict_proba(model, images, np.arange(len(index)), dev, batch_size=batch_size, use_amp=False,
                           channels_last=False)
     present = has_masks(data.rows)[index]
-    masks = np.asarray(load_mask_cache(prepared, cfg.image_size))[index] if present.any() else None
+    masks = np.asarray(load_mask_cache(prepared, cfg.image_size, cfg.view))[index] if present.any() else None
     return LoadedRun(run_dir, model, dev, cfg.image_size, checkpoint_info(run_dir, checkpoint), split,
                      [data.rows[i] for i in index], images, labels[index], proba, masks,
                      present if present.any() else None)
