@@ -22,6 +22,7 @@ import torch
 from . import baselines, context, modelcard, ood, runs
 from . import features as feature_space
 from .cache import load_mask_cache
+from .errors import DataError
 from .inference import (
     Data,
     model_from_checkpoint,
@@ -31,8 +32,8 @@ from .inference import (
     switch,
     use_channels_last,
 )
-from .manifest import has_masks, read_manifest
-from .metrics import classification_metrics
+from .manifest import data_root, has_masks, read_manifest
+from .metrics import classification_metrics, proportion_ci
 from .runs import CLASSES, PREDICTION_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,9 @@ def evaluate(run_dir: Path, *, checkpoint: str = "best", splits: tuple[str, ...]
         log.info("%s: accuracy %.4f [%.4f, %.4f]  macro-F1 %.4f  balanced %.4f  ECE %.4f", split,
                  metrics["accuracy"], *(x or 0 for x in metrics["accuracy_ci95"]), metrics["macro_f1"],
                  metrics["balanced_accuracy"], metrics["calibration"]["ece"])
+    if cfg.view == "cells" and len(data.split["test"]):
+        result["upload_view"] = score_upload_view(model, data, Path(saved["data_dir"]), cfg.image_size, dev,
+                                                  batch_size=cfg.eval_batch_size, channels_last=channels_last)
     result["ood"] = fit_ood(run_dir, features, data.labels.cpu().numpy()[data.split["train"]])
     keep_features(run_dir, data, features, probabilities, seed=cfg.seed)
     runs.write_csv(run_dir / runs.PREDICTIONS, PREDICTION_COLUMNS, all_rows)
@@ -219,6 +223,36 @@ def measure_context(run_dir: Path, model: torch.nn.Module, data: Data, prepared:
              v["background_removed"]["all"]["accuracy"], v["stain_swapped"]["all"]["accuracy"],
              summary["stain_swapped"]["follows_donor"]["all"]["share"] or 0, v["greyscale"]["all"]["accuracy"])
     return summary
+
+
+def score_upload_view(model: torch.nn.Module, data: Data, prepared: Path, size: int, device: torch.device, *,
+                      batch_size: int, channels_last: bool) -> dict[str, Any] | None:
+    """A cells-view run's test accuracy with each image's mask derived from its stain, as an upload's is
+    (engine.predict.cells_view), not read from the prepared folder: how much a new image's view costs.
+
+    None, with a warning, where the source images cannot be read (a prepared folder without its data).
+    """
+    from .predict import cells_view
+
+    index = data.split["test"]
+    try:
+        root = data_root(prepared)
+        images = np.stack([cells_view(root / data.rows[i]["path"], size) for i in index])
+    except (OSError, ValueError, DataError) as exc:
+        log.warning("the test images' source files cannot be read (%s): the upload view is not scored", exc)
+        return None
+    true = data.labels.cpu().numpy()[index]
+    proba = predict_proba(model, torch.from_numpy(images), np.arange(len(index)), device, batch_size=batch_size,
+                          use_amp=False, channels_last=channels_last, desc="upload view")
+    correct = int((proba.argmax(1) == true).sum())
+    stored = data.images[torch.from_numpy(index).to(data.images.device)].cpu().numpy()
+    identical = float(np.mean([np.array_equal(a, b) for a, b in zip(images, stored, strict=True)]))
+    log.info("test, the masks derived from the stain as for an upload: accuracy %.4f (%d images; %.0f%% of the views "
+             "identical to the stored masks')", correct / len(index), len(index), 100 * identical)
+    return {"split": "test", "n": len(index), "accuracy": correct / len(index),
+            "accuracy_ci95": proportion_ci(correct, len(index)), "identical_views": identical,
+            "how": "each test image's leukocyte mask derived from its stain (engine.masks.derive), as for an upload "
+                   "to predict, instead of the prepared folder's mask; the same checkpoint"}
 
 
 def fit_ood(run_dir: Path, features: dict[str, np.ndarray], train_labels: np.ndarray) -> dict[str, Any]:

@@ -102,6 +102,10 @@ def test_a_cells_view_model_trains_evaluates_explains_and_predicts(prepared_tiny
     assert json.loads((run / "config.json").read_text())["view"] == "cells"
     metrics = evaluate(run, n_bootstrap=50)
     assert 0 <= metrics["splits"]["test"]["accuracy"] <= 1
+    # The test images scored again as uploads are seen: each mask derived from the stain (engine.predict).
+    upload_view = metrics["upload_view"]
+    assert upload_view["n"] == len([r for r in read_manifest(prepared_tiny) if r["split"] == "test"])
+    assert 0 <= upload_view["identical_views"] <= 1
     context = json.loads((run / "context.json").read_text())
     assert context["images"] > 0 and "cells_removed" in json.dumps(context)
     assert "the cells view" in (run / "MODEL_CARD.md").read_text()
@@ -122,6 +126,11 @@ def test_a_cells_view_model_trains_evaluates_explains_and_predicts(prepared_tiny
     assert seen.shape == (64, 64, 3) and np.array_equal(seen, cells_view(upload, 64))
     (result,) = predictor.predict_files([upload])
     assert result["pred"] in ("benign", "early", "pre", "pro")
+    # evaluate's upload view is what predict answers for the same files.
+    test = [r for r in rows if r["split"] == "test"]
+    answers = predictor.predict_files([data_root(prepared_tiny) / r["path"] for r in test])
+    right = [a["pred"] == r["class"] for a, r in zip(answers, test, strict=True)]
+    assert upload_view["accuracy"] == pytest.approx(np.mean(right))
     (bad,) = predictor.predict_files([Path(__file__)])
     assert "error" in bad
 
