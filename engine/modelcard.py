@@ -303,6 +303,11 @@ def metrics_section(metrics: Mapping[str, Any]) -> list[str]:
              *table(["split", "images", "accuracy", "balanced accuracy", "macro-F1"], rows), "",
              "Accuracy and macro-F1 intervals: percentile bootstrap over images; per-stage recall: Wilson interval; "
              "balanced accuracy (the mean recall over stages) has no interval recorded.", ""]
+    upload = metrics.get("upload_view")
+    if isinstance(upload, Mapping) and upload.get("n"):
+        lines += [f"Seen as an upload is (each test image's leukocyte mask derived from its stain, not read from the "
+                  f"prepared data): accuracy {pct_ci(upload.get('accuracy'), upload.get('accuracy_ci95'))} on "
+                  f"{text(upload['n'])} images; {pct(upload.get('identical_views'))} of the views identical.", ""]
     for split in ("val", "test"):
         m = splits.get(split)
         if m is None:

@@ -108,7 +108,8 @@ def test_a_cells_view_model_trains_evaluates_explains_and_predicts(prepared_tiny
     assert 0 <= upload_view["identical_views"] <= 1
     context = json.loads((run / "context.json").read_text())
     assert context["images"] > 0 and "cells_removed" in json.dumps(context)
-    assert "the cells view" in (run / "MODEL_CARD.md").read_text()
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "the cells view" in card and "Seen as an upload is" in card
     explain_run(run, limit=8, faithfulness=False, sanity=False, multilayer_images=0)
     index = (run / "cams" / "index.csv").read_text().splitlines()
     assert len(index) > 1
