@@ -37,14 +37,19 @@ def _decode_for_cache(args: tuple[str, int]) -> np.ndarray:
         raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
 
 
+def _open(path: str) -> Image.Image:
+    """A prepared image or mask file, decoded upright as RGB; DataError naming it where it changed since prepare."""
+    try:
+        return open_rgb(Path(path))
+    except ValueError as exc:
+        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+
+
 def _decode_mask(args: tuple[str, int]) -> np.ndarray:
     path, size = args
     if not path:
         return np.zeros((size, size), dtype=bool)
-    try:
-        image = open_rgb(Path(path)).convert("L")
-    except ValueError as exc:
-        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+    image = _open(path).convert("L")
     # Bilinear, then half-way: the mask shrinks and grows like the image's edges do.
     return resize_square(image, size, Image.Resampling.BILINEAR) >= 128
 
@@ -53,10 +58,7 @@ def _source_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     """A stored mask at its image's own resolution (all False where there is none)."""
     if not path:
         return np.zeros(shape, dtype=bool)
-    try:
-        mask = np.asarray(open_rgb(Path(path)).convert("L")) >= 128
-    except ValueError as exc:
-        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+    mask = np.asarray(_open(path).convert("L")) >= 128
     if mask.shape != shape:
         raise DataError(f"{shown(path)}: {mask.shape[1]}x{mask.shape[0]}, its image {shape[1]}x{shape[0]} "
                         "(run `python -m engine prepare` again)")
@@ -65,10 +67,7 @@ def _source_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 def _cells_view(args: tuple[str, str, int]) -> tuple[np.ndarray, np.ndarray]:
     path, mask_path, size = args
-    try:
-        image = np.asarray(open_rgb(Path(path)))
-    except ValueError as exc:
-        raise DataError(f"{shown(path)}: {exc} (run `python -m engine prepare` again)") from None
+    image = np.asarray(_open(path))
     return cells.mosaic(image, _source_mask(mask_path, image.shape[:2]), size)
 
 

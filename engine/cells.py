@@ -1,13 +1,14 @@
 """The cells view: each image shown to the network as a mosaic of its largest leukocytes at source resolution.
 
-At the data set's 224 px a leukocyte's box is about 28 px across (median; 90% under 44 px), and an image
-holds several. A whole field resized to the 96 px a CPU can train leaves each cell 10-12 px wide, with
-the chromatin texture gone, while the slide around it keeps all its colour. The cells view
+At the data set's 224 px a leukocyte component's box is 27-30 px across (the median per stage; 90% are
+under 37-47 px), and an image holds several (a median of 5-19 per stage): ``data_report.json`` records
+both. A whole field resized to the 96 px a CPU can train leaves each cell 10-12 px wide, with the
+chromatin texture gone, while the slide around it keeps all its colour. The cells view
 (``Config.view = "cells"``) instead cuts a ``GRID`` x ``GRID`` mosaic of windows of ``TILE_AT_224`` source
 pixels (scaled with the image) centred on the largest leukocyte components of the mask, and resizes
-the mosaic to the run's image size: at 96 px each window keeps its source pixels, the cells about
-28 px wide. The mask gets the same mosaic, so the background augmentation, the context and stain
-probes and the localisation of maps work on the view unchanged.
+the mosaic to the run's image size: at 96 px each window keeps its source pixels. The mask gets the
+same mosaic, so the background augmentation, the context and stain probes and the localisation of
+maps work on the view unchanged.
 
 Components are taken largest first; an image with fewer than ``GRID**2`` repeats them in that
 order (the number of tiles does not tell how many cells there are); one without any mask is
@@ -30,7 +31,7 @@ from .masks import derive, problem
 
 __all__ = ["GRID", "TILE_AT_224", "VIEWS", "centres", "derived_mask", "mosaic", "window", "window_side"]
 
-TILE_AT_224 = 48  # source pixels per window side at 224 px: room for a 28-44 px cell and its border
+TILE_AT_224 = 48  # source pixels per window side at 224 px: room for most cells (under 37-47 px) and a border
 
 
 def window_side(height: int, width: int) -> int:

@@ -75,6 +75,12 @@ def problem(mask: np.ndarray) -> str:
     return ""
 
 
+def component_sides(mask: np.ndarray) -> list[int]:
+    """The side of each connected component's bounding box (the longer of height and width), in pixels."""
+    labels, _ = ndi.label(mask)
+    return [max(rows.stop - rows.start, cols.stop - cols.start) for rows, cols in ndi.find_objects(labels)]
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0

@@ -65,6 +65,7 @@ class Checked:
     segmented_problem: str = ""
     derived_problem: str = ""
     mask_agreement: float | None = None
+    mask_sides: tuple[int, ...] = ()  # box side of each leukocyte component, source pixels (masks.component_sides)
     oriented: bool = False  # turned upright by its EXIF orientation
     colour: tuple[float, ...] = ()  # engine.smears.FEATURES: background colour and brightness statistics
     colour_from_background: bool = False  # False: taken over the whole image (no mask, or too little background)
@@ -97,6 +98,7 @@ def _check_mask(job: FileJob, image: Image.Image) -> tuple[dict[str, Any], np.nd
                               "segmented_problem": chosen.segmented_problem, "derived_problem": chosen.derived_problem,
                               "mask_agreement": chosen.agreement}
     if chosen.mask is not None:
+        fields["mask_sides"] = tuple(masks.component_sides(chosen.mask))
         buffer = io.BytesIO()
         Image.fromarray(chosen.mask.astype(np.uint8) * 255).save(buffer, format="PNG")
         fields["mask_png"] = buffer.getvalue()
@@ -345,6 +347,15 @@ def _mask_fields(c: Checked) -> dict[str, Any]:
             "mask_fraction": f"{c.mask_fraction:.6f}"}
 
 
+def _component_stats(masked: list[Checked]) -> dict[str, Any]:
+    """How many leukocyte components an image's mask holds and how large their boxes are (source pixels): what the
+    cells view (engine.cells) sizes its windows by."""
+    sides = [side for c in masked for side in c.mask_sides]
+    return {"components_per_image_median": float(np.median([len(c.mask_sides) for c in masked])) if masked else None,
+            "component_side_px_median": float(np.median(sides)) if sides else None,
+            "component_side_px_p90": float(np.percentile(sides, 90)) if sides else None}
+
+
 def mask_report(good: list[Checked], mask_dir: Path | None, derive_masks: bool) -> dict[str, Any]:
     """Per stage: how many images have a mask of each source, and why the others' masks could not serve."""
     from . import masks
@@ -366,6 +377,7 @@ def mask_report(good: list[Checked], mask_dir: Path | None, derive_masks: bool) 
                                              if not c.mask_source and c.derived_problem)),
             "mask_fraction_median": float(np.median([c.mask_fraction for c in members if c.mask_source] or [0])),
             "derived_vs_segmented_iou_median": float(np.median(agreement)) if agreement else None,
+            **_component_stats([c for c in members if c.mask_source]),
         }
         problems += [{"path": c.path, "class": cls, "segmented": c.segmented_problem,
                       "derived": c.derived_problem if not c.mask_source else "", "used": c.mask_source or "none"}

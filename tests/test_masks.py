@@ -85,6 +85,14 @@ def test_dilate_grows_by_a_square_like_scipys_binary_dilation(pixels):
     assert masks.dilate(batch, 0).dtype == bool and np.array_equal(masks.dilate(batch, 0), batch)
 
 
+def test_component_sides_are_each_components_longer_box_side():
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[2:12, 3:8] = True  # 10 x 5
+    mask[20:26, 20:34] = True  # 6 x 14
+    assert sorted(masks.component_sides(mask)) == [10, 14]
+    assert masks.component_sides(np.zeros((8, 8), dtype=bool)) == []
+
+
 def test_prepare_pairs_masks_by_class_folder_and_name_and_reports_the_rest(tmp_path):
     root = write_with_segmented(tmp_path / "ALL")
     seg = root / "Segmented"
@@ -102,6 +110,9 @@ def test_prepare_pairs_masks_by_class_folder_and_name_and_reports_the_rest(tmp_p
     assert list(per_class["pro"]["segmented_unusable"]) == ["size 30x30 differs from the image's 48x48"]
     for cls in per_class.values():
         assert cls["segmented"] == 5 and cls["none"] == 1  # never silently used
+        # The segmented copies hold one cell each: one component per image, its box as wide as the cell.
+        assert cls["components_per_image_median"] == 1
+        assert 0 < cls["component_side_px_median"] <= cls["component_side_px_p90"] <= 48
     saved = json.loads((tmp_path / "prepared" / "data_report.json").read_text())
     assert saved["masks"]["per_class"] == per_class
 
