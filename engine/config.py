@@ -67,6 +67,9 @@ class Config:
     # and greyscale on a greyscale_p share of training images (0 = off).
     stain_jitter: float = 0.0
     greyscale_p: float = 0.0
+    # Stain mixing (engine.stain.stain_mix): a stain_mix share of training images recoloured to another
+    # training image's Lab statistics, before the background is replaced (0 = off).
+    stain_mix: float = 0.0
     early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
     precise_bn_images: int = 0  # >0: recompute BatchNorm statistics on this many train images before validating
     min_epochs: int = 1
@@ -103,6 +106,7 @@ class Config:
             (0 <= self.background_p <= 1, "background_p must be in [0, 1]"),
             (0 <= self.stain_jitter < 1, "stain_jitter must be in [0, 1) (0 = off)"),
             (0 <= self.greyscale_p <= 1, "greyscale_p must be in [0, 1]"),
+            (0 <= self.stain_mix <= 1, "stain_mix must be in [0, 1] (0 = off)"),
             (self.split in SPLIT_MODES, f"split must be one of {SPLIT_MODES}"),
             (self.view in VIEWS, f"view must be one of {VIEWS}"),
             (self.view == "field" or self.image_size % CELLS_GRID == 0,

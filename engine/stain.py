@@ -10,10 +10,15 @@ training, so that the cells' morphology is the cue that always holds:
   stain matrix, as scikit-image's ``rgb_from_hed``/``hed_from_rgb``), each stain channel scaled by
   a factor from [1 - s, 1 + s] and shifted by an offset from [-s, s] (in OD units), drawn per
   image, and mixed back. Darker and lighter, bluer and pinker stainings of the same cells.
+- **stain mixing**: with probability ``p`` per image, a Reinhard transfer in CIE Lab to the colour
+  statistics (each channel's mean and spread over the image) of another image of the batch: the whole
+  smear's colour is exchanged, as the ``stain_swapped`` probe of ``engine.context`` exchanges it.
+  A model trained with it has seen that probe's kind of change, so for it the probe is no longer a
+  held-out test (greyscale still is, where ``greyscale_p`` is 0).
 - **random greyscale**: with probability ``p`` per image, the luminance (ITU-R BT.601, as the
   ``greyscale`` probe of ``engine.context``) in all three channels.
 
-Both work on a normalised NCHW batch on its device, in torch, drawing from the training loop's
+All work on a normalised NCHW batch on its device, in torch, drawing from the training loop's
 generator; with strength 0 and probability 0 they return the batch untouched and draw nothing,
 so runs without them train bit-identically to runs from before they existed.
 """
@@ -37,6 +42,13 @@ HED_FROM_RGB = (
 )
 # Darkest RGB value taken into optical density (skimage uses the same floor): OD at most 13.8.
 RGB_FLOOR = 1e-6
+# sRGB (D65) to CIE XYZ and the D65 white point, as scikit-image's xyz_from_rgb and rgb2lab use them.
+XYZ_FROM_RGB = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+WHITE_D65 = (0.95047, 1.0, 1.08883)
 # ITU-R BT.601 luma, as engine.context.LUMA (the greyscale probe); tests keep the two equal.
 LUMA = (0.299, 0.587, 0.114)
 
@@ -94,3 +106,53 @@ def random_greyscale(x: torch.Tensor, p: float, gen: torch.Generator, mean: torc
         return x
     chosen = torch.rand(x.shape[0], generator=gen, device=x.device) < p
     return _keep_format(torch.where(chosen.view(-1, 1, 1, 1), greyscale(x, mean, std), x), x)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) sRGB in [0, 1] -> CIE Lab (D65), as ``skimage.color.rgb2lab``."""
+    linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = torch.einsum("nchw,kc->nkhw", linear, _matrix(XYZ_FROM_RGB, rgb))
+    xyz = xyz / torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``rgb_to_lab``, clipped to [0, 1] (as ``skimage.color.lab2rgb``: negative Z clipped)."""
+    fy = (lab[:, 0] + 16) / 116
+    f = torch.stack([fy + lab[:, 1] / 500, fy, (fy - lab[:, 2] / 200).clamp(min=0)], dim=1)
+    xyz = torch.where(f ** 3 > 0.008856, f ** 3, (f - 16 / 116) / 7.787)
+    xyz = xyz * torch.tensor(WHITE_D65, dtype=lab.dtype, device=lab.device).view(1, 3, 1, 1)
+    linear = torch.einsum("nkhw,ck->nchw", xyz, torch.linalg.inv(_matrix(XYZ_FROM_RGB, lab)))
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1 / 2.4) - 0.055, 12.92 * linear)
+    return rgb.clamp(0, 1)
+
+
+def reinhard(rgb: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1], each image recoloured so that its Lab channels have ``mean`` and ``std``
+    (N, 3, 1, 1): ``engine.context.reinhard`` in torch (a channel without spread is only shifted)."""
+    lab = rgb_to_lab(rgb)
+    own_mean = lab.mean(dim=(2, 3), keepdim=True)
+    own_std = lab.std(dim=(2, 3), keepdim=True, correction=0)
+    scale = torch.where(own_std > 1e-6, std / own_std.clamp(min=1e-6), torch.ones_like(own_std))
+    moved = (lab - own_mean) * scale + mean
+    moved = torch.cat([moved[:, :1].clamp(0, 100), moved[:, 1:]], dim=1)  # L outside [0, 100] has no colour
+    return lab_to_rgb(moved)
+
+
+def stain_mix(x: torch.Tensor, p: float, gen: torch.Generator, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``x`` (normalised N, 3, H, W) with a random share ``p`` of its images recoloured to the Lab statistics
+    of another image of the batch (a random permutation names the donors); ``p`` 0 returns ``x`` and draws nothing.
+    """
+    if p <= 0:
+        return x
+    n, device = x.shape[0], x.device
+    chosen = torch.rand(n, generator=gen, device=device) < p
+    donors = torch.randperm(n, generator=gen, device=device)
+    rgb = (x * std + mean).float()
+    lab = rgb_to_lab(rgb)
+    moved = reinhard(rgb, lab.mean(dim=(2, 3), keepdim=True)[donors],
+                     lab.std(dim=(2, 3), keepdim=True, correction=0)[donors])
+    mixed = ((moved - mean) / std).to(x.dtype)
+    return _keep_format(torch.where(chosen.view(-1, 1, 1, 1), mixed, x), x)

@@ -318,6 +318,9 @@ def train_one_epoch(
     for i in progress(range(n_steps), desc=f"epoch {epoch}", unit="batch", leave=False):
         batch = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size)
         x = to_input(data.images[image_order[batch]], device, channels_last, stats)
+        # Stain mixing first, on the images as they are: a donor's statistics are a whole smear's, as the
+        # stain_swapped probe's are; the background replaced next is then drawn in its usual colours.
+        x = stain.stain_mix(x, cfg.stain_mix, gen, *stats)
         if cells is not None:
             picked = label_order[batch].to(cells.masks.device)
             x = background.replace_background(x, cells.masks[picked], cells.present[picked], cfg.background,

@@ -65,7 +65,53 @@ def test_strength_zero_and_probability_zero_are_the_identity_and_draw_nothing():
     before = gen.get_state()
     assert stain.hed_jitter(x, 0.0, gen, MEAN, STD) is x
     assert stain.random_greyscale(x, 0.0, gen, MEAN, STD) is x
-    assert torch.equal(gen.get_state(), before)  # a run with both off trains bit-identically
+    assert stain.stain_mix(x, 0.0, gen, MEAN, STD) is x
+    assert torch.equal(gen.get_state(), before)  # a run with all off trains bit-identically
+
+
+def test_lab_conversions_are_scikit_images():
+    skcolor = pytest.importorskip("skimage.color")
+    rgb = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rgb[0, :, 0, 0] = 0.0  # black and white: the ends of L
+    rgb[0, :, 0, 1] = 1.0
+    ours = stain.rgb_to_lab(rgb).permute(0, 2, 3, 1).numpy()
+    theirs = skcolor.rgb2lab(rgb.permute(0, 2, 3, 1).numpy(), channel_axis=-1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    back = stain.lab_to_rgb(stain.rgb_to_lab(rgb))
+    np.testing.assert_allclose(back.numpy(), rgb.numpy(), atol=1e-6)
+
+
+def test_torch_reinhard_is_the_probes_reinhard():
+    rgb, _ = _smears(n=2, seed=4)
+    images = np.rint(rgb.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+    donor_mean, donor_std = context.lab_statistics(images[1])
+    theirs = context.reinhard(images[0], donor_mean, donor_std)
+    ours = stain.reinhard(torch.from_numpy(images[:1]).permute(0, 3, 1, 2).double() / 255,
+                          torch.from_numpy(donor_mean).view(1, 3, 1, 1), torch.from_numpy(donor_std).view(1, 3, 1, 1))
+    ours = np.rint(ours[0].permute(1, 2, 0).numpy() * 255)
+    assert np.abs(ours - theirs).max() <= 1  # the probe rounds to uint8
+
+
+def test_stain_mix_gives_each_chosen_image_another_images_colour_and_keeps_the_layout():
+    rgb, disc = _smears(n=8, seed=5)
+    rgb[4:] = rgb[4:] * torch.tensor([1.0, 0.7, 0.8]).view(1, 3, 1, 1)  # half the batch stained otherwise
+    x = _normalise(rgb)
+    out = _rgb(stain.stain_mix(x, 1.0, torch.Generator().manual_seed(0), MEAN, STD))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    lab_in, lab_out = stain.rgb_to_lab(rgb), stain.rgb_to_lab(out)
+    means_in, means_out = lab_in.mean(dim=(2, 3)), lab_out.mean(dim=(2, 3))
+    # Every image now has the Lab means of some image of the batch, and the batch's images changed places.
+    distance = torch.cdist(means_out, means_in)
+    assert (distance.min(dim=1).values < 1.0).all()
+    assert (distance.argmin(dim=1) != torch.arange(8)).any()
+    # The nucleus stays where it was and stays darker than its background.
+    assert (_luminance(out)[:, disc].mean(1) < _luminance(out)[:, ~disc].mean(1) - 0.2).all()
+    # Seeded: the same generator state gives the same batch; p = 0.5 leaves some images as they were.
+    again = _rgb(stain.stain_mix(x, 1.0, torch.Generator().manual_seed(0), MEAN, STD))
+    assert torch.equal(out, again)
+    half = _rgb(stain.stain_mix(x, 0.5, torch.Generator().manual_seed(1), MEAN, STD))
+    kept = torch.isclose(half, rgb, atol=1e-5).flatten(1).all(1)
+    assert 0 < int(kept.sum()) < 8
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels-last"])
@@ -137,6 +183,7 @@ def test_greyscale_probability_picks_a_share_of_the_images():
     ({"stain_jitter": -0.1}, "stain_jitter must be in"), ({"stain_jitter": 1.0}, "stain_jitter must be in"),
     ({"greyscale_p": -0.1}, "greyscale_p must be in"), ({"greyscale_p": 1.5}, "greyscale_p must be in"),
     ({"stain_jitter": "strong"}, "stain_jitter: expected float"),
+    ({"stain_mix": -0.5}, "stain_mix must be in"), ({"stain_mix": 1.5}, "stain_mix must be in"),
 ])
 def test_config_rejects_invalid_stain_values(pair, message):
     with pytest.raises(ConfigError, match=message):
@@ -148,17 +195,18 @@ def test_config_defaults_leave_colour_alone_and_the_cell_preset_turns_it_on():
     assert cfg.stain_jitter == 0.2 and cfg.greyscale_p == 1.0
     for preset in ("tiny", "cpu-quick", "cpu-cells", "gpu-full"):
         plain = build_config(preset)
-        assert plain.stain_jitter == 0.0 and plain.greyscale_p == 0.0
+        assert plain.stain_jitter == 0.0 and plain.greyscale_p == 0.0 and plain.stain_mix == 0.0
     cells = build_config("cpu-cells-stain")
     assert cells.background == "random" and cells.stain_jitter > 0 and 0 < cells.greyscale_p < 1
 
 
-def test_training_with_stain_jitter_and_greyscale_runs_end_to_end(prepared_tiny, tmp_path):
-    cfg = build_config("tiny", {"epochs": 1, "stain_jitter": 0.3, "greyscale_p": 0.3, "background": "random"})
+def test_training_with_stain_jitter_mixing_and_greyscale_runs_end_to_end(prepared_tiny, tmp_path):
+    cfg = build_config("tiny", {"epochs": 1, "stain_jitter": 0.3, "greyscale_p": 0.3, "stain_mix": 0.5,
+                                "background": "random"})
     run = fit(cfg, prepared_tiny, tmp_path / "stain")
     assert json.loads((run / "COMPLETE").read_text())["status"] == "complete"
     config = json.loads((run / "config.json").read_text())
-    assert config["stain_jitter"] == 0.3 and config["greyscale_p"] == 0.3
+    assert config["stain_jitter"] == 0.3 and config["greyscale_p"] == 0.3 and config["stain_mix"] == 0.5
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 2 and all(np.isfinite(float(v)) for v in history[1].split(","))
     # The keys reach the training loop: the same run without them ends with other weights.
