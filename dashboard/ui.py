@@ -296,6 +296,27 @@ def fmt_param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else md(value)
 
 
+# The settings a run's one-line summary always names, then those it names only where they differ from these
+# defaults (what the network was shown, how its colours were made unreliable, which images it was tested on).
+SUMMARY_KEYS = ("model", "preset", "image_size", "epochs", "lr", "batch_size")
+SUMMARY_UNLESS = {"view": "field", "background": "keep", "stain_jitter": 0.0, "greyscale_p": 0.0, "stain_mix": 0.0,
+                  "split": "image"}
+
+
+def config_summary(cfg: dict[str, Any]) -> str:
+    """``config.json`` in one line: the main settings, then the view, colour augmentation and split where not the
+    defaults (a smear split with its fold)."""
+    parts = [f"{k}: {fmt_param(cfg[k])}" for k in SUMMARY_KEYS if k in cfg]
+    for key, default in SUMMARY_UNLESS.items():
+        if key in cfg and cfg[key] != default:
+            parts.append(f"{key}: {fmt_param(cfg[key])}")
+            if key == "background" and "background_p" in cfg:
+                parts[-1] += f" on {fmt_param(cfg['background_p'])}"
+            if key == "split" and "fold" in cfg:
+                parts[-1] += f" fold {fmt_param(cfg['fold'])}"
+    return " · ".join(parts)
+
+
 def metric_cards(m: dict[str, Any]) -> None:
     """The headline metrics of one split, with 95% bootstrap intervals where the engine computed them."""
     cards = [(h.label, h.value(m), h.interval(m) if h.ci else None) for h in HEADLINE_METRICS]

@@ -36,9 +36,7 @@ with top[2]:
 
 ui.run_problems(run)
 cfg = data["config"] or {}
-st.caption(" · ".join(f"{k}: {ui.fmt_param(cfg[k])}"
-                      for k in ("model", "preset", "image_size", "epochs", "lr", "batch_size") if k in cfg)
-           + (f" · checkpoint epoch {md(metrics.get('checkpoint_epoch'))}" if metrics else ""))
+st.caption(ui.config_summary(cfg) + (f" · checkpoint epoch {md(metrics.get('checkpoint_epoch'))}" if metrics else ""))
 
 if run.status != loaders.RUN_CORRUPT:
     with ui.section("Model card"), st.container(key="run_card"):
