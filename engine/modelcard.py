@@ -213,6 +213,23 @@ def _input_words(config: Mapping[str, Any]) -> str:
     return f"{size} px RGB, the whole field"
 
 
+def _colour_words(config: Mapping[str, Any]) -> str:
+    """How the training images' colours were made unreliable (engine.stain): stain jitter, mixing, greyscale."""
+    words = []
+    if _positive(config.get("stain_jitter")):
+        words.append(f"HED stain jitter {text(config['stain_jitter'])}")
+    if _positive(config.get("stain_mix")):
+        words.append(f"{pct(config['stain_mix'])} of the images recoloured to another training image's colour "
+                     "statistics (stain mixing)")
+    if _positive(config.get("greyscale_p")):
+        words.append(f"{pct(config['greyscale_p'])} in greyscale")
+    return "; ".join(words) or "none"
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | None,
                   complete: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None) -> list[str]:
     """The model and how it was trained (config.json, env.json, COMPLETE, metrics.json's checkpoint)."""
@@ -223,7 +240,8 @@ def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | Non
             ["training", f"preset {text(config.get('preset', '?'))}, {text(config.get('epochs', '?'))} epochs, "
                          f"batch {text(config.get('batch_size', '?'))}, lr {text(config.get('lr', '?'))}, "
                          f"schedule {text(config.get('schedule', '?'))}, augment {text(config.get('augment', '?'))}, "
-                         f"background {text(config.get('background', '?'))}, seed {text(config.get('seed', '?'))}"]]
+                         f"background {text(config.get('background', '?'))}, seed {text(config.get('seed', '?'))}"],
+            ["colour augmentation", _colour_words(config)]]
     if complete:
         rows.append(["status", f"{text(complete.get('status', '?'))}: {text(complete.get('epochs', '?'))} epochs, "
                                f"best validation macro-F1 {num(complete.get('best_val_macro_f1'))} at epoch "
@@ -361,8 +379,9 @@ def baselines_section(baselines: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def context_section(context: Mapping[str, Any]) -> list[str]:
-    """Accuracy per stage with the leukocytes removed, the background removed, another stage's stain, greyscale."""
+def context_section(context: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> list[str]:
+    """Accuracy per stage with the leukocytes removed, the background removed, another stage's stain, greyscale;
+    with ``config``, which of the stain probes the training saw (stain mixing, greyscale) and so are not held out."""
     variants = [v for v in CONTEXT_VARIANTS if v in context["variants"]]
     follows = (context.get("stain_swapped") or {}).get("follows_donor")
     header_row = ["stage", "images", *(CONTEXT_VARIANTS[v] for v in variants)]
@@ -390,6 +409,11 @@ def context_section(context: Mapping[str, Any]) -> list[str]:
              "cells falls to about that without them; one that reads the stain follows the donor's stage.", ""]
     if "stain_swapped" not in context["variants"]:
         lines += [f"The stain probes were not run (an older `evaluate`): `{EVALUATE}` adds them.", ""]
+    trained_on = (("stain_mix", "stain_swapped"), ("greyscale_p", "greyscale"))
+    seen = [f'"{CONTEXT_VARIANTS[probe]}"' for key, probe in trained_on if config and _positive(config.get(key))]
+    if seen:
+        lines += [f"This model was trained on images changed as in {' and '.join(seen)} (colour augmentation, above): "
+                  "for it, that is an invariance it was trained for, not a held-out test.", ""]
     return lines
 
 
@@ -712,7 +736,7 @@ def compose(found: Mapping[str, Any], problems: Mapping[str, str], name: str) ->
     lines += _section("baselines", valid, problems, "Beside colour-only models",
                       lambda: baselines_section(valid["baselines"]))
     lines += _section("context", valid, problems, "What the model reads: context and stain probes",
-                      lambda: context_section(valid["context"]))
+                      lambda: context_section(valid["context"], config))
     lines += _section("localisation", valid, problems, "Where the maps point",
                       lambda: localisation_section(valid["localisation"]))
     if valid.get("faithfulness") is None and valid.get("sanity") is None and "faithfulness" not in problems \

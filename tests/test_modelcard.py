@@ -159,6 +159,20 @@ def test_faithfulness_and_sanity_with_their_limitations():
     assert modelcard.explanation_limitations(faith, {"a": sanity["a"]}) == [lines[1]]
 
 
+def test_colour_augmentation_is_named_and_the_probes_it_saw_are_not_called_held_out():
+    plain = {"model": "densenet121", "stain_jitter": 0.0, "greyscale_p": 0.0, "stain_mix": 0.0}
+    assert "| colour augmentation | none |" in "\n".join(modelcard.model_section(plain, None, None, None))
+    assert "not a held-out test" not in "\n".join(modelcard.context_section(probes(10), plain))
+    mixed = {**plain, "stain_jitter": 0.1, "stain_mix": 0.8}
+    row = "\n".join(modelcard.model_section(mixed, None, None, None))
+    assert "| colour augmentation | HED stain jitter 0.1; 80.0% of the images recoloured to another training " \
+           "image's colour statistics (stain mixing) |" in row
+    said = "\n".join(modelcard.context_section(probes(10), mixed))
+    assert 'trained on images changed as in "stain of another stage" (' in said and "not a held-out test" in said
+    both = "\n".join(modelcard.context_section(probes(10), {**mixed, "greyscale_p": 0.1}))
+    assert 'changed as in "stain of another stage" and "in greyscale" (' in both
+
+
 @pytest.mark.parametrize(("config", "words"), [({}, "image split"), ({"split": "smear", "fold": 3},
                                                                      "smear-group split, fold 3")])
 def test_the_split_is_named_with_what_it_measures(config, words):
