@@ -129,16 +129,24 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return rgb.clamp(0, 1)
 
 
-def reinhard(rgb: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB in [0, 1], each image recoloured so that its Lab channels have ``mean`` and ``std``
-    (N, 3, 1, 1): ``engine.context.reinhard`` in torch (a channel without spread is only shifted)."""
-    lab = rgb_to_lab(rgb)
-    own_mean = lab.mean(dim=(2, 3), keepdim=True)
-    own_std = lab.std(dim=(2, 3), keepdim=True, correction=0)
+def lab_statistics(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's Lab channel means and standard deviations over its pixels, (N, 3, 1, 1) each."""
+    return lab.mean(dim=(2, 3), keepdim=True), lab.std(dim=(2, 3), keepdim=True, correction=0)
+
+
+def _transfer(lab: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Lab images shifted and scaled per channel to ``mean`` and ``std``, back in RGB [0, 1]."""
+    own_mean, own_std = lab_statistics(lab)
     scale = torch.where(own_std > 1e-6, std / own_std.clamp(min=1e-6), torch.ones_like(own_std))
     moved = (lab - own_mean) * scale + mean
     moved = torch.cat([moved[:, :1].clamp(0, 100), moved[:, 1:]], dim=1)  # L outside [0, 100] has no colour
     return lab_to_rgb(moved)
+
+
+def reinhard(rgb: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1], each image recoloured so that its Lab channels have ``mean`` and ``std``
+    (N, 3, 1, 1): ``engine.context.reinhard`` in torch (a channel without spread is only shifted)."""
+    return _transfer(rgb_to_lab(rgb), mean, std)
 
 
 def stain_mix(x: torch.Tensor, p: float, gen: torch.Generator, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -150,9 +158,7 @@ def stain_mix(x: torch.Tensor, p: float, gen: torch.Generator, mean: torch.Tenso
     n, device = x.shape[0], x.device
     chosen = torch.rand(n, generator=gen, device=device) < p
     donors = torch.randperm(n, generator=gen, device=device)
-    rgb = (x * std + mean).float()
-    lab = rgb_to_lab(rgb)
-    moved = reinhard(rgb, lab.mean(dim=(2, 3), keepdim=True)[donors],
-                     lab.std(dim=(2, 3), keepdim=True, correction=0)[donors])
-    mixed = ((moved - mean) / std).to(x.dtype)
+    lab = rgb_to_lab((x * std + mean).float())
+    lab_mean, lab_std = lab_statistics(lab)
+    mixed = ((_transfer(lab, lab_mean[donors], lab_std[donors]) - mean) / std).to(x.dtype)
     return _keep_format(torch.where(chosen.view(-1, 1, 1, 1), mixed, x), x)
