@@ -1,5 +1,6 @@
 """The evidence of one or more runs as Markdown tables: colour-only baselines, context reliance and
-leukocyte localisation.
+leukocyte localisation, and for several runs (the K smear folds of one setting) their test accuracy side by
+side with the mean and spread.
 
 Reads ``baselines.json`` and ``context.json`` (``evaluate``) and ``cams/localisation.json``
 (``explain``) and prints them as the docs show them, so every figure there comes from
@@ -11,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import runs
 from .runs import CLASSES, LOCALISATION_VERDICTS
@@ -77,6 +80,48 @@ def baselines_table(summaries: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _test_accuracy(block: dict[str, Any] | None) -> float | None:
+    return None if block is None else block.get("accuracy")
+
+
+def across_runs_table(runs_read: dict[str, dict[str, Any]]) -> str:
+    """One row per run with its test accuracy as the images are, under each probe and for the colour-only
+    models; then the mean, standard deviation and range over the runs. Over the K smear folds of one setting
+    this is the group cross-validation: the spread says how much one held-out split can mislead.
+
+    ``runs_read`` maps a run's name to {"split": words, "context": context.json or None,
+    "baselines": baselines.json or None}.
+    """
+    columns = {**{v: title for v, title in VARIANT_TITLES.items()},
+               **{b: f"{runs.BASELINE_WORDS[b]} (test)" for b in runs.HEADLINE_BASELINES}}
+    rows = {}
+    for name, read in runs_read.items():
+        variants = (read.get("context") or {}).get("variants", {})
+        shortcuts = (read.get("baselines") or {}).get("baselines", {})
+        rows[name] = {v: _test_accuracy(variants.get(v, {}).get("all")) for v in VARIANT_TITLES}
+        rows[name] |= {b: _test_accuracy(shortcuts.get(b, {}).get("splits", {}).get("test"))
+                       for b in runs.HEADLINE_BASELINES}
+    shown = [c for c in columns if any(row[c] is not None for row in rows.values())]
+    lines = ["| run | split | " + " | ".join(columns[c] for c in shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {runs_read[name]['split']} | "
+                     + " | ".join("n/a" if row[c] is None else f"{row[c]:.1%}" for c in shown) + " |")
+    cells = []
+    for c in shown:
+        values = np.array([row[c] for row in rows.values() if row[c] is not None], float)
+        cells.append(f"{values.mean():.1%} ± {values.std(ddof=1):.1%} ({values.min():.1%}-{values.max():.1%})"
+                     if len(values) > 1 else "n/a")
+    lines.append(f"| mean ± SD (range) over {len(rows)} runs | | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _split_words(run: Path) -> str:
+    if not (run / runs.CONFIG).is_file():
+        return "n/a"
+    split, fold = runs.run_split(runs.read_json(run / runs.CONFIG))
+    return f"smear fold {fold}" if split == "smear" else split
+
+
 def ranking_table(localised: dict[str, dict[str, Any]]) -> str:
     """Every method x layer of each run, best localising first."""
     lines = ["| run | method | layer | concentration | pointing | verdict |", "|---|---|---|---|---|---|"]
@@ -115,6 +160,12 @@ def report(run_dirs: Sequence[Path], pairs: Sequence[tuple[str, str]] = ()) -> s
         if (run / runs.CAMS / runs.LOCALISATION).is_file():
             localised[run.name] = runs.read_json(run / runs.CAMS / runs.LOCALISATION)
     parts = []
+    if len(set(contexts) | set(shortcuts)) > 1:
+        runs_read = {run.name: {"split": _split_words(run), "context": contexts.get(run.name),
+                                "baselines": shortcuts.get(run.name)}
+                     for run in map(Path, run_dirs) if run.name in contexts or run.name in shortcuts}
+        parts += ["Test accuracy per run, and over the runs (for the K smear folds of one setting: the group "
+                  "cross-validation):", "", across_runs_table(runs_read), ""]
     if shortcuts:
         parts += ["Colour-only models beside the network, on the same images (Wilson 95% intervals):", "",
                   baselines_table(shortcuts), ""]

@@ -85,3 +85,29 @@ def test_engine_evidence_command_prints_the_run_folders_tables(tmp_path):
     assert "| run-a | good | norm5 |" in text and "points at the leukocytes" in text
     assert "| run-a | good at norm5 | early |" in text and "| run-a | blob at norm5 |" not in text
     assert main([str(run)]) == 0
+
+
+def test_engine_evidence_puts_several_runs_side_by_side_with_their_mean_and_spread(tmp_path):
+    from engine import runs
+    from engine.evidence import report
+
+    # Three smear folds of one setting, 34, 20 and 10 of 40 images still named without their leukocytes.
+    folders = []
+    for fold, kept in enumerate((34, 20, 10)):
+        run = tmp_path / f"cells-smear{fold}"
+        runs.write_json(run / runs.CONFIG, {"split": "smear", "fold": fold})
+        runs.write_json(run / runs.CONTEXT, context_summary(kept))
+        folders.append(run)
+    # A run without config.json still gets its row, its split unknown.
+    runs.write_json(tmp_path / "old" / runs.CONTEXT, context_summary(40))
+    text = report([*folders, tmp_path / "old"])
+    rows = [line for line in text.splitlines() if line.startswith("| cells-smear") or line.startswith("| old")]
+    assert rows[0].startswith("| cells-smear0 | smear fold 0 | 100.0% | 85.0% | 100.0% |"), rows
+    assert rows[2].startswith("| cells-smear2 | smear fold 2 | 100.0% | 25.0% |"), rows
+    assert rows[3].startswith("| old | n/a | 100.0% | 100.0% |"), rows
+    kept = np.array([34, 20, 10, 40]) / 40
+    mean_row = next(line for line in text.splitlines() if line.startswith("| mean ± SD (range) over 4 runs"))
+    assert f"{kept.mean():.1%} ± {kept.std(ddof=1):.1%} (25.0%-100.0%)" in mean_row, mean_row
+    assert "100.0% ± 0.0% (100.0%-100.0%)" in mean_row
+    # One run alone gets no such table.
+    assert "over the runs" not in report(folders[:1])
