@@ -167,6 +167,10 @@ def test_interrupted_sweep_resumes_without_repeating_finished_trials(prepared_ti
     spans = sorted((json.loads((sweep / "trials" / t / "env.json").read_text())["started_at"],
                     json.loads((sweep / "trials" / t / "COMPLETE").read_text())["finished_at"]) for t in before)
     assert spans[1][0] >= spans[0][1], spans  # the second trial began after the first had ended
+    # It began in the first one's process (reuse_actors), not in a new one that imports torch again.
+    first = sorted(before, key=lambda t: json.loads((sweep / "trials" / t / "env.json").read_text())["started_at"])
+    pids = [json.loads((sweep / "trials" / t / "trial.json").read_text())["attempts"][0]["pid"] for t in first]
+    assert pids[0] == pids[1], pids
 
 
 def test_a_spent_time_budget_stops_each_trial_at_an_epoch_and_the_sweep_completes(
