@@ -90,6 +90,8 @@ def test_clicking_a_confusion_matrix_cell_shows_its_images(server, browser) -> N
 
 
 def test_clicking_a_cell_on_the_compare_page_shows_both_runs_maps_of_that_cell(server, browser) -> None:
+    from playwright.sync_api import expect
+
     root = server["root"]
     # The page puts explained runs first, by label: the fixture explains exactly these two.
     run_a, run_b = sorted((server["best"], server["other"]), key=lambda r: r.relative_to(root).as_posix())
@@ -109,7 +111,8 @@ def test_clicking_a_cell_on_the_compare_page_shows_both_runs_maps_of_that_cell(s
     page.goto(f"{server['url']}/compare")
     settle(page)
     chart = page.locator("[data-testid='stPlotlyChart']").first
-    assert run_a.relative_to(root).as_posix() in chart.inner_text()
+    # Plotly draws after Streamlit's script has finished, so wait for the figure's text, not for the script.
+    expect(chart).to_contain_text(run_a.relative_to(root).as_posix(), timeout=30_000)
     chart.scroll_into_view_if_needed()
     box = chart.locator(".nsewdrag").first.bounding_box()
     assert box is not None
