@@ -92,8 +92,7 @@ def across_runs_table(runs_read: dict[str, dict[str, Any]]) -> str:
     ``runs_read`` maps a run's name to {"split": words, "context": context.json or None,
     "baselines": baselines.json or None}.
     """
-    columns = {**{v: title for v, title in VARIANT_TITLES.items()},
-               **{b: f"{runs.BASELINE_WORDS[b]} (test)" for b in runs.HEADLINE_BASELINES}}
+    columns = {**VARIANT_TITLES, **{b: f"{runs.BASELINE_WORDS[b]} (test)" for b in runs.HEADLINE_BASELINES}}
     rows = {}
     for name, read in runs_read.items():
         variants = (read.get("context") or {}).get("variants", {})
