@@ -72,6 +72,9 @@ class Config:
     stain_mix: float = 0.0
     early_stop_patience: int = 10  # epochs without a better val macro-F1; 0 = never stop early
     precise_bn_images: int = 0  # >0: recompute BatchNorm statistics on this many train images before validating
+    # >0: validate, keep and evaluate an exponential moving average of the weights, updated after every step
+    # with this decay (0.995: about the last 200 steps); 0 = off, the weights as trained
+    ema_decay: float = 0.0
     min_epochs: int = 1
     # hardware
     seed: int = 0
@@ -101,6 +104,7 @@ class Config:
             (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
             (0 < self.warmup_frac < 1, "warmup_frac must be in (0, 1)"),
             (0 <= self.augment <= 2, "augment must be in [0, 2]"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 = off)"),
             (self.precise_bn_images >= 0, "precise_bn_images must be 0 (off) or a number of images"),
             (self.background in BACKGROUNDS, f"background must be one of {BACKGROUNDS}"),
             (0 <= self.background_p <= 1, "background_p must be in [0, 1]"),

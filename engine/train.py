@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import background, fastpath, preflight, runs, stain
 from .cache import cache_bytes_needed, load_mask_cache
@@ -301,7 +302,7 @@ class CellMasks:
 def train_one_epoch(
     step: TrainStep, data: Data, indices: np.ndarray, cfg: Config,
     scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device, gen: torch.Generator, *,
-    epoch: int, channels_last: bool, cells: CellMasks | None = None,
+    epoch: int, channels_last: bool, cells: CellMasks | None = None, ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     step.model.train()
     # The shuffle depends only on (seed, epoch), so a resumed run sees the same batches.
@@ -333,6 +334,8 @@ def train_one_epoch(
         y = data.labels[label_order[batch]]
         loss, logits = step(x, y)
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(step.model)
         total_loss += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -434,6 +437,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, total_steps: i
     ], milestones=[warmup])
 
 
+def make_ema(model: nn.Module, cfg: Config) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm statistics, or None when
+    ``cfg.ema_decay`` is 0.
+
+    Late in a from-scratch training, validation accuracy still swings by several points from one epoch
+    to the next while the training loss does not: each epoch's weights are one noisy sample. The average
+    over the last few hundred steps (Polyak averaging, as timm's ModelEma) is steadier; when it is on, it is
+    the model that is validated, kept as best.pt and evaluated.
+    """
+    if not cfg.ema_decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+
+
 def class_weights(labels: np.ndarray) -> torch.Tensor:
     """scikit-learn's "balanced" weights, n / (classes * count), without importing it."""
     counts = np.bincount(labels, minlength=len(CLASSES))
@@ -498,12 +515,12 @@ def how_to_go_on(run_dir: Path, exc: OSError | None = None) -> str:
 CHECKPOINT_FACTOR = 8  # a run's checkpoints on disk, at their peak, in multiples of its weights' bytes
 
 
-def checkpoint_bytes(model: nn.Module) -> int:
+def checkpoint_bytes(model: nn.Module, ema: bool = False) -> int:
     """The estimate of docs/robustness.md#before-long-work for a run's checkpoints: 8 x the weights' bytes
     (best.pt once, last.pt with AdamW's two moments three times, and a temporary copy of each while the
-    previous one is replaced)."""
+    previous one is replaced); 10 x with ``ema`` (last.pt holds the trained weights beside the average)."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return CHECKPOINT_FACTOR * weights
+    return (CHECKPOINT_FACTOR + 2 * ema) * weights
 
 
 def _require_view_masks(prepared: Path, cfg: Config) -> None:
@@ -560,11 +577,14 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
                            view=cfg.view) if cfg.background != "keep" else None
 
     model = create_model(cfg, len(CLASSES)).to(device)
-    need = checkpoint_bytes(model)
+    need = checkpoint_bytes(model, ema=bool(cfg.ema_decay))
     preflight.require_space(run_dir, need, doing, f"the checkpoints, {preflight.size_words(need)}")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
+    ema = make_ema(model, cfg)
+    # The model validated, kept as best.pt and evaluated: the average when there is one.
+    evaluated = model if ema is None else ema.module
     weight = class_weights(labels_np[train_idx]).to(device) if cfg.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -580,7 +600,12 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
         state = read_checkpoint_file(ckpt_dir / runs.LAST_CHECKPOINT, (
             f"nothing was changed, but the run cannot go on from it: {runs.BEST_CHECKPOINT} still serves "
             f"`python -m engine evaluate {run_dir}` if it is intact; train a new run to train further"))
-        model.load_state_dict(state["model"])
+        if ema is None:
+            model.load_state_dict(state["model"])
+        else:
+            model.load_state_dict(state["trained_model"])
+            ema.module.load_state_dict(state["model"])
+            ema.n_averaged.fill_(state["ema_updates"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         gen.set_state(state["generator"])
@@ -607,13 +632,14 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     for epoch in range(start_epoch, cfg.epochs + 1):
         row: dict[str, Any] = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
         row.update(train_one_epoch(step, data, train_idx, cfg, scheduler, device, gen,
-                                   epoch=epoch, channels_last=channels_last, cells=cells))
+                                   epoch=epoch, channels_last=channels_last, cells=cells, ema=ema))
         if epoch == start_epoch and fast.compile == "default":
             fastpath.note_compiled(cfg, device, use_amp, row["train_seconds"])
         if cfg.precise_bn_images:
-            recalibrate_batchnorm(model, data, train_idx, cfg, device, use_amp=use_amp, channels_last=channels_last)
+            recalibrate_batchnorm(evaluated, data, train_idx, cfg, device, use_amp=use_amp,
+                                  channels_last=channels_last)
         # The uncompiled model (same weights): compiling an eval-mode graph would cost minutes for seconds of work.
-        row.update(validate(model, data, cfg, device, use_amp=use_amp, channels_last=channels_last))
+        row.update(validate(evaluated, data, cfg, device, use_amp=use_amp, channels_last=channels_last))
         row["epoch_seconds"] = row.pop("train_seconds")
         history.append({k: row[k] for k in runs.HISTORY_COLUMNS})
         runs.write_csv(run_dir / runs.HISTORY, runs.HISTORY_COLUMNS, history)
@@ -621,12 +647,15 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
         improved = row["val_macro_f1"] > best_f1
         if improved:
             best_f1, best_epoch = row["val_macro_f1"], epoch
-        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        weights = cpu_state(evaluated)
         summary = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"], "config": cfg.to_dict()}
         if improved:
             runs.atomic_torch_save({"model": weights, **summary}, ckpt_dir / runs.BEST_CHECKPOINT)
+        # "model" is what this epoch evaluates, in both files; with an average, last.pt also keeps the
+        # trained weights and the number of averaged steps, which resuming needs.
+        averaged = {} if ema is None else {"trained_model": cpu_state(model), "ema_updates": int(ema.n_averaged)}
         runs.atomic_torch_save({
-            "model": weights, **summary,
+            "model": weights, **summary, **averaged,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "generator": gen.get_state(), "rng": rng_state(device),
             "best_val_macro_f1": best_f1, "best_epoch": best_epoch,
@@ -644,6 +673,10 @@ def _fit(cfg: Config, prepared: Path, run_dir: Path, *, preset: str | None, resu
     runs.mark_complete(run_dir, status=status, epochs=len(history), best_epoch=best_epoch,
                        best_val_macro_f1=best_f1)
     return run_dir
+
+
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

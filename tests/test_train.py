@@ -54,11 +54,14 @@ def test_training_is_deterministic_on_cpu(prepared_tiny, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["no-dropout", "dropout"])
-def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path, dropout):
+@pytest.mark.parametrize("overrides", [{}, {"dropout": 0.5}, {"ema_decay": 0.9}],
+                         ids=["plain", "dropout", "weight-average"])
+def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path, overrides):
     """Dropout draws its masks from torch's global generator (CUDA's on a GPU), not from the
-    augmentation generator: a resumed run must restore that state too, or epoch 3 differs."""
-    cfg = build_config("tiny", {"epochs": 3, "dropout": dropout})
+    augmentation generator: a resumed run must restore that state too, or epoch 3 differs. With a
+    weight average, last.pt's "model" is the average: resuming must train on from the trained weights
+    beside it and go on averaging from the same count, or epoch 3 differs."""
+    cfg = build_config("tiny", {"epochs": 3, **overrides})
     straight = fit(cfg, prepared_tiny, tmp_path / "straight")
 
     class Interrupt(Exception):
@@ -77,6 +80,10 @@ def test_resume_continues_an_interrupted_run_exactly(prepared_tiny, tmp_path, dr
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
     wa, wb = _weights(straight), _weights(tmp_path / "resumed")
     assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
+    if "ema_decay" in overrides:
+        ta, tb = (torch.load(r / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["trained_model"]
+                  for r in (straight, tmp_path / "resumed"))
+        assert all(torch.allclose(ta[k].float(), tb[k].float()) for k in ta)
     # Epoch 3's training loss and validation scores, as trained straight through.
     expected = [float(v) for v in (straight / "history.csv").read_text().splitlines()[3].split(",")[1:6]]
     assert [float(v) for v in history[3].split(",")[1:6]] == pytest.approx(expected, rel=1e-5)
@@ -292,3 +299,48 @@ def test_precise_batchnorm_and_a_captured_graph_share_the_running_statistics():
     step(x, y)
     torch.cuda.synchronize()
     torch.testing.assert_close(norm0.running_mean, 0.9 * recalibrated + 0.1 * batch_mean, rtol=1e-3, atol=1e-4)
+
+
+def test_the_weight_average_follows_every_step_and_is_the_model_validated_and_kept(prepared_tiny, tmp_path):
+    """With ema_decay, each optimiser step moves the average by (1 - decay) towards the new weights (the
+    first step copies them), and that average, not the trained weights, is validated and saved as best.pt."""
+    decay = 0.8
+    cfg = build_config("tiny", {"epochs": 1, "ema_decay": decay, "channels_last": "off", "augment": 0.0})
+    device = torch.device("cpu")
+    data = inference.Data.load(prepared_tiny, cfg.image_size, device, False)
+    torch.manual_seed(0)
+    model = create_model(cfg, 4)
+    optimizer = train.make_optimizer(model, cfg, device)
+    ema = train.make_ema(model, cfg)
+    step = train.make_train_step(model, optimizer, torch.nn.CrossEntropyLoss(), device, cfg)
+    snapshots = []
+
+    class Recording(train.TrainStep):  # the weights after each step, as the average should see them
+        def __call__(self, x, y):
+            out = super().__call__(x, y)
+            snapshots.append(torch.nn.utils.parameters_to_vector(self.model.parameters()).detach().clone())
+            return out
+
+    recording = Recording(model, optimizer, step.criterion, device, False)
+    scheduler = train.make_scheduler(optimizer, cfg, 100)
+    train.train_one_epoch(recording, data, data.split["train"], cfg, scheduler, device, torch.Generator(),
+                          epoch=1, channels_last=False, ema=ema)
+    expected = snapshots[0]
+    for weights in snapshots[1:]:
+        expected = decay * expected + (1 - decay) * weights
+    assert len(snapshots) > 3
+    averaged = torch.nn.utils.parameters_to_vector(ema.module.parameters())
+    torch.testing.assert_close(averaged, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(averaged, snapshots[-1])  # the average is not the last weights
+
+    run = fit(build_config("tiny", {"epochs": 2, "ema_decay": decay, "amp": "off", "channels_last": "off"}),
+              prepared_tiny, tmp_path / "ema")
+    best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    last = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert not all(torch.equal(last["model"][k], last["trained_model"][k]) for k in last["model"])
+    kept = create_model(cfg, 4)
+    kept.load_state_dict(best["model"])
+    row = train.read_history(run)[best["epoch"] - 1]
+    scores = train.validate(kept, data, cfg, device, use_amp=False, channels_last=False)
+    assert scores["val_loss"] == pytest.approx(row["val_loss"], rel=1e-4)
+    assert scores["val_macro_f1"] == pytest.approx(best["val_macro_f1"])
