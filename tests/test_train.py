@@ -333,7 +333,7 @@ def test_the_weight_average_follows_every_step_and_is_the_model_validated_and_ke
     torch.testing.assert_close(averaged, expected, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(averaged, snapshots[-1])  # the average is not the last weights
 
-    run = fit(build_config("tiny", {"epochs": 2, "ema_decay": decay, "amp": "off", "channels_last": "off"}),
+    run = fit(build_config("tiny", {"epochs": 1, "ema_decay": decay, "amp": "off", "channels_last": "off"}),
               prepared_tiny, tmp_path / "ema")
     best = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
     last = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
