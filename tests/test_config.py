@@ -23,6 +23,13 @@ def test_the_long_cells_preset_is_the_cells_view_trained_three_times_as_long():
     assert differ == {"epochs"} and (view.epochs, long.epochs) == (10, 30)
 
 
+def test_the_mixed_stain_preset_is_the_long_cells_preset_with_stain_mixing_and_greyscale():
+    # docs/explanations.md sets the two side by side as one model with and without the stain made unreliable.
+    long, mix = build_config("cpu-cells-long"), build_config("cpu-cells-mix")
+    differ = {f.name for f in dataclasses.fields(Config) if getattr(long, f.name) != getattr(mix, f.name)}
+    assert differ == {"stain_mix", "greyscale_p"} and (mix.stain_mix, mix.greyscale_p) == (0.8, 0.5)
+
+
 def test_overrides_are_typed_from_strings():
     cfg = build_config("tiny", parse_overrides(["lr=0.01", "epochs=3", "class_weighted=true", "model=densenet169"]))
     assert cfg.lr == 0.01 and cfg.epochs == 3 and cfg.class_weighted is True and cfg.model == "densenet169"
