@@ -297,10 +297,11 @@ def fmt_param(value: Any) -> str:
 
 
 # The settings a run's one-line summary always names, then those it names only where they differ from these
-# defaults (what the network was shown, how its colours were made unreliable, which images it was tested on).
+# defaults (what the network was shown, how its colours were made unreliable, whether its weights are an
+# average, which images it was tested on).
 SUMMARY_KEYS = ("model", "preset", "image_size", "epochs", "lr", "batch_size")
 SUMMARY_UNLESS = {"view": "field", "background": "keep", "stain_jitter": 0.0, "greyscale_p": 0.0, "stain_mix": 0.0,
-                  "split": "image"}
+                  "ema_decay": 0.0, "split": "image"}
 
 
 def config_summary(cfg: dict[str, Any]) -> str:

@@ -242,6 +242,9 @@ def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | Non
                          f"schedule {text(config.get('schedule', '?'))}, augment {text(config.get('augment', '?'))}, "
                          f"background {text(config.get('background', '?'))}, seed {text(config.get('seed', '?'))}"],
             ["colour augmentation", _colour_words(config)]]
+    if _positive(config.get("ema_decay")):
+        rows[2][1] += (f"; the weights evaluated are a moving average over training (decay "
+                       f"{text(config['ema_decay'])}), not the last step's")
     if complete:
         rows.append(["status", f"{text(complete.get('status', '?'))}: {text(complete.get('epochs', '?'))} epochs, "
                                f"best validation macro-F1 {num(complete.get('best_val_macro_f1'))} at epoch "

@@ -182,13 +182,14 @@ def test_config_summary_names_the_view_colour_augmentation_and_split_only_where_
 
     plain = {"model": "densenet-tiny", "preset": "tiny", "image_size": 64, "epochs": 2, "lr": 0.00333,
              "batch_size": 16, "view": "field", "background": "keep", "background_p": 0.8, "stain_jitter": 0.0,
-             "greyscale_p": 0.0, "stain_mix": 0.0, "split": "image", "fold": 0}
+             "greyscale_p": 0.0, "stain_mix": 0.0, "ema_decay": 0.0, "split": "image", "fold": 0}
     # Text from the run folder is Markdown-escaped, as the page shows it.
     assert ui.config_summary(plain) == ("model: densenet\\-tiny · preset: tiny · image_size: 64 · epochs: 2 · "
                                         "lr: 0.00333 · batch_size: 16")
-    cells = {**plain, "view": "cells", "background": "random", "stain_mix": 0.8, "split": "smear", "fold": 2}
+    cells = {**plain, "view": "cells", "background": "random", "stain_mix": 0.8, "ema_decay": 0.995, "split": "smear",
+             "fold": 2}
     assert ui.config_summary(cells).endswith("batch_size: 16 · view: cells · background: random on 0.8 · "
-                                             "stain_mix: 0.8 · split: smear fold 2")
+                                             "stain_mix: 0.8 · ema_decay: 0.995 · split: smear fold 2")
     assert "<b>" not in ui.config_summary({"model": "<b>x</b>"})  # text from the run folder stays inert
 
 

@@ -279,3 +279,11 @@ def test_explain_writes_the_card_again_with_the_maps(trained_tiny_run, tmp_path)
     best = localisation["ranking"][0]
     assert f"Best: **{best['method']} at {best['layer']}**, {runs.LOCALISATION_VERDICTS[best['verdict']]}" in after
     assert modelcard.MISSING["localisation"] not in after
+
+
+def test_a_moving_average_of_the_weights_is_named_in_the_training_row():
+    plain = {"model": "densenet121", "preset": "cpu-cells-long", "epochs": 30, "ema_decay": 0.0}
+    assert "moving average" not in "\n".join(modelcard.model_section(plain, None, None, None))
+    averaged = "\n".join(modelcard.model_section({**plain, "ema_decay": 0.995}, None, None, None))
+    training = next(line for line in averaged.splitlines() if line.startswith("| training |"))
+    assert "moving average over training (decay 0.995)" in training
