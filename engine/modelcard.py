@@ -235,16 +235,17 @@ def model_section(config: Mapping[str, Any] | None, env: Mapping[str, Any] | Non
     """The model and how it was trained (config.json, env.json, COMPLETE, metrics.json's checkpoint)."""
     if not config:
         return ["## Model", "", f"No readable `{runs.CONFIG}`: this folder is not a trained run.", ""]
+    training = (f"preset {text(config.get('preset', '?'))}, {text(config.get('epochs', '?'))} epochs, "
+                f"batch {text(config.get('batch_size', '?'))}, lr {text(config.get('lr', '?'))}, "
+                f"schedule {text(config.get('schedule', '?'))}, augment {text(config.get('augment', '?'))}, "
+                f"background {text(config.get('background', '?'))}, seed {text(config.get('seed', '?'))}")
+    if _positive(config.get("ema_decay")):
+        training += (f"; the weights evaluated are a moving average over training (decay "
+                     f"{text(config['ema_decay'])}), not the last step's")
     rows = [["model", f"{text(config.get('model', '?'))}, weights {text(config.get('weights', '?'))}"],
             ["input", _input_words(config)],
-            ["training", f"preset {text(config.get('preset', '?'))}, {text(config.get('epochs', '?'))} epochs, "
-                         f"batch {text(config.get('batch_size', '?'))}, lr {text(config.get('lr', '?'))}, "
-                         f"schedule {text(config.get('schedule', '?'))}, augment {text(config.get('augment', '?'))}, "
-                         f"background {text(config.get('background', '?'))}, seed {text(config.get('seed', '?'))}"],
+            ["training", training],
             ["colour augmentation", _colour_words(config)]]
-    if _positive(config.get("ema_decay")):
-        rows[2][1] += (f"; the weights evaluated are a moving average over training (decay "
-                       f"{text(config['ema_decay'])}), not the last step's")
     if complete:
         rows.append(["status", f"{text(complete.get('status', '?'))}: {text(complete.get('epochs', '?'))} epochs, "
                                f"best validation macro-F1 {num(complete.get('best_val_macro_f1'))} at epoch "
