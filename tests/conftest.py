@@ -16,6 +16,13 @@ from tests.support.browser import browser, server  # noqa: F401 (fixtures: the b
 from tests.support.images import CLASS_FOLDERS, REAL_DATA, add_segmented, write_image_folder
 from tests.support.ray_tmp import ray_tmpdir  # noqa: F401 (a fixture: a private RAY_TMPDIR per Ray test)
 
+# The suite runs two pytest-xdist workers, training subprocesses, Ray trials and servers on as few as two
+# cores. OpenMP's threads busy-wait after each parallel region by default, so on a shared core they burn
+# the cycles the other processes need: sleeping instead halved the CPU time of tests/test_train.py beside
+# other work (docs/testing.md). Set before any worker or subprocess starts, so every one inherits it; a
+# value already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
