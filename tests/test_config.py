@@ -30,6 +30,13 @@ def test_the_mixed_stain_preset_is_the_long_cells_preset_with_stain_mixing_and_g
     assert differ == {"stain_mix", "greyscale_p"} and (mix.stain_mix, mix.greyscale_p) == (0.8, 0.5)
 
 
+def test_the_long_field_preset_is_the_stain_field_preset_trained_three_times_as_long():
+    # docs/explanations.md compares the two as one model at 10 and at 30 epochs.
+    short, long = build_config("cpu-cells-stain"), build_config("cpu-cells-stain-long")
+    differ = {f.name for f in dataclasses.fields(Config) if getattr(short, f.name) != getattr(long, f.name)}
+    assert differ == {"epochs"} and (short.epochs, long.epochs) == (10, 30)
+
+
 def test_overrides_are_typed_from_strings():
     cfg = build_config("tiny", parse_overrides(["lr=0.01", "epochs=3", "class_weighted=true", "model=densenet169"]))
     assert cfg.lr == 0.01 and cfg.epochs == 3 and cfg.class_weighted is True and cfg.model == "densenet169"
