@@ -16,24 +16,28 @@ def test_presets_resolve_to_valid_configs():
     assert full.image_size == 224 and full.effective_lr == pytest.approx(full.lr * full.batch_size / 64)
 
 
+def _keys_that_differ(a: Config, b: Config) -> set[str]:
+    return {f.name for f in dataclasses.fields(Config) if getattr(a, f.name) != getattr(b, f.name)}
+
+
 def test_the_long_cells_preset_is_the_cells_view_trained_three_times_as_long():
     # docs/explanations.md compares the two as one setting at 10 and 30 epochs: nothing else may differ.
     view, long = build_config("cpu-cells-view"), build_config("cpu-cells-long")
-    differ = {f.name for f in dataclasses.fields(Config) if getattr(view, f.name) != getattr(long, f.name)}
+    differ = _keys_that_differ(view, long)
     assert differ == {"epochs"} and (view.epochs, long.epochs) == (10, 30)
 
 
 def test_the_mixed_stain_preset_is_the_long_cells_preset_with_stain_mixing_and_greyscale():
     # docs/explanations.md sets the two side by side as one model with and without the stain made unreliable.
     long, mix = build_config("cpu-cells-long"), build_config("cpu-cells-mix")
-    differ = {f.name for f in dataclasses.fields(Config) if getattr(long, f.name) != getattr(mix, f.name)}
+    differ = _keys_that_differ(long, mix)
     assert differ == {"stain_mix", "greyscale_p"} and (mix.stain_mix, mix.greyscale_p) == (0.8, 0.5)
 
 
 def test_the_long_field_preset_is_the_stain_field_preset_trained_three_times_as_long():
     # docs/explanations.md compares the two as one model at 10 and at 30 epochs.
     short, long = build_config("cpu-cells-stain"), build_config("cpu-cells-stain-long")
-    differ = {f.name for f in dataclasses.fields(Config) if getattr(short, f.name) != getattr(long, f.name)}
+    differ = _keys_that_differ(short, long)
     assert differ == {"epochs"} and (short.epochs, long.epochs) == (10, 30)
 
 
